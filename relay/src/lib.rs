@@ -1,0 +1,4 @@
+//! The data plane: shards, listeners, device stream ingest, the RTSP server and the stream hub.
+//! Codecs live under [`proto`] and touch no sockets.
+
+pub mod proto;

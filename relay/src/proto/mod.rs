@@ -1,0 +1,3 @@
+//! Sans-IO codecs of the data plane (RTSP, SDP, RTP, interleaved framing, ROP media frames):
+//! bytes in, a typed value or a precise error out. No sockets, no clocks, no runtime.
+#![forbid(unsafe_code)]

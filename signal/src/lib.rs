@@ -1,0 +1,6 @@
+//! The control plane: the client HTTP API, device provisioning and registration, device sessions,
+//! alarms, play tokens and the embedded store. Protocol codecs live under [`proto`] and touch no
+//! sockets; the connection files around them do the I/O on the shard runtime (`rt`).
+#![forbid(unsafe_code)]
+
+pub mod proto;
