@@ -3,4 +3,8 @@
 //! sockets; the connection files around them do the I/O on the shard runtime (`rt`).
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod proto;
+pub mod secrets;
+pub mod store;
+pub mod tokens;

@@ -1,0 +1,441 @@
+//! The server's configuration: a TOML file (`relay serve --config FILE`), overridable by
+//! environment variables, with embedded defaults that need no file at all.
+//!
+//! Names follow the platform's own configuration where one exists (`deviceStream.encryptMode`
+//! becomes `ROP_STREAM_ENCRYPT_MODE`, `serverHost` becomes `ROP_HOSTNAME`, the port numbers are
+//! the platform's), so an operator moving from the platform's server finds the same knobs.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the TOML parser said, with line and column.
+        message: String,
+    },
+    /// An environment variable has a value this server does not understand.
+    #[error("environment variable {name}={value:?}: {reason}")]
+    Env {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A value is out of its range.
+    #[error("config value {field}: {reason}")]
+    Invalid {
+        /// The field, in TOML dotted form.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// How devices are asked to send live streams: the platform's `deviceStream.encryptMode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StreamEncryptMode {
+    /// Mutual TLS on the stream TLS port ("full encryption").
+    #[serde(rename = "TLS")]
+    Tls,
+    /// encryptTCP with encrypted frames ("selective encryption").
+    #[serde(rename = "encryptTCP")]
+    EncryptTcp,
+    /// encryptTCP framing with every frame in the clear.
+    #[serde(rename = "TCP")]
+    Tcp,
+}
+
+impl StreamEncryptMode {
+    /// The name the device protocol and the platform's configuration use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tls => "TLS",
+            Self::EncryptTcp => "encryptTCP",
+            Self::Tcp => "TCP",
+        }
+    }
+}
+
+impl std::str::FromStr for StreamEncryptMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "TLS" => Ok(Self::Tls),
+            "encryptTCP" => Ok(Self::EncryptTcp),
+            "TCP" => Ok(Self::Tcp),
+            other => Err(format!(
+                "unknown mode {other:?}; expected TLS, encryptTCP or TCP"
+            )),
+        }
+    }
+}
+
+/// Bind addresses of every listener. Device ports face the internet, client ports the LAN.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenConfig {
+    /// HTTPS: CA download for devices (platform port 61000).
+    pub ca: SocketAddr,
+    /// HTTPS: device credentials with a one-time code (61001).
+    pub credentials: SocketAddr,
+    /// HTTPS with mutual TLS: device registration (61002).
+    pub registration: SocketAddr,
+    /// encryptTCP: device keep-alive links (61003).
+    pub keepalive: SocketAddr,
+    /// RTSPS for clients (61004).
+    pub rtsps: SocketAddr,
+    /// TLS with mutual TLS: device signalling links (61005).
+    pub signaling: SocketAddr,
+    /// TLS with mutual TLS: device streams (61006).
+    pub stream_tls: SocketAddr,
+    /// encryptTCP: device streams, selectively encrypted or plain (61007).
+    pub stream_tcp: SocketAddr,
+    /// RTSP for clients: play, and publish with a publish token (61008).
+    pub rtsp: SocketAddr,
+    /// HTTP: the client API (61009).
+    pub api: SocketAddr,
+    /// HTTPS: the client API (61010).
+    pub api_tls: SocketAddr,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let at = |port| SocketAddr::new(any, port);
+        Self {
+            ca: at(61000),
+            credentials: at(61001),
+            registration: at(61002),
+            keepalive: at(61003),
+            rtsps: at(61004),
+            signaling: at(61005),
+            stream_tls: at(61006),
+            stream_tcp: at(61007),
+            rtsp: at(61008),
+            api: at(61009),
+            api_tls: at(61010),
+        }
+    }
+}
+
+impl ListenConfig {
+    /// Every listener on `ip` with port 0, so that tests get ephemeral ports.
+    pub fn ephemeral(ip: IpAddr) -> Self {
+        let at = SocketAddr::new(ip, 0);
+        Self {
+            ca: at,
+            credentials: at,
+            registration: at,
+            keepalive: at,
+            rtsps: at,
+            signaling: at,
+            stream_tls: at,
+            stream_tcp: at,
+            rtsp: at,
+            api: at,
+            api_tls: at,
+        }
+    }
+}
+
+/// Client API settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// `none` (the platform's behaviour on a LAN) or `token`: a bearer token generated into
+    /// `DATA/secrets/api-token` is required on every request.
+    pub auth: ApiAuth,
+    /// Serve HTTPS on `listen.api_tls` as well as HTTP.
+    pub https: bool,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            auth: ApiAuth::None,
+            https: true,
+        }
+    }
+}
+
+/// Client API authentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiAuth {
+    /// No authentication: client ports face the LAN only.
+    None,
+    /// `Authorization: Bearer <token>`.
+    Token,
+}
+
+/// Device provisioning settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProvisioningConfig {
+    /// Lifetime of a one-time initialization code, seconds (the platform's `authCode.expiredIn`).
+    pub code_ttl_secs: u64,
+    /// Validity of device certificates, days (the platform's `cert.clientCertValidDays`).
+    pub device_cert_days: u32,
+    /// Heartbeat interval handed to devices at registration, seconds.
+    pub heartbeat_interval_secs: u32,
+}
+
+impl Default for ProvisioningConfig {
+    fn default() -> Self {
+        Self {
+            code_ttl_secs: 60,
+            device_cert_days: 180,
+            heartbeat_interval_secs: 20,
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Host name handed to devices and put in play URLs (`ROP_HOSTNAME`; default `localhost`).
+    pub hostname: String,
+    /// Extra names and addresses for the server certificate, besides `hostname`, `localhost`
+    /// and `127.0.0.1`.
+    pub certificate_hosts: Vec<String>,
+    /// Number of shards (one per core when absent).
+    pub shards: Option<usize>,
+    /// The most secure stream mode devices are asked for (`ROP_STREAM_ENCRYPT_MODE`).
+    pub stream_encrypt_mode: StreamEncryptMode,
+    /// Where alarms are posted (`ROP_ALARM_WEBHOOK`); none: alarms are counted and dropped.
+    pub alarm_webhook: Option<String>,
+    /// Default lifetime of play URLs, seconds (the platform's `rtsp.playSessionTTL` is 30 s).
+    pub play_url_ttl_secs: u64,
+    /// Listener addresses.
+    pub listen: ListenConfig,
+    /// Client API.
+    pub api: ApiConfig,
+    /// Device provisioning.
+    pub provisioning: ProvisioningConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            hostname: "localhost".to_owned(),
+            certificate_hosts: Vec::new(),
+            shards: None,
+            stream_encrypt_mode: StreamEncryptMode::Tls,
+            alarm_webhook: None,
+            play_url_ttl_secs: 30,
+            listen: ListenConfig::default(),
+            api: ApiConfig::default(),
+            provisioning: ProvisioningConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path` if given (else the embedded defaults), applies the environment, validates.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut config = match path {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        config.apply_env(|name| std::env::var(name).ok())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML file without applying the environment.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Applies `ROP_HOSTNAME`, `ROP_ALARM_WEBHOOK`, `ROP_STREAM_ENCRYPT_MODE` from `lookup`.
+    pub fn apply_env(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        if let Some(host) = lookup("ROP_HOSTNAME").filter(|v| !v.is_empty()) {
+            self.hostname = host;
+        }
+        if let Some(url) = lookup("ROP_ALARM_WEBHOOK") {
+            self.alarm_webhook = if url.is_empty() { None } else { Some(url) };
+        }
+        if let Some(mode) = lookup("ROP_STREAM_ENCRYPT_MODE").filter(|v| !v.is_empty()) {
+            self.stream_encrypt_mode = mode.parse().map_err(|reason| ConfigError::Env {
+                name: "ROP_STREAM_ENCRYPT_MODE",
+                value: mode,
+                reason,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Checks ranges and forms that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.hostname.is_empty() || self.hostname.len() > 63 {
+            return invalid("hostname", "must be 1 to 63 bytes (the platform's limit)");
+        }
+        if self
+            .hostname
+            .chars()
+            .any(|c| c.is_whitespace() || c == '/' || c == '@')
+        {
+            return invalid("hostname", "must be a host name or an IP address");
+        }
+        if self.shards == Some(0) {
+            return invalid("shards", "must be at least 1");
+        }
+        if !(5..=3600).contains(&self.provisioning.code_ttl_secs) {
+            return invalid("provisioning.code_ttl_secs", "must be between 5 and 3600");
+        }
+        if !(1..=3650).contains(&self.provisioning.device_cert_days) {
+            return invalid(
+                "provisioning.device_cert_days",
+                "must be between 1 and 3650",
+            );
+        }
+        if !(5..=300).contains(&self.provisioning.heartbeat_interval_secs) {
+            return invalid(
+                "provisioning.heartbeat_interval_secs",
+                "must be between 5 and 300",
+            );
+        }
+        if !(1..=86_400).contains(&self.play_url_ttl_secs) {
+            return invalid("play_url_ttl_secs", "must be between 1 and 86400");
+        }
+        if let Some(url) = &self.alarm_webhook {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return invalid("alarm_webhook", "must be an http:// or https:// URL");
+            }
+        }
+        Ok(())
+    }
+
+    /// Every host the server certificate must name: the hostname, localhost, 127.0.0.1 and
+    /// the configured extras, without repeats.
+    pub fn certificate_host_list(&self) -> Vec<String> {
+        let mut hosts = vec![
+            self.hostname.clone(),
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+        ];
+        hosts.extend(self.certificate_hosts.iter().cloned());
+        let mut seen = std::collections::HashSet::new();
+        hosts.retain(|h| seen.insert(h.clone()));
+        hosts
+    }
+
+    /// The play URL lifetime.
+    pub fn play_url_ttl(&self) -> Duration {
+        Duration::from_secs(self.play_url_ttl_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_platform_ports_and_valid() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.listen.ca.port(), 61000);
+        assert_eq!(c.listen.api.port(), 61009);
+        assert_eq!(c.stream_encrypt_mode, StreamEncryptMode::Tls);
+        assert_eq!(c.certificate_host_list(), vec!["localhost", "127.0.0.1"]);
+    }
+
+    #[test]
+    fn sample_config_file_parses_and_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../relay.sample.toml");
+        let c = Config::from_file(&path).unwrap();
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn toml_overrides_and_unknown_keys() {
+        let c = Config::from_toml(
+            "hostname = \"cams.example.net\"\nstream_encrypt_mode = \"encryptTCP\"\n[listen]\nrtsp = \"127.0.0.1:7554\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.hostname, "cams.example.net");
+        assert_eq!(c.stream_encrypt_mode, StreamEncryptMode::EncryptTcp);
+        assert_eq!(c.listen.rtsp, "127.0.0.1:7554".parse().unwrap());
+        assert_eq!(c.listen.api.port(), 61009);
+        assert!(Config::from_toml("hostnme = \"x\"")
+            .unwrap_err()
+            .contains("unknown field"));
+    }
+
+    #[test]
+    fn environment_overrides() {
+        let mut c = Config::default();
+        c.apply_env(|name| match name {
+            "ROP_HOSTNAME" => Some("10.0.0.5".into()),
+            "ROP_STREAM_ENCRYPT_MODE" => Some("TCP".into()),
+            "ROP_ALARM_WEBHOOK" => Some("https://partner.example/alarm".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.hostname, "10.0.0.5");
+        assert_eq!(c.stream_encrypt_mode, StreamEncryptMode::Tcp);
+        assert_eq!(
+            c.alarm_webhook.as_deref(),
+            Some("https://partner.example/alarm")
+        );
+        let err = c
+            .apply_env(|n| (n == "ROP_STREAM_ENCRYPT_MODE").then(|| "tls".into()))
+            .unwrap_err();
+        assert!(err.to_string().contains("ROP_STREAM_ENCRYPT_MODE"));
+    }
+
+    #[test]
+    fn rejected_values() {
+        let mut c = Config::default();
+        c.hostname = String::new();
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.provisioning.code_ttl_secs = 0;
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.alarm_webhook = Some("ftp://x".into());
+        assert!(c.validate().is_err());
+    }
+}
