@@ -428,14 +428,12 @@ mod tests {
 
     #[test]
     fn rejected_values() {
-        let mut c = Config::default();
-        c.hostname = String::new();
+        let c = Config { hostname: String::new(), ..Config::default() };
         assert!(c.validate().is_err());
         let mut c = Config::default();
         c.provisioning.code_ttl_secs = 0;
         assert!(c.validate().is_err());
-        let mut c = Config::default();
-        c.alarm_webhook = Some("ftp://x".into());
+        let c = Config { alarm_webhook: Some("ftp://x".into()), ..Config::default() };
         assert!(c.validate().is_err());
     }
 }
