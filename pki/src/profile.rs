@@ -40,16 +40,28 @@ pub fn default_hosts() -> Vec<String> {
     vec!["localhost".to_owned(), "127.0.0.1".to_owned()]
 }
 
-pub(crate) fn root_params(now: SystemTime) -> Result<CertificateParams, PkiError> {
-    let mut params = base_params(ca_name(ROOT_CN), now - BACKDATE, now + ROOT_VALIDITY)?;
+/// A random tag that makes this installation's CA names unique, so that certificates of two
+/// installations are never mistaken for each other's (by name) during path building.
+pub(crate) fn installation_tag() -> Result<String, PkiError> {
+    let mut bytes = [0u8; 4];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| rcgen::Error::RingUnspecified)?;
+    Ok(crate::inspect::hex_upper(&bytes, None))
+}
+
+pub(crate) fn root_params(tag: &str, now: SystemTime) -> Result<CertificateParams, PkiError> {
+    let mut params = base_params(ca_name(ROOT_CN, tag), now - BACKDATE, now + ROOT_VALIDITY)?;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     Ok(params)
 }
 
-pub(crate) fn intermediate_params(now: SystemTime) -> Result<CertificateParams, PkiError> {
+pub(crate) fn intermediate_params(
+    tag: &str,
+    now: SystemTime,
+) -> Result<CertificateParams, PkiError> {
     let mut params = base_params(
-        ca_name(INTERMEDIATE_CN),
+        ca_name(INTERMEDIATE_CN, tag),
         now - BACKDATE,
         now + INTERMEDIATE_VALIDITY,
     )?;
@@ -94,10 +106,10 @@ pub(crate) fn device_params(
     Ok(params)
 }
 
-fn ca_name(cn: &str) -> DistinguishedName {
+fn ca_name(cn: &str, tag: &str) -> DistinguishedName {
     let mut name = DistinguishedName::new();
     name.push(DnType::OrganizationName, ORGANIZATION);
-    name.push(DnType::CommonName, cn);
+    name.push(DnType::CommonName, format!("{cn} {tag}"));
     name
 }
 

@@ -23,8 +23,8 @@ use crate::csr::{parse_device_csr, validate_uid};
 use crate::files::{self, FileStamp, KEY_MODE, PUBLIC_MODE};
 use crate::inspect::{hex_upper, serial_hex, CertInfo};
 use crate::profile::{
-    default_hosts, device_params, intermediate_params, root_params, server_params, validate_hosts,
-    BACKDATE, DAY, SERVER_RENEW_BEFORE,
+    default_hosts, device_params, installation_tag, intermediate_params, root_params,
+    server_params, validate_hosts, BACKDATE, DAY, SERVER_RENEW_BEFORE,
 };
 use crate::tls::{self, DeviceCertVerifier, ServerCertResolver};
 use crate::PkiError;
@@ -296,10 +296,11 @@ impl Pki {
 
         let now = SystemTime::now();
         let root_key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384)?;
-        let root = root_params(now)?.self_signed(&root_key)?;
+        let tag = installation_tag()?;
+        let root = root_params(&tag, now)?.self_signed(&root_key)?;
         let intermediate_key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384)?;
         let intermediate =
-            intermediate_params(now)?.signed_by(&intermediate_key, &root, &root_key)?;
+            intermediate_params(&tag, now)?.signed_by(&intermediate_key, &root, &root_key)?;
         let issuer = Issuer {
             cert: intermediate,
             key: intermediate_key,
