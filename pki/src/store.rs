@@ -693,6 +693,14 @@ impl Pki {
         self.replace_server_locked(&mut state, &hosts)
     }
 
+    /// [`Pki::renew_server`] when [`Pki::server_needs_renewal`] says so; for a daily timer.
+    pub fn renew_server_if_due(&self, now: SystemTime) -> Result<Option<CertStatus>, PkiError> {
+        if !self.server_needs_renewal(now) {
+            return Ok(None);
+        }
+        self.renew_server().map(Some)
+    }
+
     /// Reissues the server certificate if it lacks any of `hosts`, keeping its other hosts.
     /// Returns whether it did.
     pub fn ensure_server_hosts(&self, hosts: &[String]) -> Result<bool, PkiError> {

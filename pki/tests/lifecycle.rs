@@ -199,7 +199,11 @@ fn status_reports_expiry_and_renewal_need() {
     let later = pki.status_at(now + Duration::from_secs(100 * 86_400));
     assert!(later[2].days_left < 0, "{later:?}");
 
-    let renewed = pki.renew_server().unwrap();
+    assert_eq!(pki.renew_server_if_due(now).unwrap(), None);
+    let renewed = pki
+        .renew_server_if_due(now + Duration::from_secs(61 * 86_400))
+        .unwrap()
+        .expect("due");
     assert_eq!(renewed.name, "server");
     assert_eq!(pki.status()[2].serial_hex, renewed.serial_hex);
 }
