@@ -3,5 +3,42 @@
 //! Everything that touches the async runtime's types (executors, sockets, timers, channel
 //! meshes) goes through this crate, so that moving to a glommio fork or to monoio stays a
 //! contained change. Codecs and session logic never import glommio directly.
+//!
+//! - [`shard`]: one pinned executor per core ([`run_shards`], [`ShardPool`]), tasks, shutdown.
+//! - [`mesh`]: typed cross-shard messages and the [`owner_shard`] routing hash.
+//! - [`net`]: listeners (SO_REUSEPORT), streams with one-`sendmsg` vectored writes, handoff of a
+//!   connection to another shard.
+//! - [`timer`]: sleep and deadlines.
 
+pub mod mesh;
+pub mod net;
+pub mod shard;
 pub mod timer;
+
+pub use mesh::{owner_shard, Mesh, MeshPort};
+pub use net::{Handoff, TcpListener, TcpStream};
+pub use shard::{
+    block_on_shard, run_shards, shard_count, shard_id, spawn_detached, spawn_local,
+    yield_if_needed, ShardContext, ShardError, ShardPool, Shutdown, Task,
+};
+
+/// Raises this process's open-file soft limit (RLIMIT_NOFILE) to its hard limit, so a shard can
+/// hold tens of thousands of sockets. Returns the new `(soft, hard)` pair.
+pub fn raise_fd_limit() -> std::io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit through the pointer, which points to a live value.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: setrlimit only reads the rlimit behind the pointer, which is live.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok((limit.rlim_cur, limit.rlim_max))
+}
