@@ -1,3 +1,6 @@
 //! Sans-IO codecs of the data plane (RTSP, SDP, RTP, interleaved framing, ROP media frames):
 //! bytes in, a typed value or a precise error out. No sockets, no clocks, no runtime.
 #![forbid(unsafe_code)]
+
+pub mod interleaved;
+pub mod rtsp;
