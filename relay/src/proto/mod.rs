@@ -2,5 +2,8 @@
 //! bytes in, a typed value or a precise error out. No sockets, no clocks, no runtime.
 #![forbid(unsafe_code)]
 
+pub mod h264;
 pub mod interleaved;
+pub mod nal;
+pub mod rtp;
 pub mod rtsp;
