@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod h264;
+pub mod h265;
 pub mod interleaved;
 pub mod nal;
 pub mod rtp;
