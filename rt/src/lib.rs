@@ -8,12 +8,14 @@
 //! - [`mesh`]: typed cross-shard messages and the [`owner_shard`] routing hash.
 //! - [`net`]: listeners (SO_REUSEPORT), streams with one-`sendmsg` vectored writes, handoff of a
 //!   connection to another shard.
+//! - [`tls`]: rustls sessions over our streams that can move between shards.
 //! - [`timer`]: sleep and deadlines.
 
 pub mod mesh;
 pub mod net;
 pub mod shard;
 pub mod timer;
+pub mod tls;
 
 pub use mesh::{owner_shard, Mesh, MeshPort};
 pub use net::{Handoff, TcpListener, TcpStream};
