@@ -2,6 +2,7 @@
 //! bytes in, a typed value or a precise error out. No sockets, no clocks, no runtime.
 #![forbid(unsafe_code)]
 
+pub mod aac;
 pub mod h264;
 pub mod h265;
 pub mod interleaved;
