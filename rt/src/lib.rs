@@ -9,11 +9,13 @@
 //! - [`net`]: listeners (SO_REUSEPORT), streams with one-`sendmsg` vectored writes, handoff of a
 //!   connection to another shard.
 //! - [`tls`]: rustls sessions over our streams that can move between shards.
+//! - [`sweeper`]: one periodic sweep per shard over last-seen timestamps.
 //! - [`timer`]: sleep and deadlines.
 
 pub mod mesh;
 pub mod net;
 pub mod shard;
+pub mod sweeper;
 pub mod timer;
 pub mod tls;
 

@@ -325,3 +325,57 @@ fn shards_know_their_ids() {
         (0, 1)
     );
 }
+
+/// Throughput of `send_all_vectored` against a reader that keeps up, and how often it parks on
+/// write readiness. Run with `cargo test -p rt --test net -- --ignored --nocapture measure`.
+#[test]
+#[ignore = "measurement, prints numbers"]
+fn measure_send_all_vectored_throughput() {
+    const BATCHES: usize = 4096;
+    const PACKETS: usize = 64;
+    const PAYLOAD: usize = 1400;
+    let (addr_tx, addr_rx) = mpsc::channel::<SocketAddr>();
+    let server = std::thread::spawn(move || {
+        block_on_shard(move || async move {
+            let listener = TcpListener::bind(localhost()).unwrap();
+            addr_tx.send(listener.local_addr().unwrap()).unwrap();
+            let conn = listener.accept().await.unwrap();
+            let payload = vec![7u8; PAYLOAD];
+            let headers: Vec<[u8; 4]> = (0..PACKETS as u32).map(u32::to_be_bytes).collect();
+            let before = rt::net::send_stats();
+            let started = Instant::now();
+            for _ in 0..BATCHES {
+                let mut slices: Vec<IoSlice<'_>> = headers
+                    .iter()
+                    .flat_map(|h| [IoSlice::new(h), IoSlice::new(&payload)])
+                    .collect();
+                conn.send_all_vectored(&mut slices).await.unwrap();
+            }
+            let elapsed = started.elapsed();
+            let after = rt::net::send_stats();
+            (elapsed, before, after)
+        })
+        .unwrap()
+    });
+    let addr = addr_rx.recv().unwrap();
+    let mut client = StdTcpStream::connect(addr).unwrap();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0usize;
+    loop {
+        let n = client.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    let (elapsed, before, after) = server.join().unwrap();
+    assert_eq!(total, BATCHES * PACKETS * (4 + PAYLOAD));
+    let mib = total as f64 / (1024.0 * 1024.0);
+    println!(
+        "send_all_vectored: {mib:.0} MiB in {elapsed:?} = {:.0} MiB/s; sendmsg calls {}, EAGAIN {}, readiness waits {}",
+        mib / elapsed.as_secs_f64(),
+        after.sendmsg_calls - before.sendmsg_calls,
+        after.would_block - before.would_block,
+        after.readiness_waits - before.readiness_waits,
+    );
+}
