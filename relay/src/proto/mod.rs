@@ -6,6 +6,7 @@ pub mod aac;
 pub mod h264;
 pub mod h265;
 pub mod interleaved;
+pub mod media;
 pub mod nal;
 pub mod rtp;
 pub mod rtsp;
