@@ -2,3 +2,4 @@
 //! No sockets, no clocks, no runtime: the loadgen's simulated device and the fuzz targets reuse them.
 pub mod core_packet;
 pub mod encrypt_tcp;
+pub mod body;
