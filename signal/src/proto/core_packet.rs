@@ -897,7 +897,7 @@ mod tests {
         let expected = vec![(CoreHeader::request(cmd::PREVIEW_START, 1), vec![], body)];
         let wire = encode_all(&expected);
         let mut reader = CorePacketReader::new(ReaderConfig::stream(DEFAULT_STREAM_MAX_LEN));
-        let chunks = wire.chunks(7).map(|c| Bytes::copy_from_slice(c)).collect();
+        let chunks = wire.chunks(7).map(Bytes::copy_from_slice).collect();
         let packets = read_all(&mut reader, chunks);
         check(&packets, &expected);
         // One-byte-ish chunks get coalesced: the slice count stays proportional to the data.
