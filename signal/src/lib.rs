@@ -3,9 +3,12 @@
 //! sockets; the connection files around them do the I/O on the shard runtime (`rt`).
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod clock;
 pub mod config;
+pub mod http_server;
 pub mod proto;
+pub mod provisioning;
 pub mod secrets;
 pub mod store;
 pub mod tokens;

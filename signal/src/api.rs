@@ -1,0 +1,401 @@
+//! HTTP routes of the control plane: the three provisioning ports devices use (CA download,
+//! credentials, registration) and the client API partners use (`/v1.0/…`), mapped onto
+//! [`Provisioning`] and the store. Request and response JSON are the platform's, so existing
+//! devices and partner clients work unchanged; errors use its `{"error":{symbol,message}}` form.
+
+use std::sync::Arc;
+
+use http::{header, HeaderValue, Method, StatusCode};
+use serde::Serialize;
+
+use crate::clock::unix_now;
+use crate::config::Config;
+use crate::http_server::{ConnInfo, Handler, Request};
+use crate::proto::http::{json_error, json_response, Response};
+use crate::provisioning::{
+    CredentialsRequest, Provisioning, ProvisioningError, RegistrationRequest,
+};
+use crate::store::Store;
+use crate::tokens::TokenSigner;
+
+/// `Accept`/`Content-Type` of raw PEM (our curl-friendly extension of the provisioning ports).
+const PEM_MEDIA_TYPE: &str = "application/x-pem-file";
+/// `Content-Type` of a raw PEM CSR body.
+const PKCS10_MEDIA_TYPE: &str = "application/pkcs10";
+/// Header carrying the long-term code when the credentials answer is raw PEM.
+pub const LONG_TERM_CODE_HEADER: &str = "rop-long-term-code";
+
+/// Which listener a request arrived on: each serves its own routes only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// 61000: `GET /v1.0/ca`.
+    Ca,
+    /// 61001: `POST /v1.0/devices/credetials`.
+    Credentials,
+    /// 61002 (mutual TLS): `POST /v1.0/devices/registration`.
+    Registration,
+    /// 61009/61010: the client API.
+    Client,
+}
+
+/// Everything the control plane's routes need. Shared by every listener of the control plane.
+pub struct ControlPlane {
+    /// The configuration the server runs with.
+    pub config: Config,
+    /// The PKI.
+    pub pki: Arc<pki::Pki>,
+    /// The embedded store.
+    pub store: Arc<Store>,
+    /// Provisioning logic.
+    pub provisioning: Provisioning,
+    /// Play/publish URL signer.
+    pub tokens: TokenSigner,
+    /// Client API bearer token when `api.auth = "token"`.
+    pub api_token: Option<String>,
+    /// Called with a UID whose certificates were just revoked, to close its connections.
+    pub on_revoke: Box<dyn Fn(&str) + Send + Sync>,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane").finish_non_exhaustive()
+    }
+}
+
+/// The HTTP handler of one listener of the control plane.
+#[derive(Debug, Clone)]
+pub struct PortHandler {
+    /// The shared control plane.
+    pub plane: Arc<ControlPlane>,
+    /// Which listener this is.
+    pub port: Port,
+}
+
+impl Handler for PortHandler {
+    async fn handle(&self, request: Request, conn: &ConnInfo) -> Response {
+        self.plane.handle(self.port, &request, conn)
+    }
+}
+
+impl ControlPlane {
+    /// Answers one request that arrived on `port`.
+    pub fn handle(&self, port: Port, req: &Request, conn: &ConnInfo) -> Response {
+        let path = req.path();
+        match port {
+            Port::Ca => match (path, req.method()) {
+                ("/v1.0/ca", &Method::GET) | ("/v1.0/ca", &Method::HEAD) => self.get_ca(req),
+                ("/v1.0/ca", _) => method_not_allowed("GET, HEAD"),
+                _ => url_not_found(),
+            },
+            Port::Credentials => match (path, req.method()) {
+                ("/v1.0/devices/credetials", &Method::POST) => self.post_credentials(req),
+                ("/v1.0/devices/credetials", _) => method_not_allowed("POST"),
+                _ => url_not_found(),
+            },
+            Port::Registration => match (path, req.method()) {
+                ("/v1.0/devices/registration", &Method::POST) => self.post_registration(req, conn),
+                ("/v1.0/devices/registration", _) => method_not_allowed("POST"),
+                _ => url_not_found(),
+            },
+            Port::Client => {
+                if let Some(refusal) = self.check_api_auth(req) {
+                    return refusal;
+                }
+                self.client_api(req)
+            }
+        }
+    }
+
+    fn check_api_auth(&self, req: &Request) -> Option<Response> {
+        let token = self.api_token.as_deref()?;
+        if req.path() == "/healthz" {
+            return None;
+        }
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => None,
+            _ => {
+                let mut response = json_error(
+                    StatusCode::UNAUTHORIZED,
+                    "auth_failed",
+                    "A valid bearer token is required (Authorization: Bearer …).",
+                );
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"rop\""),
+                );
+                Some(response)
+            }
+        }
+    }
+
+    fn client_api(&self, req: &Request) -> Response {
+        let path = req.path();
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let method = req.method();
+        match segments.as_slice() {
+            ["healthz"] => match *method {
+                Method::GET | Method::HEAD => {
+                    json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+                }
+                _ => method_not_allowed("GET, HEAD"),
+            },
+            ["v1.0", "devices", "initialization-session"] => match *method {
+                Method::POST => self.post_initialization_session(req),
+                _ => method_not_allowed("POST"),
+            },
+            ["v1.0", "devices"] => match *method {
+                Method::GET | Method::HEAD => self.get_devices(req),
+                _ => method_not_allowed("GET, HEAD"),
+            },
+            ["v1.0", "devices", uid] => match *method {
+                Method::GET | Method::HEAD => self.get_device(uid),
+                Method::DELETE => self.delete_device(uid),
+                _ => method_not_allowed("GET, HEAD, DELETE"),
+            },
+            _ => url_not_found(),
+        }
+    }
+
+    fn get_ca(&self, req: &Request) -> Response {
+        if accepts_pem(req) {
+            return pem_response(self.pki.ca_pem().as_bytes().to_vec());
+        }
+        json_response(StatusCode::OK, &self.provisioning.ca(unix_now()))
+    }
+
+    fn post_credentials(&self, req: &Request) -> Response {
+        let request = if content_type_is(req, PKCS10_MEDIA_TYPE) {
+            let query = query_pairs(req);
+            let field = |name: &str| {
+                query
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+            };
+            let (Some(uid), Some(code)) = (field("uid"), field("code")) else {
+                return invalid_parameter("a PKCS#10 body needs the query parameters uid and code");
+            };
+            let Ok(csr) = std::str::from_utf8(&req.body) else {
+                return invalid_parameter("the CSR body must be PEM text");
+            };
+            CredentialsRequest {
+                uid,
+                code,
+                csr: Some(csr.to_owned()),
+            }
+        } else {
+            match req.json::<CredentialsRequest>() {
+                Ok(r) => r,
+                Err(response) => return response,
+            }
+        };
+        match self.provisioning.credentials(&request, unix_now()) {
+            Ok(credentials) if accepts_pem(req) && credentials.key.is_none() => {
+                let mut response = pem_response(credentials.cert.into_bytes());
+                if let Ok(code) = HeaderValue::from_str(&credentials.code) {
+                    response.headers_mut().insert(LONG_TERM_CODE_HEADER, code);
+                }
+                response
+            }
+            Ok(credentials) => json_response(StatusCode::OK, &credentials),
+            Err(e) => provisioning_error(&e),
+        }
+    }
+
+    fn post_registration(&self, req: &Request, conn: &ConnInfo) -> Response {
+        let Some(uid) = conn.client_uid.as_deref() else {
+            return json_error(
+                StatusCode::FORBIDDEN,
+                "auth_failed",
+                "a device certificate is required",
+            );
+        };
+        let request = match req.json::<RegistrationRequest>() {
+            Ok(r) => r,
+            Err(response) => return response,
+        };
+        match self.provisioning.register(uid, &request, unix_now()) {
+            Ok(registration) => json_response(StatusCode::OK, &registration),
+            Err(e) => provisioning_error(&e),
+        }
+    }
+
+    fn post_initialization_session(&self, req: &Request) -> Response {
+        #[derive(serde::Deserialize)]
+        struct Body {
+            uid: String,
+        }
+        let body = match req.json::<Body>() {
+            Ok(b) => b,
+            Err(response) => return response,
+        };
+        match self
+            .provisioning
+            .create_initialization_session(&body.uid, unix_now())
+        {
+            Ok(session) => json_response(StatusCode::OK, &session),
+            Err(e) => provisioning_error(&e),
+        }
+    }
+
+    fn get_devices(&self, _req: &Request) -> Response {
+        // The platform lists online devices; presence arrives with device sessions. Until then
+        // no device is online.
+        json_response(
+            StatusCode::OK,
+            &serde_json::json!({ "totalRows": 0, "items": [] }),
+        )
+    }
+
+    fn get_device(&self, uid: &str) -> Response {
+        if let Err(e) = pki::validate_uid(uid) {
+            return invalid_parameter(&e.to_string());
+        }
+        match self.store.device(uid) {
+            Ok(Some(device)) => {
+                #[derive(Serialize)]
+                #[serde(rename_all = "camelCase")]
+                struct DeviceView<'a> {
+                    uid: &'a str,
+                    online: bool,
+                    revoked: bool,
+                    created_at: u64,
+                    registered_at: Option<u64>,
+                    certificates: Vec<CertView<'a>>,
+                }
+                #[derive(Serialize)]
+                #[serde(rename_all = "camelCase")]
+                struct CertView<'a> {
+                    serial: &'a str,
+                    issued_at: u64,
+                    not_after: u64,
+                    revoked: bool,
+                }
+                let view = DeviceView {
+                    uid: &device.uid,
+                    online: false,
+                    revoked: device.revoked,
+                    created_at: device.created_at,
+                    registered_at: device.registered_at,
+                    certificates: device
+                        .certs
+                        .iter()
+                        .map(|c| CertView {
+                            serial: &c.serial,
+                            issued_at: c.issued_at,
+                            not_after: c.not_after,
+                            revoked: c.revoked,
+                        })
+                        .collect(),
+                };
+                json_response(StatusCode::OK, &view)
+            }
+            Ok(None) => device_not_found(uid),
+            Err(e) => internal_error(&e.to_string()),
+        }
+    }
+
+    fn delete_device(&self, uid: &str) -> Response {
+        match self.provisioning.revoke(uid, unix_now()) {
+            Ok(Some(serials)) => {
+                (self.on_revoke)(uid);
+                json_response(
+                    StatusCode::OK,
+                    &serde_json::json!({ "uid": uid, "revokedSerials": serials }),
+                )
+            }
+            Ok(None) => device_not_found(uid),
+            Err(e) => provisioning_error(&e),
+        }
+    }
+}
+
+fn query_pairs(req: &Request) -> Vec<(String, String)> {
+    req.query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
+}
+
+fn content_type_is(req: &Request, media_type: &str) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(media_type))
+}
+
+fn accepts_pem(req: &Request) -> bool {
+    req.headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case(PEM_MEDIA_TYPE))
+        })
+}
+
+fn pem_response(body: Vec<u8>) -> Response {
+    let mut response = http::Response::new(body);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(PEM_MEDIA_TYPE),
+    );
+    response
+}
+
+fn provisioning_error(e: &ProvisioningError) -> Response {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    json_error(status, e.symbol(), &e.to_string())
+}
+
+fn invalid_parameter(message: &str) -> Response {
+    json_error(StatusCode::BAD_REQUEST, "invalid_parameter", message)
+}
+
+fn internal_error(message: &str) -> Response {
+    json_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "server_internal_error",
+        message,
+    )
+}
+
+fn url_not_found() -> Response {
+    json_error(
+        StatusCode::NOT_FOUND,
+        "url_not_found",
+        "The url is not been found.",
+    )
+}
+
+fn device_not_found(uid: &str) -> Response {
+    json_error(
+        StatusCode::NOT_FOUND,
+        "device_not_found",
+        &format!("device {uid} is not known to this server"),
+    )
+}
+
+fn method_not_allowed(allow: &'static str) -> Response {
+    let mut response = json_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        &format!("allowed methods: {allow}"),
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
