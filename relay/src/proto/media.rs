@@ -709,4 +709,86 @@ mod tests {
             })
         ));
     }
+
+    /// Deterministic pseudo-random inputs for the fuzz entry points (no nightly needed).
+    fn noise(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fuzz_entry_point_on_valid_and_mutated_input() {
+        let wire = encode_all(&sample());
+        for seed in 0..300u64 {
+            let mut input = vec![seed as u8];
+            input.extend_from_slice(&wire);
+            fuzzing::frames(&input);
+            let flip = noise(seed, 2);
+            input[1 + usize::from(flip[0]) % wire.len()] ^= flip[1] | 1;
+            fuzzing::frames(&input);
+            fuzzing::frames(&noise(seed, 200));
+        }
+    }
+}
+
+/// Entry point of the fuzz target (`fuzz/fuzz_targets/media_frames.rs`); not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    fn demux(chunks: impl IntoIterator<Item = Bytes>) -> Vec<MediaFrame> {
+        let mut demuxer = MediaDemuxer::new(MediaLimits {
+            max_video_payload: 1 << 16,
+            ..MediaLimits::default()
+        });
+        let mut frames = Vec::new();
+        for mut chunk in chunks {
+            loop {
+                match demuxer.read(&mut chunk) {
+                    Ok(Some(frame)) => frames.push(frame),
+                    Ok(None) => break,
+                    Err(_) => return frames,
+                }
+            }
+        }
+        frames
+    }
+
+    /// Arbitrary bytes in arbitrary chunks: never panics; chunking does not change the frames;
+    /// the frames re-encoded and demuxed again are the same frames.
+    pub fn frames(data: &[u8]) {
+        let Some((&seed, rest)) = data.split_first() else {
+            return;
+        };
+        let all = Bytes::copy_from_slice(rest);
+        let step = usize::from(seed % 29) + 1;
+        let chunked = demux(
+            (0..all.len())
+                .step_by(step)
+                .map(|i| all.slice(i..(i + step).min(all.len()))),
+        );
+        let whole = demux([all.clone()]);
+        assert_eq!(chunked.len(), whole.len());
+        let mut wire = BytesMut::new();
+        for (a, b) in chunked.iter().zip(&whole) {
+            assert_eq!((a.kind, a.codec, a.pts_us), (b.kind, b.codec, b.pts_us));
+            assert_eq!(a.payload_contiguous(), b.payload_contiguous());
+            assert!(a.encode(&mut wire).is_ok());
+        }
+        let again = demux([wire.freeze()]);
+        assert_eq!(again.len(), whole.len());
+        for (a, b) in again.iter().zip(&whole) {
+            assert_eq!(
+                (a.kind, a.codec, a.pts_us, a.payload_contiguous()),
+                (b.kind, b.codec, b.pts_us, b.payload_contiguous())
+            );
+        }
+    }
 }

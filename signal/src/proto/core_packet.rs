@@ -977,4 +977,115 @@ mod tests {
         assert_eq!(cmd::name(3), Some("preview_start"));
         assert_eq!(cmd::name(9999), None);
     }
+
+    /// Deterministic pseudo-random inputs for the fuzz entry points (no nightly needed).
+    fn noise(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fuzz_entry_points_on_valid_and_mutated_input() {
+        let wire = encode_all(&sample_packets());
+        for seed in 0..300u64 {
+            let mut input = vec![seed as u8];
+            input.extend_from_slice(&wire);
+            fuzzing::read_chunked(&input);
+            fuzzing::round_trip(&input);
+            let flip = noise(seed, 2);
+            let at = 1 + usize::from(flip[0]) % wire.len();
+            input[at] ^= flip[1] | 1;
+            fuzzing::read_chunked(&input);
+            fuzzing::round_trip(&input);
+            let random = noise(seed, 200);
+            fuzzing::read_chunked(&random);
+            fuzzing::round_trip(&random);
+        }
+    }
+}
+
+/// Entry points of the fuzz targets (`fuzz/fuzz_targets/core_packet*.rs`); not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// Splits `data` into chunks whose sizes come from the data itself.
+    fn chunks(data: &[u8]) -> Vec<Bytes> {
+        let Some((&seed, rest)) = data.split_first() else {
+            return Vec::new();
+        };
+        let all = Bytes::copy_from_slice(rest);
+        let step = usize::from(seed % 31) + 1;
+        (0..all.len())
+            .step_by(step)
+            .map(|i| all.slice(i..(i + step).min(all.len())))
+            .collect()
+    }
+
+    fn read(config: ReaderConfig, chunks: Vec<Bytes>) -> (Vec<CorePacket>, u64) {
+        let mut reader = CorePacketReader::new(config);
+        let mut packets = Vec::new();
+        for mut chunk in chunks {
+            loop {
+                match reader.read(&mut chunk) {
+                    Ok(Some(packet)) => packets.push(packet),
+                    Ok(None) => break,
+                    Err(_) => return (packets, reader.offset()),
+                }
+            }
+        }
+        (packets, reader.offset())
+    }
+
+    /// Arbitrary bytes in arbitrary chunks: never panics; gathering or not, one chunk or many,
+    /// the same packets come out.
+    pub fn read_chunked(data: &[u8]) {
+        let config = ReaderConfig {
+            max_packet_length: 4096,
+            gather_split_bodies: false,
+        };
+        let (sliced, _) = read(config, chunks(data));
+        let whole = data
+            .get(1..)
+            .map(Bytes::copy_from_slice)
+            .into_iter()
+            .collect();
+        let (contiguous, _) = read(
+            ReaderConfig {
+                gather_split_bodies: true,
+                ..config
+            },
+            whole,
+        );
+        assert_eq!(sliced.len(), contiguous.len());
+        for (a, b) in sliced.iter().zip(&contiguous) {
+            assert_eq!(a.header, b.header);
+            assert_eq!(a.extension, b.extension);
+            assert_eq!(a.body.to_contiguous(), b.body.to_contiguous());
+        }
+    }
+
+    /// Decode then encode gives back the bytes decoded, and encoding through
+    /// [`encode_packet`] gives the same header.
+    pub fn round_trip(data: &[u8]) {
+        let (packets, consumed) = read(ReaderConfig::stream(4096), chunks(data));
+        let mut out = BytesMut::new();
+        for packet in &packets {
+            packet.encode_as_is(&mut out);
+            let mut again = BytesMut::new();
+            let body = packet.body.to_contiguous();
+            assert!(encode_packet(packet.header, &packet.extension, &body, &mut again).is_ok());
+            assert_eq!(&again[..HEADER_LEN], &packet.header.to_bytes()[..]);
+        }
+        let input = data.get(1..).unwrap_or_default();
+        assert!(out.len() as u64 <= consumed);
+        assert_eq!(&out[..], &input[..out.len()]);
+    }
 }

@@ -926,4 +926,101 @@ mod tests {
             })
         ));
     }
+
+    /// Deterministic pseudo-random inputs for the fuzz entry points (no nightly needed).
+    fn noise(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fuzz_entry_point_on_noise() {
+        for seed in 0..200u64 {
+            fuzzing::frames(&noise(seed, 300));
+        }
+        fuzzing::frames(&hex(FRAME0_HEX));
+    }
+}
+
+/// Entry point of the fuzz target (`fuzz/fuzz_targets/encrypt_tcp_frames.rs`); not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    const SECRET: &[u8] = b"fuzzfuzzfuzzfuzzfuzzfuzzfuzzfuzz";
+
+    /// Arbitrary bytes as a received stream (never panics, every error is reported, the buffer
+    /// shrinks on every frame), then the same bytes as bodies of frames we encode, which must
+    /// all decode back, encrypted or not, in chunks of any size.
+    pub fn frames(data: &[u8]) {
+        let keys = SessionKeys::derive(SECRET, &[1; 32], &[2; 32]);
+        let _ = Hello::parse(data);
+        let _ = Hello::verify(data, SECRET);
+        let policy = FramePolicy {
+            max_body: 4096,
+            ..FramePolicy::default()
+        };
+        let mut decoder = FrameDecoder::new(
+            SECRET,
+            &keys,
+            FramePolicy {
+                verify_hmac: false,
+                ..policy
+            },
+        );
+        let mut buf = BytesMut::from(data);
+        loop {
+            let before = buf.len();
+            match decoder.decode(&mut buf) {
+                Ok(Some(_)) => assert!(buf.len() < before),
+                Ok(None) => break,
+                Err(e) if e.is_fatal() => break,
+                Err(_) => assert!(buf.len() < before),
+            }
+        }
+
+        let Some((&seed, rest)) = data.split_first() else {
+            return;
+        };
+        let direction = if seed & 1 == 0 {
+            Direction::DeviceToServer
+        } else {
+            Direction::ServerToDevice
+        };
+        let mut encoder = FrameEncoder::new(SECRET, &keys, direction);
+        let mut wire = BytesMut::new();
+        let bodies: Vec<&[u8]> = rest.chunks(usize::from(seed % 61) + 1).collect();
+        for (i, body) in bodies.iter().enumerate() {
+            assert!(encoder
+                .encode(body, (seed >> (i % 8)) & 1 == 1, &mut wire)
+                .is_ok());
+        }
+        let mut decoder = FrameDecoder::new(
+            SECRET,
+            &keys,
+            FramePolicy {
+                first_sequence: Some(0),
+                ..policy
+            },
+        );
+        let mut received = BytesMut::new();
+        let mut decoded = Vec::new();
+        for piece in wire.chunks(usize::from(seed % 13) + 1) {
+            received.extend_from_slice(piece);
+            while let Some(frame) = decoder.decode(&mut received).ok().flatten() {
+                decoded.push(frame);
+            }
+        }
+        assert_eq!(decoded.len(), bodies.len());
+        for (frame, body) in decoded.iter().zip(&bodies) {
+            assert_eq!(&frame.body[..body.len()], *body);
+        }
+    }
 }
