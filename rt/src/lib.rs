@@ -25,9 +25,13 @@ pub use shard::{
     block_on_shard, run_shards, shard_count, shard_id, spawn_detached, spawn_local,
     yield_if_needed, ShardContext, ShardError, ShardPool, Shutdown, Task,
 };
+pub use sweeper::{IdleTable, Sweeper};
+pub use tls::{MaybeTls, TlsError, TlsStream};
 
 /// Raises this process's open-file soft limit (RLIMIT_NOFILE) to its hard limit, so a shard can
-/// hold tens of thousands of sockets. Returns the new `(soft, hard)` pair.
+/// hold tens of thousands of sockets. If the hard limit is unlimited (which the kernel refuses
+/// as a soft limit for files), the soft limit goes to `fs.nr_open` instead. Returns the new
+/// `(soft, hard)` pair.
 pub fn raise_fd_limit() -> std::io::Result<(u64, u64)> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -38,11 +42,22 @@ pub fn raise_fd_limit() -> std::io::Result<(u64, u64)> {
         return Err(std::io::Error::last_os_error());
     }
     if limit.rlim_cur < limit.rlim_max {
-        limit.rlim_cur = limit.rlim_max;
+        let mut wanted = limit.rlim_max;
+        if wanted == libc::RLIM_INFINITY {
+            wanted = std::fs::read_to_string("/proc/sys/fs/nr_open")
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(1 << 20);
+        }
+        let raised = libc::rlimit {
+            rlim_cur: wanted,
+            rlim_max: limit.rlim_max,
+        };
         // SAFETY: setrlimit only reads the rlimit behind the pointer, which is live.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
+        limit = raised;
     }
     Ok((limit.rlim_cur, limit.rlim_max))
 }

@@ -248,6 +248,11 @@ where
         self.session.alpn_protocol()
     }
 
+    /// Bytes of ciphertext received but not yet taken by rustls (they travel in a handoff).
+    pub fn buffered_ciphertext(&self) -> usize {
+        self.pending.len() - self.pending_pos
+    }
+
     /// The underlying TCP stream (addresses, socket options). Do not read or write it directly.
     pub fn get_ref(&self) -> &TcpStream {
         &self.tcp

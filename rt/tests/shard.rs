@@ -208,7 +208,7 @@ fn detached_tasks_keep_running() {
 #[test]
 fn fd_limit_can_be_raised() {
     let (soft, hard) = rt::raise_fd_limit().unwrap();
-    assert_eq!(soft, hard);
+    assert!(soft > 0 && soft <= hard);
 }
 
 #[test]

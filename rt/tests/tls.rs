@@ -338,3 +338,120 @@ fn session_moves_to_another_shard_mid_connection() {
     .unwrap();
     running.join().unwrap();
 }
+
+/// A burst larger than rustls's plaintext buffer leaves ciphertext the session cannot take yet;
+/// it must travel in the handoff's read-ahead and be fed first on the owner shard.
+#[test]
+fn unprocessed_ciphertext_travels_with_the_session() {
+    const BURST: usize = 200 * 1024;
+    let pki = pki();
+    let server_config = server_config(&pki, false);
+    let client_config = client_config(&pki, false);
+    let burst: Arc<Vec<u8>> = Arc::new((0..BURST).map(|i| (i * 7 % 256) as u8).collect());
+    let (addr_tx, addr_rx) = mpsc::channel::<SocketAddr>();
+    let addr_tx = Arc::new(Mutex::new(addr_tx));
+    let mesh: Mesh<(usize, Handoff)> = Mesh::new(2, 4);
+    let expected = burst.clone();
+    let running = ShardPool::new(2)
+        .name("tls-burst")
+        .start(move |ctx| {
+            let mesh = mesh.clone();
+            let addr_tx = addr_tx.clone();
+            let server_config = server_config.clone();
+            let expected = expected.clone();
+            async move {
+                let port = ctx.join(&mesh).await.unwrap();
+                if ctx.id == 0 {
+                    let listener = TcpListener::bind(localhost()).unwrap();
+                    addr_tx
+                        .lock()
+                        .unwrap()
+                        .send(listener.local_addr().unwrap())
+                        .unwrap();
+                    let tcp = listener.accept().await.unwrap();
+                    let mut tls = tls::accept(tcp, server_config, HANDSHAKE).await.unwrap();
+                    // Let the whole burst arrive, then read small bites until a recv brings more
+                    // than rustls takes (records straddle the 32 KiB receive size).
+                    rt::timer::sleep(Duration::from_millis(100)).await;
+                    let mut consumed = 0;
+                    let mut bite = [0u8; 1000];
+                    while tls.buffered_ciphertext() == 0 {
+                        assert!(
+                            consumed + bite.len() < BURST,
+                            "rustls took every recv whole"
+                        );
+                        tls.read_exact(&mut bite).await.unwrap();
+                        assert_eq!(&bite[..], &expected[consumed..consumed + bite.len()]);
+                        consumed += bite.len();
+                    }
+                    let handoff = tls.into_handoff().unwrap();
+                    assert!(!handoff.read_ahead.is_empty());
+                    port.send_to(1, (consumed, handoff)).await.unwrap();
+                } else {
+                    let (_, (consumed, handoff)) = port.recv().await.unwrap();
+                    let mut tls = TlsStream::from_handoff(handoff).unwrap();
+                    let mut rest = vec![0u8; BURST - consumed];
+                    tls.read_exact(&mut rest).await.unwrap();
+                    assert!(
+                        rest == expected[consumed..],
+                        "burst corrupted after the move"
+                    );
+                    tls.write_all(b"ok").await.unwrap();
+                    tls.close().await.unwrap();
+                }
+            }
+        })
+        .unwrap();
+    let addr = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    block_on_shard(move || async move {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let mut tls = tls::connect(tcp, client_config, server_name(), HANDSHAKE)
+            .await
+            .unwrap();
+        tls.write_all(&burst).await.unwrap();
+        tls.flush().await.unwrap();
+        let mut reply = Vec::new();
+        tls.read_to_end(&mut reply).await.unwrap();
+        assert_eq!(reply, b"ok");
+    })
+    .unwrap();
+    running.join().unwrap();
+}
+
+/// A reader that takes small bites out of a large response exercises the path where rustls's
+/// plaintext buffer is full and received ciphertext waits in the stream.
+#[test]
+fn slow_small_reads_of_a_large_response() {
+    const SIZE: usize = 2 * 1024 * 1024;
+    let pki = pki();
+    let server_config = server_config(&pki, false);
+    let client_config = client_config(&pki, false);
+    block_on_shard(move || async move {
+        let listener = TcpListener::bind(localhost()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = rt::spawn_local(async move {
+            let tcp = listener.accept().await.unwrap();
+            let mut tls = tls::accept(tcp, server_config, HANDSHAKE).await.unwrap();
+            let body: Vec<u8> = (0..SIZE).map(|i| (i % 241) as u8).collect();
+            tls.write_all(&body).await.unwrap();
+            tls.close().await.unwrap();
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let mut tls = tls::connect(tcp, client_config, server_name(), HANDSHAKE)
+            .await
+            .unwrap();
+        let mut got = Vec::with_capacity(SIZE);
+        let mut bite = [0u8; 777];
+        loop {
+            let n = tls.read(&mut bite).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&bite[..n]);
+        }
+        server.await;
+        assert_eq!(got.len(), SIZE);
+        assert!(got.iter().enumerate().all(|(i, &b)| b == (i % 241) as u8));
+    })
+    .unwrap();
+}
