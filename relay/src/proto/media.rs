@@ -736,6 +736,109 @@ mod tests {
             fuzzing::frames(&noise(seed, 200));
         }
     }
+
+    /// The whole device -> server path of an encryptTCP stream connection: hello, handshake,
+    /// media in command-3 packets inside frames, only keyframe-carrying frames encrypted
+    /// (selective encryption), the byte stream cut at awkward points. The server side decrypts
+    /// in place, reads core packets without gathering bodies, and demuxes the media.
+    #[test]
+    fn encrypt_tcp_stream_pipeline() {
+        use signal::proto::core_packet::{
+            self as core, cmd, CoreHeader, CorePacketReader, ReaderConfig,
+        };
+        use signal::proto::encrypt_tcp::{
+            self as etcp, Direction, FrameDecoder, FrameEncoder, FramePolicy, Hello, SessionKeys,
+        };
+
+        let secret = b"1oeVItyN4K9SxCfQC3OODZQpiZNgn37Q";
+        let client_hello = Hello {
+            code: 0,
+            access_key: *b"testKeyIndex0001777da74e9a46f49c",
+            nonce: [7; 32],
+        }
+        .encode(secret);
+        // Server: parse, look the secret up by access key, verify, answer.
+        let hello = Hello::parse(&client_hello).unwrap();
+        Hello::verify(&client_hello, secret).unwrap();
+        let server_hello = Hello {
+            code: etcp::HELLO_OK,
+            access_key: hello.access_key,
+            nonce: [9; 32],
+        }
+        .encode(secret);
+        let device_view = Hello::parse_verified(&server_hello, secret).unwrap();
+        let keys = SessionKeys::derive(secret, &hello.nonce, &device_view.nonce);
+
+        // Device: a core-packet stream (handshake, then media packets of uneven sizes).
+        let media = sample();
+        let mut media_wire = BytesMut::new();
+        for f in media.iter().cycle().take(40) {
+            f.encode(&mut media_wire).unwrap();
+        }
+        let media_wire = media_wire.freeze();
+        let mut core_stream = BytesMut::new();
+        core::encode_packet(
+            CoreHeader::request(cmd::HANDSHAKE, 1),
+            b"",
+            b"<body/>",
+            &mut core_stream,
+        )
+        .unwrap();
+        for piece in media_wire.chunks(37) {
+            core::encode_packet(
+                CoreHeader::request(cmd::PREVIEW_START, 77),
+                b"",
+                piece,
+                &mut core_stream,
+            )
+            .unwrap();
+        }
+        // Frames cut the core stream anywhere; every third frame encrypted.
+        let mut encoder = FrameEncoder::new(secret, &keys, Direction::DeviceToServer);
+        let mut wire = BytesMut::new();
+        for (i, piece) in core_stream.chunks(50).enumerate() {
+            encoder.encode(piece, i % 3 == 0, &mut wire).unwrap();
+        }
+
+        // Server: reads of 61 bytes into one receive buffer.
+        let mut decoder = FrameDecoder::new(
+            secret,
+            &keys,
+            FramePolicy {
+                first_sequence: Some(0),
+                ..FramePolicy::default()
+            },
+        );
+        let mut reader = CorePacketReader::new(ReaderConfig::stream(core::DEFAULT_STREAM_MAX_LEN));
+        let mut demuxer = MediaDemuxer::new(MediaLimits::default());
+        let mut receive = BytesMut::with_capacity(4096);
+        let (mut handshakes, mut frames) = (0, Vec::new());
+        for read in wire.chunks(61) {
+            receive.extend_from_slice(read);
+            while let Some(frame) = decoder.decode(&mut receive).unwrap() {
+                let mut body = frame.body;
+                while let Some(packet) = reader.read(&mut body).unwrap() {
+                    match packet.header.command {
+                        cmd::HANDSHAKE => handshakes += 1,
+                        cmd::PREVIEW_START => {
+                            assert_eq!(packet.header.request_id, 77);
+                            for part in packet.body.parts() {
+                                let mut part = part.clone();
+                                while let Some(f) = demuxer.read(&mut part).unwrap() {
+                                    frames.push(f);
+                                }
+                            }
+                        }
+                        other => panic!("unexpected command {other}"),
+                    }
+                }
+            }
+        }
+        assert_eq!(handshakes, 1);
+        let expected: Vec<MediaFrame> = media.iter().cycle().take(40).cloned().collect();
+        same(&frames, &expected);
+        assert!(receive.is_empty() && reader.is_idle() && demuxer.is_idle());
+    }
 }
 
 /// Entry point of the fuzz target (`fuzz/fuzz_targets/media_frames.rs`); not an API.

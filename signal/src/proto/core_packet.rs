@@ -320,7 +320,7 @@ const SMALL_PART: usize = 1024;
 
 /// An ordered list of `Bytes` slices that together make one logical byte string (a body or a
 /// media payload), referencing the received buffers without copying them. Holds two slices
-/// inline; past [`ZERO_COPY_PARTS`] slices, small slices are coalesced (copied) so the list
+/// inline; past `ZERO_COPY_PARTS` (8) slices, small slices are coalesced (copied) so the list
 /// stays proportional to the data, whatever the chunking.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ByteChunks {
