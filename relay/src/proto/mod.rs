@@ -10,3 +10,4 @@ pub mod media;
 pub mod nal;
 pub mod rtp;
 pub mod rtsp;
+pub mod sdp;
