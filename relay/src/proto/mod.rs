@@ -3,6 +3,8 @@
 #![forbid(unsafe_code)]
 
 pub mod aac;
+#[doc(hidden)]
+pub mod fuzz_rtsp;
 pub mod h264;
 pub mod h265;
 pub mod interleaved;
