@@ -3,4 +3,5 @@
 
 pub mod hub;
 pub mod proto;
+pub mod server;
 pub mod stream_key;

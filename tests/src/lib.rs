@@ -1,1 +1,121 @@
-//! tests
+//! Shared utilities of the integration and interop tests: an in-process server on ephemeral
+//! ports in a temporary data directory, and wrappers around the real clients (curl, openssl)
+//! that fail loudly when the tool is missing: the README's test command installs them.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A server running in this process, with its data directory.
+pub struct TestServer {
+    /// The running server (addresses, PKI).
+    pub server: relay::server::RunningServer,
+    /// Keeps the data directory alive.
+    pub dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Starts a server on 127.0.0.1 with every port ephemeral.
+    pub fn start() -> Self {
+        Self::start_with(|_| {})
+    }
+
+    /// Like [`TestServer::start`], with a chance to change the configuration first.
+    pub fn start_with(change: impl FnOnce(&mut signal::config::Config)) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut config = signal::config::Config {
+            listen: signal::config::ListenConfig::ephemeral(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            ..Default::default()
+        };
+        change(&mut config);
+        let server = relay::server::start(config, dir.path()).expect("server starts");
+        Self { server, dir }
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes the root CA to a file in the data directory and returns its path.
+    pub fn ca_file(&self) -> PathBuf {
+        self.server.pki.paths().root_cert.clone()
+    }
+
+    /// `http://127.0.0.1:PORT` of the client API.
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.server.addrs.api)
+    }
+}
+
+/// Panics with a clear message unless `tool` is on the PATH.
+pub fn require_tool(tool: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{tool} is required by this test; run scripts/test, which installs it"
+    );
+}
+
+/// Runs a command and returns its output; panics if it cannot be started.
+pub fn run(program: &str, args: &[&str]) -> Output {
+    require_tool(program);
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+}
+
+/// A curl call's HTTP status and body (curl's own exit code must be 0).
+#[derive(Debug)]
+pub struct CurlResponse {
+    /// HTTP status code.
+    pub status: u16,
+    /// Response body.
+    pub body: Vec<u8>,
+}
+
+impl CurlResponse {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// Runs `curl -s ARGS` and returns status and body; panics when curl itself fails (connection
+/// refused, TLS failure: use [`curl_exit_code`] to test those).
+pub fn curl(args: &[&str]) -> CurlResponse {
+    let mut full = vec!["-s", "-S", "-w", "\n%{http_code}"];
+    full.extend_from_slice(args);
+    let out = run("curl", &full);
+    assert!(
+        out.status.success(),
+        "curl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut body = out.stdout;
+    let split = body.iter().rposition(|&b| b == b'\n').expect("status line");
+    let status = std::str::from_utf8(&body[split + 1..])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    body.truncate(split);
+    CurlResponse { status, body }
+}
+
+/// curl's exit code for `curl -s ARGS` (0 on success; 35, 56, … for TLS failures).
+pub fn curl_exit_code(args: &[&str]) -> i32 {
+    let mut full = vec!["-s", "-o", "/dev/null"];
+    full.extend_from_slice(args);
+    run("curl", &full).status.code().unwrap_or(-1)
+}

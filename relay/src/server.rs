@@ -1,0 +1,375 @@
+//! `relay serve`: prepares the data directory (PKI, secrets, store), binds every listener and
+//! runs the control plane and the shards until shut down.
+//!
+//! The control plane (provisioning ports, client API, certificate and CRL watchers) runs on
+//! its own executor thread: its work is rare and may block on the store's fsync, which must not
+//! stall fan-out on a shard. Tests start a server in-process with [`start`] on ephemeral ports.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use rt::{Shutdown, TcpListener};
+use signal::api::{ControlPlane, Port, PortHandler};
+use signal::config::Config;
+use signal::http_server::{serve_connection_until, ConnInfo, ServerConfig as HttpConfig};
+use signal::provisioning::{DeviceEndpoints, Provisioning, ProvisioningSettings};
+use tracing::{debug, info, warn};
+
+/// How long a TLS client has to finish its handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the CRL and the server certificate files are checked for changes made by another
+/// process (`relay pki revoke`, an operator's renewal).
+const PKI_WATCH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often certificate expiry is checked (renewal, warnings).
+const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
+/// Certificates closer than this to expiry are warned about.
+const EXPIRY_WARNING_DAYS: i64 = 30;
+
+/// The addresses the listeners actually bound (differs from the configuration when it asks for
+/// port 0).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundAddrs {
+    /// CA download (61000).
+    pub ca: SocketAddr,
+    /// Device credentials (61001).
+    pub credentials: SocketAddr,
+    /// Registration, mutual TLS (61002).
+    pub registration: SocketAddr,
+    /// Client API, HTTP (61009).
+    pub api: SocketAddr,
+    /// Client API, HTTPS (61010), when enabled.
+    pub api_tls: Option<SocketAddr>,
+}
+
+/// A server started by [`start`].
+pub struct RunningServer {
+    /// Where it listens.
+    pub addrs: BoundAddrs,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The PKI (tests read the CA from it).
+    pub pki: Arc<pki::Pki>,
+    shutdown: Shutdown,
+    control: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for RunningServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningServer")
+            .field("addrs", &self.addrs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningServer {
+    /// Blocks until the server stops.
+    pub fn wait(mut self) {
+        if let Some(control) = self.control.take() {
+            let _ = control.join();
+        }
+    }
+
+    /// Stops accepting, finishes requests in progress and waits for every thread.
+    pub fn stop(mut self) {
+        self.shutdown.trigger();
+        if let Some(control) = self.control.take() {
+            let _ = control.join();
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+/// Runs the server in the foreground until it is killed.
+pub fn serve(config: Config, data_dir: &Path) -> anyhow::Result<()> {
+    let server = start(config, data_dir)?;
+    server.wait();
+    Ok(())
+}
+
+/// Prepares `data_dir`, binds every listener and starts serving; returns once everything
+/// listens.
+pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
+    config.validate()?;
+    match rt::raise_fd_limit() {
+        Ok((soft, hard)) => info!(soft, hard, "file descriptor limit"),
+        Err(e) => warn!("could not raise the file descriptor limit: {e}"),
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    let hosts = config.certificate_host_list();
+    // open_or_init logs what it created.
+    let (pki, _created) = pki::Pki::open_or_init(data_dir, &hosts)?;
+    info!(
+        root_ca = %pki.paths().root_cert.display(),
+        sha256 = %pki.root_fingerprint_sha256(),
+        "root CA (devices check it against caHash)"
+    );
+    let secrets = signal::secrets::Secrets::open_or_create(data_dir)?;
+    let store = signal::store::Store::open(data_dir)?;
+    let pki = Arc::new(pki);
+    let store = Arc::new(store);
+    signal::provisioning::publish_crl(&pki, &store)?;
+    warn_about_expiry(&pki);
+
+    let shutdown = Shutdown::new();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let control = {
+        let pki = pki.clone();
+        let shutdown = shutdown.clone();
+        std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || {
+                let result = rt::block_on_shard(move || async move {
+                    run_control_plane(config, pki, store, secrets, shutdown, ready_tx).await
+                });
+                if let Err(e) = result {
+                    tracing::error!("control plane stopped: {e}");
+                }
+            })
+            .context("starting the control plane thread")?
+    };
+    let addrs = ready_rx
+        .recv()
+        .context("the control plane stopped before it listened")??;
+    info!(
+        ca = %addrs.ca,
+        credentials = %addrs.credentials,
+        registration = %addrs.registration,
+        api = %addrs.api,
+        api_tls = ?addrs.api_tls,
+        data = %data_dir.display(),
+        "listening"
+    );
+    Ok(RunningServer {
+        addrs,
+        data_dir: data_dir.to_owned(),
+        pki,
+        shutdown,
+        control: Some(control),
+    })
+}
+
+async fn run_control_plane(
+    config: Config,
+    pki: Arc<pki::Pki>,
+    store: Arc<signal::store::Store>,
+    secrets: signal::secrets::Secrets,
+    shutdown: Shutdown,
+    ready: std::sync::mpsc::Sender<anyhow::Result<BoundAddrs>>,
+) {
+    let bind = |what: &str, addr: SocketAddr| {
+        TcpListener::bind(addr).with_context(|| format!("binding the {what} listener on {addr}"))
+    };
+    let listeners = (|| {
+        let ca = bind("CA download", config.listen.ca)?;
+        let credentials = bind("device credentials", config.listen.credentials)?;
+        let registration = bind("device registration", config.listen.registration)?;
+        let api = bind("client API", config.listen.api)?;
+        let api_tls = if config.api.https {
+            Some(bind("client API (HTTPS)", config.listen.api_tls)?)
+        } else {
+            None
+        };
+        anyhow::Ok((ca, credentials, registration, api, api_tls))
+    })();
+    let (ca, credentials, registration, api, api_tls) = match listeners {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let local = |l: &TcpListener| l.local_addr().unwrap_or(config.listen.api);
+    let addrs = BoundAddrs {
+        ca: local(&ca),
+        credentials: local(&credentials),
+        registration: local(&registration),
+        api: local(&api),
+        api_tls: api_tls.as_ref().map(local),
+    };
+    let endpoints = DeviceEndpoints {
+        host: config.hostname.clone(),
+        ca_port: addrs.ca.port(),
+        credentials_port: addrs.credentials.port(),
+        registration_port: addrs.registration.port(),
+        keepalive_port: config.listen.keepalive.port(),
+        signaling_port: config.listen.signaling.port(),
+    };
+    let settings = ProvisioningSettings {
+        endpoints,
+        code_ttl_secs: config.provisioning.code_ttl_secs,
+        device_cert_days: config.provisioning.device_cert_days,
+        heartbeat_interval_secs: config.provisioning.heartbeat_interval_secs,
+    };
+    let provisioning = Provisioning::new(pki.clone(), store.clone(), &secrets, settings);
+    let api_token =
+        (config.api.auth == signal::config::ApiAuth::Token).then(|| secrets.api_token.clone());
+    let plane = Arc::new(ControlPlane {
+        config,
+        pki: pki.clone(),
+        store,
+        provisioning,
+        tokens: signal::tokens::TokenSigner::new(secrets.token_key),
+        api_token,
+        on_revoke: Box::new(|uid| info!(uid, "device revoked")),
+    });
+    let http = Rc::new(HttpConfig::default());
+    let server_tls = pki.server_config();
+    let mtls = pki.mtls_config();
+    let handler = |port| {
+        Rc::new(PortHandler {
+            plane: plane.clone(),
+            port,
+        })
+    };
+    let mut tasks = vec![
+        rt::spawn_local(accept_http(
+            ca,
+            handler(Port::Ca),
+            Some(server_tls.clone()),
+            http.clone(),
+            shutdown.clone(),
+        )),
+        rt::spawn_local(accept_http(
+            credentials,
+            handler(Port::Credentials),
+            Some(server_tls.clone()),
+            http.clone(),
+            shutdown.clone(),
+        )),
+        rt::spawn_local(accept_http(
+            registration,
+            handler(Port::Registration),
+            Some(mtls),
+            http.clone(),
+            shutdown.clone(),
+        )),
+        rt::spawn_local(accept_http(
+            api,
+            handler(Port::Client),
+            None,
+            http.clone(),
+            shutdown.clone(),
+        )),
+    ];
+    if let Some(api_tls) = api_tls {
+        tasks.push(rt::spawn_local(accept_http(
+            api_tls,
+            handler(Port::Client),
+            Some(server_tls),
+            http.clone(),
+            shutdown.clone(),
+        )));
+    }
+    let _ = ready.send(Ok(addrs));
+    let watcher = rt::spawn_local(watch_pki(pki, shutdown.clone()));
+    shutdown.wait().await;
+    for task in tasks {
+        task.await;
+    }
+    watcher.cancel().await;
+}
+
+/// Accepts connections on `listener` and serves HTTP on each (over TLS when `tls` is given;
+/// with a client certificate, the device UID reaches the handler in [`ConnInfo::client_uid`]).
+async fn accept_http(
+    listener: TcpListener,
+    handler: Rc<PortHandler>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    http: Rc<HttpConfig>,
+    shutdown: Shutdown,
+) {
+    let local = listener.local_addr().ok();
+    while let Some(accepted) = listener.accept_until(&shutdown).await {
+        let stream = match accepted {
+            Ok(stream) => stream,
+            Err(e) => {
+                warn!(?local, "accept failed: {e}");
+                rt::timer::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (handler, tls, http, shutdown) =
+            (handler.clone(), tls.clone(), http.clone(), shutdown.clone());
+        rt::spawn_detached(async move {
+            let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
+                return;
+            };
+            let mut info = ConnInfo {
+                peer,
+                local,
+                tls: tls.is_some(),
+                client_uid: None,
+            };
+            let result = match tls {
+                None => {
+                    serve_connection_until(stream, &*handler, info, &http, shutdown.wait()).await
+                }
+                Some(config) => {
+                    match rt::tls::accept(stream, config, TLS_HANDSHAKE_TIMEOUT).await {
+                        Ok(tls) => {
+                            info.client_uid = tls.peer_certificates().and_then(pki::peer_uid);
+                            serve_connection_until(tls, &*handler, info, &http, shutdown.wait())
+                                .await
+                        }
+                        Err(e) => {
+                            debug!(%peer, %local, "TLS handshake failed: {e}");
+                            return;
+                        }
+                    }
+                }
+            };
+            if let Err(e) = result {
+                debug!(%peer, "HTTP connection ended: {e}");
+            }
+        });
+    }
+}
+
+/// Reloads the CRL and the server certificate when another process changed them, renews the
+/// server certificate when it is due, and warns about certificates close to expiry.
+async fn watch_pki(pki: Arc<pki::Pki>, shutdown: Shutdown) {
+    let mut since_expiry_check = Duration::ZERO;
+    while !shutdown.is_triggered() {
+        rt::timer::sleep(PKI_WATCH_INTERVAL).await;
+        match pki.reload_crl_if_changed() {
+            Ok(true) => info!("CRL reloaded"),
+            Ok(false) => {}
+            Err(e) => warn!("CRL not reloaded, the previous one stays in force: {e}"),
+        }
+        match pki.reload_server_cert_if_changed() {
+            Ok(true) => info!("server certificate reloaded"),
+            Ok(false) => {}
+            Err(e) => warn!("server certificate not reloaded: {e}"),
+        }
+        since_expiry_check += PKI_WATCH_INTERVAL;
+        if since_expiry_check >= EXPIRY_CHECK_INTERVAL {
+            since_expiry_check = Duration::ZERO;
+            match pki.renew_server_if_due(SystemTime::now()) {
+                Ok(Some(status)) => {
+                    info!(serial = %status.serial_hex, days = status.days_left, "server certificate renewed")
+                }
+                Ok(None) => {}
+                Err(e) => warn!("server certificate renewal failed: {e}"),
+            }
+            warn_about_expiry(&pki);
+        }
+    }
+}
+
+fn warn_about_expiry(pki: &pki::Pki) {
+    for cert in pki.status() {
+        if cert.days_left < EXPIRY_WARNING_DAYS {
+            warn!(certificate = cert.name, serial = %cert.serial_hex, days_left = cert.days_left, "certificate expires soon");
+        }
+    }
+}
