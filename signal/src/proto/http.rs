@@ -919,6 +919,67 @@ fn decode_chunked(
     }
 }
 
+/// Entry points of the fuzz targets (`fuzz/fuzz_targets/http_*.rs`); not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// Limits small enough that fuzz inputs reach them.
+    const LIMITS: Limits = Limits {
+        max_header_bytes: 1024,
+        max_headers: 8,
+        max_body: 4096,
+    };
+
+    /// Arbitrary bytes as pipelined requests: never panics; a complete request lies inside the
+    /// buffer and every shorter prefix of it is partial; every error answers with a 4xx JSON body.
+    pub fn parse_requests(data: &[u8]) {
+        let parser = RequestParser::new(LIMITS);
+        let mut rest = data;
+        loop {
+            match parser.parse(rest) {
+                Ok(Parsed::Complete {
+                    head_len, body_len, ..
+                }) => {
+                    let len = head_len + body_len;
+                    assert!(len > 0 && len <= rest.len(), "request of {len} bytes");
+                    assert!(matches!(
+                        parser.parse(&rest[..len - 1]),
+                        Ok(Parsed::Partial)
+                    ));
+                    rest = &rest[len..];
+                }
+                Ok(Parsed::Partial) => return,
+                Err(error) => {
+                    assert!(error.status().is_client_error(), "{error:?}");
+                    let response = error.to_response();
+                    let body: serde_json::Value =
+                        serde_json::from_slice(response.body()).expect("JSON error body");
+                    assert_eq!(body["error"]["symbol"], error.symbol());
+                    let mut out = Vec::new();
+                    encode_response(&response, false, &mut out);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Arbitrary bytes as a response stream: never panics; a complete response lies inside the
+    /// buffer.
+    pub fn parse_responses(data: &[u8]) {
+        let parser = ResponseParser::new(LIMITS);
+        let mut rest = data;
+        while let Ok(ParsedResponse::Complete { consumed, .. }) = parser.parse(rest) {
+            assert!(consumed > 0 && consumed <= rest.len());
+            rest = &rest[consumed..];
+        }
+        if let Ok(ParsedResponse::Complete { consumed, .. }) = parser.parse_at_eof(rest) {
+            assert!(consumed <= rest.len());
+        }
+        let _ = parser.for_head_request().parse(data);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1366,5 +1427,23 @@ mod tests {
             ResponseParser::default().parse(conflicting).unwrap_err(),
             HttpError::DuplicateContentLength
         );
+    }
+
+    #[test]
+    fn fuzz_entry_points_accept_the_fixtures() {
+        for fixture in [
+            CURL_GET,
+            CURL_POST_JSON,
+            CURL_TWO_GETS,
+            CURL_CHUNKED,
+            CURL_EXPECT,
+        ] {
+            fuzzing::parse_requests(fixture);
+            fuzzing::parse_responses(fixture);
+        }
+        let mut response = Vec::new();
+        encode_response(&json_response(StatusCode::OK, &"x"), true, &mut response);
+        fuzzing::parse_responses(&response.repeat(3));
+        fuzzing::parse_requests(&CURL_TWO_GETS.repeat(2));
     }
 }
