@@ -12,7 +12,7 @@
 //! - once the first byte of a request has arrived, the whole head and body must arrive within
 //!   [`ServerConfig::request_timeout`] or the client gets 408 and the connection is closed (a
 //!   client trickling one byte per second cannot hold a connection: slowloris defense);
-//! - every write must progress within [`ServerConfig::write_timeout`];
+//! - writing out the buffered responses must finish within [`ServerConfig::write_timeout`];
 //! - errors in the client's request are answered with the platform's JSON error body and
 //!   `Connection: close`, then the connection is closed after a short lingering read, so the
 //!   client sees the response rather than a reset;
@@ -117,7 +117,8 @@ pub struct ServerConfig {
     /// How long a client has, from the first byte of a request, to send its whole head and body;
     /// beyond it the client gets 408 and the connection is closed. Default 15 s.
     pub request_timeout: Duration,
-    /// How long one write may make no progress before the connection is dropped. Default 15 s.
+    /// How long writing out the buffered responses may take before the connection is dropped
+    /// (a client that does not read). Default 15 s.
     pub write_timeout: Duration,
     /// Requests served on one connection; the last response says `Connection: close`.
     /// Default 1000.

@@ -29,7 +29,7 @@ impl Handler for TestApi {
             }
             (Method::GET, "/conn") => json_response(
                 StatusCode::OK,
-                &json!({"peer": conn.peer.to_string(), "query": request.query()}),
+                &json!({"peer": conn.peer.to_string(), "query": request.query(), "tls": conn.tls}),
             ),
             (Method::POST | Method::PUT, "/echo") => match request.json::<Value>() {
                 Ok(value) => json_response(StatusCode::OK, &json!({"received": value})),
@@ -65,6 +65,11 @@ struct TestServer {
 
 impl TestServer {
     fn start(cfg: ServerConfig) -> TestServer {
+        TestServer::start_with(cfg, None)
+    }
+
+    /// `tls`: serve HTTPS with this rustls configuration.
+    fn start_with(cfg: ServerConfig, tls: Option<Arc<rustls::ServerConfig>>) -> TestServer {
         cfg.validate().expect("valid test config");
         let (addr_tx, addr_rx) = mpsc::channel();
         let errors = Arc::new(Mutex::new(Vec::new()));
@@ -73,11 +78,12 @@ impl TestServer {
             let errors = errors.clone();
             let shutdown = shutdown.clone();
             move |_ctx: rt::ShardContext| {
-                let (addr_tx, errors, shutdown, cfg) = (
+                let (addr_tx, errors, shutdown, cfg, tls) = (
                     addr_tx.clone(),
                     errors.clone(),
                     shutdown.clone(),
                     cfg.clone(),
+                    tls.clone(),
                 );
                 async move {
                     let listener = rt::TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -89,15 +95,33 @@ impl TestServer {
                         let info = ConnInfo {
                             peer: stream.peer_addr().unwrap(),
                             local: stream.local_addr().unwrap(),
-                            tls: false,
+                            tls: tls.is_some(),
                             client_uid: None,
                         };
-                        let (cfg, api, errors, shutdown) =
-                            (cfg.clone(), api.clone(), errors.clone(), shutdown.clone());
+                        let (cfg, api, errors, shutdown, tls) = (
+                            cfg.clone(),
+                            api.clone(),
+                            errors.clone(),
+                            shutdown.clone(),
+                            tls.clone(),
+                        );
                         rt::spawn_detached(async move {
-                            let served =
-                                serve_connection_until(stream, &*api, info, &cfg, shutdown.wait())
-                                    .await;
+                            let served = match tls {
+                                None => {
+                                    let sd = shutdown.wait();
+                                    serve_connection_until(stream, &*api, info, &cfg, sd).await
+                                }
+                                Some(tls) => {
+                                    let handshake = Duration::from_secs(5);
+                                    let Ok(stream) = rt::tls::accept(stream, tls, handshake).await
+                                    else {
+                                        errors.lock().unwrap().push("TLS handshake".into());
+                                        return;
+                                    };
+                                    let sd = shutdown.wait();
+                                    serve_connection_until(stream, &*api, info, &cfg, sd).await
+                                }
+                            };
                             if let Err(error) = served {
                                 errors.lock().unwrap().push(error.to_string());
                             }
@@ -617,5 +641,47 @@ fn shutdown_closes_idle_connections() {
         started.elapsed() < Duration::from_secs(1),
         "{:?}",
         started.elapsed()
+    );
+}
+
+#[test]
+fn curl_over_https_keeps_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pki, _) = pki::Pki::open_or_init(dir.path(), &["localhost".to_owned()]).unwrap();
+    let server = TestServer::start_with(fast_config(), Some(pki.server_config()));
+    let port = server.addr.port();
+    let ca = pki.paths().root_cert.display().to_string();
+    let resolve = format!("localhost:{port}:127.0.0.1");
+    let url = format!("https://localhost:{port}/conn");
+    let output = curl(&["-v", "--cacert", &ca, "--resolve", &resolve, &url, &url]);
+    assert!(
+        output.stderr.contains("Re-using existing connection"),
+        "{}",
+        output.stderr
+    );
+    let bodies: Vec<Value> = serde_json::Deserializer::from_str(&output.stdout)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(bodies.len(), 2);
+    assert_eq!(bodies[0]["tls"], true);
+    assert_eq!(bodies[0]["peer"], bodies[1]["peer"]);
+
+    let url = format!("https://localhost:{port}/echo");
+    let output = curl(&[
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve,
+        "-d",
+        r#"{"uid":"95270000YGAKNWKJ"}"#,
+        "-w",
+        STATUS,
+        &url,
+    ]);
+    let (body, status) = body_and_status(&output);
+    assert_eq!(
+        (status, body["received"]["uid"].as_str()),
+        (200, Some("95270000YGAKNWKJ"))
     );
 }
