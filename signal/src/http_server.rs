@@ -488,3 +488,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_valid_and_bad_values_are_named() {
+        assert_eq!(ServerConfig::default().validate(), Ok(()));
+        let zero_requests = ServerConfig {
+            max_requests_per_connection: 0,
+            ..Default::default()
+        };
+        assert_eq!(
+            zero_requests.validate().unwrap_err().field,
+            "max_requests_per_connection"
+        );
+        let no_timeout = ServerConfig {
+            request_timeout: Duration::ZERO,
+            ..Default::default()
+        };
+        assert_eq!(no_timeout.validate().unwrap_err().field, "request_timeout");
+        let tiny_head = ServerConfig {
+            limits: Limits {
+                max_header_bytes: 16,
+                ..Limits::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(
+            tiny_head.validate().unwrap_err().field,
+            "limits.max_header_bytes"
+        );
+    }
+}
