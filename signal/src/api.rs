@@ -144,6 +144,10 @@ impl ControlPlane {
                 }
                 _ => method_not_allowed("GET, HEAD"),
             },
+            ["metrics"] => match *method {
+                Method::GET | Method::HEAD => self.get_metrics(),
+                _ => method_not_allowed("GET, HEAD"),
+            },
             ["v1.0", "devices", "initialization-session"] => match *method {
                 Method::POST => self.post_initialization_session(req),
                 _ => method_not_allowed("POST"),
@@ -159,6 +163,53 @@ impl ControlPlane {
             },
             _ => url_not_found(),
         }
+    }
+
+    /// Prometheus text exposition. Certificate expiry is here so that an operator alerts on it
+    /// long before devices are locked out (the platform's server gives no warning).
+    fn get_metrics(&self) -> Response {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        out.push_str(
+            "# HELP rop_certificate_days_left Whole days until the certificate expires.\n",
+        );
+        out.push_str("# TYPE rop_certificate_days_left gauge\n");
+        for cert in self.pki.status() {
+            let _ = writeln!(
+                out,
+                "rop_certificate_days_left{{certificate=\"{}\",serial=\"{}\"}} {}",
+                cert.name, cert.serial_hex, cert.days_left
+            );
+        }
+        out.push_str("# HELP rop_certificate_expiring Certificates of the hierarchy within 30 days of expiry.\n");
+        out.push_str("# TYPE rop_certificate_expiring gauge\n");
+        let expiring = self
+            .pki
+            .status()
+            .iter()
+            .filter(|c| c.days_left < 30)
+            .count();
+        let _ = writeln!(out, "rop_certificate_expiring {expiring}");
+        if let Ok(devices) = self.store.devices() {
+            out.push_str("# HELP rop_devices_provisioned Devices known to the store, by state.\n");
+            out.push_str("# TYPE rop_devices_provisioned gauge\n");
+            let revoked = devices.iter().filter(|d| d.revoked).count();
+            let _ = writeln!(
+                out,
+                "rop_devices_provisioned{{state=\"active\"}} {}",
+                devices.len() - revoked
+            );
+            let _ = writeln!(
+                out,
+                "rop_devices_provisioned{{state=\"revoked\"}} {revoked}"
+            );
+        }
+        let mut response = http::Response::new(out.into_bytes());
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        response
     }
 
     fn get_ca(&self, req: &Request) -> Response {
