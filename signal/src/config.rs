@@ -428,12 +428,18 @@ mod tests {
 
     #[test]
     fn rejected_values() {
-        let c = Config { hostname: String::new(), ..Config::default() };
+        let c = Config {
+            hostname: String::new(),
+            ..Config::default()
+        };
         assert!(c.validate().is_err());
         let mut c = Config::default();
         c.provisioning.code_ttl_secs = 0;
         assert!(c.validate().is_err());
-        let c = Config { alarm_webhook: Some("ftp://x".into()), ..Config::default() };
+        let c = Config {
+            alarm_webhook: Some("ftp://x".into()),
+            ..Config::default()
+        };
         assert!(c.validate().is_err());
     }
 }

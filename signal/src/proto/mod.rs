@@ -2,7 +2,7 @@
 //! No sockets, no clocks, no runtime: the loadgen's simulated device and the fuzz targets reuse them.
 
 pub mod access_key;
+pub mod body;
 pub mod core_packet;
 pub mod encrypt_tcp;
 pub mod http;
-pub mod body;
