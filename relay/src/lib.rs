@@ -3,5 +3,7 @@
 
 pub mod hub;
 pub mod proto;
+pub mod rtsp;
 pub mod server;
+pub mod shard;
 pub mod stream_key;

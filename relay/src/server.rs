@@ -43,6 +43,8 @@ pub struct BoundAddrs {
     pub api: SocketAddr,
     /// Client API, HTTPS (61010), when enabled.
     pub api_tls: Option<SocketAddr>,
+    /// RTSP (61008), bound by every shard.
+    pub rtsp: SocketAddr,
 }
 
 /// A server started by [`start`].
@@ -55,6 +57,7 @@ pub struct RunningServer {
     pub pki: Arc<pki::Pki>,
     shutdown: Shutdown,
     control: Option<std::thread::JoinHandle<()>>,
+    shards: Option<rt::shard::RunningShards<()>>,
 }
 
 impl std::fmt::Debug for RunningServer {
@@ -71,6 +74,15 @@ impl RunningServer {
         if let Some(control) = self.control.take() {
             let _ = control.join();
         }
+        self.join_shards();
+    }
+
+    fn join_shards(&mut self) {
+        if let Some(shards) = self.shards.take() {
+            if let Err(e) = shards.join() {
+                tracing::error!("data plane: {e}");
+            }
+        }
     }
 
     /// Stops accepting, finishes requests in progress and waits for every thread.
@@ -79,6 +91,7 @@ impl RunningServer {
         if let Some(control) = self.control.take() {
             let _ = control.join();
         }
+        self.join_shards();
     }
 }
 
@@ -114,6 +127,7 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
         "root CA (devices check it against caHash)"
     );
     let secrets = signal::secrets::Secrets::open_or_create(data_dir)?;
+    let token_key = secrets.token_key;
     let store = signal::store::Store::open(data_dir)?;
     let pki = Arc::new(pki);
     let store = Arc::new(store);
@@ -121,6 +135,8 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
     warn_about_expiry(&pki);
 
     let shutdown = Shutdown::new();
+    let config_shards = config.shards;
+    let rtsp_listen = config.listen.rtsp;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let control = {
         let pki = pki.clone();
@@ -137,10 +153,20 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
             })
             .context("starting the control plane thread")?
     };
-    let addrs = ready_rx
+    let mut addrs = ready_rx
         .recv()
         .context("the control plane stopped before it listened")??;
+    let (shards, rtsp) = match start_shards(&config_shards, rtsp_listen, token_key, &shutdown) {
+        Ok(started) => started,
+        Err(e) => {
+            shutdown.trigger();
+            let _ = control.join();
+            return Err(e);
+        }
+    };
+    addrs.rtsp = rtsp;
     info!(
+        rtsp = %addrs.rtsp,
         ca = %addrs.ca,
         credentials = %addrs.credentials,
         registration = %addrs.registration,
@@ -155,7 +181,59 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
         pki,
         shutdown,
         control: Some(control),
+        shards: Some(shards),
     })
+}
+
+/// Starts the data-plane shards and waits until each listens on the RTSP port.
+fn start_shards(
+    shards: &Option<usize>,
+    rtsp_listen: SocketAddr,
+    token_key: [u8; 32],
+    shutdown: &Shutdown,
+) -> anyhow::Result<(rt::shard::RunningShards<()>, SocketAddr)> {
+    let count = shards.unwrap_or_else(|| {
+        rt::shard::allowed_cpus()
+            .map(|cpus| cpus.len())
+            .unwrap_or(1)
+            .max(1)
+    });
+    let mesh = rt::Mesh::new(count, 256);
+    let settings = crate::shard::ShardSettings::default();
+    let signer = signal::tokens::TokenSigner::new(token_key);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let running = rt::ShardPool::new(count)
+        .name("shard")
+        .with_shutdown(shutdown.clone())
+        .start(move |ctx| {
+            crate::shard::run(
+                ctx,
+                mesh.clone(),
+                settings,
+                signer.clone(),
+                rtsp_listen,
+                ready_tx.clone(),
+            )
+        })
+        .context("starting the shards")?;
+    let mut bound = None;
+    for _ in 0..count {
+        match ready_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(addr)) => bound = Some(addr),
+            Ok(Err(e)) => {
+                shutdown.trigger();
+                let _ = running.join();
+                anyhow::bail!(e);
+            }
+            Err(_) => {
+                shutdown.trigger();
+                let _ = running.join();
+                anyhow::bail!("the shards did not start listening on the RTSP port");
+            }
+        }
+    }
+    let bound = bound.context("no shard reported its RTSP address")?;
+    Ok((running, bound))
 }
 
 async fn run_control_plane(
@@ -195,6 +273,8 @@ async fn run_control_plane(
         registration: local(&registration),
         api: local(&api),
         api_tls: api_tls.as_ref().map(local),
+        // Filled in by `start` once the shards listen.
+        rtsp: config.listen.rtsp,
     };
     let endpoints = DeviceEndpoints {
         host: config.hostname.clone(),

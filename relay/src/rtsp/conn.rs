@@ -1,0 +1,561 @@
+//! One RTSP connection on its shard: the only place the RTSP server touches a socket.
+//!
+//! Two halves run concurrently on the same `&TcpStream`:
+//! - the **reader** parses requests and `$` frames from a receive buffer (limits from the
+//!   demuxer: 8 KiB of headers, 64 KiB bodies and frames), feeds requests to the
+//!   [`Session`] and performs what it asks on the shard (describe, publish, play), pushes a
+//!   publisher's frames into the hub as slices of the receive buffer (no copy), and queues
+//!   responses;
+//! - the **writer** owns every write: queued responses, and for a player the hub's batches,
+//!   each written with one `sendmsg` (the viewer's interleaved headers beside the shared packets).
+//!   A response is only written between two packets, never inside one, so the byte stream stays
+//!   valid whatever the socket accepts. When the socket is full the writer waits for io_uring
+//!   write readiness; meanwhile the hub counts the viewer as behind, skips it to a keyframe and
+//!   finally evicts it, which wakes the writer through the viewer's notify and ends the
+//!   connection.
+//!
+//! Timeouts are not timers here: the shard's sweeper watches the connection's timestamps
+//! ([`crate::shard::ConnWatch`]) and raises its expiry signal. Errors are logged with the
+//! connection id, peer, stream and stream offset; the peer gets a precise status, then the
+//! connection closes.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BytesMut};
+use futures_lite::future::{or, poll_fn};
+use futures_lite::AsyncReadExt;
+use rt::TcpStream;
+use tracing::{debug, info};
+
+use super::session::{Answer, Effect, FrameAction, Need, Reply, Session, State, Step};
+use crate::hub::{
+    LocalNotify, PublisherId, RtpPacket, StreamHub, ViewerEnd, ViewerId, MAX_IO_SLICES_PER_PACKET,
+};
+use crate::proto::interleaved::{DemuxLimits, Demuxed, Demuxer};
+use crate::proto::rtsp::{Parsed, RtspError, RtspMessage, RtspResponse, StatusCode};
+use crate::shard::{ConnWatch, Expiry, Shard};
+
+/// Most packets per `sendmsg` to a viewer.
+const BATCH_PACKETS: usize = 64;
+/// Most bytes per `sendmsg` to a viewer.
+const BATCH_BYTES: usize = 256 * 1024;
+/// `IoSlice`s a batch needs at most (the rest of a half-sent packet, then the packets).
+const BATCH_SLICES: usize = (BATCH_PACKETS + 1) * MAX_IO_SLICES_PER_PACKET;
+/// Batches a writer sends before yielding to other tasks of the shard.
+const BATCHES_PER_POLL: usize = 16;
+/// Receive buffer growth step; the demuxer bounds what it holds to one message or frame.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// A player's place in a hub.
+struct ViewerHandle {
+    hub: Rc<RefCell<StreamHub>>,
+    id: ViewerId,
+    notify: LocalNotify,
+}
+
+/// Everything the writer writes, shared with the reader.
+struct Outbox {
+    /// Response bytes not yet written, from `sent`.
+    control: Vec<u8>,
+    sent: usize,
+    viewer: Option<ViewerHandle>,
+    /// The reader asked to remove the viewer (PAUSE, TEARDOWN); done between two packets.
+    stop_viewer: bool,
+    /// The last write ended on a packet boundary (nothing of a packet is half sent).
+    at_boundary: bool,
+    /// Finish the responses, then end.
+    closing: bool,
+}
+
+impl Outbox {
+    fn has_control(&self) -> bool {
+        self.sent < self.control.len()
+    }
+}
+
+/// State of one connection shared by its reader, writer and clean-up.
+struct Conn {
+    id: u64,
+    peer: SocketAddr,
+    shard: Rc<Shard>,
+    watch: Rc<ConnWatch>,
+    out: RefCell<Outbox>,
+    /// Raised by the reader when the writer has something new to do.
+    wake_writer: LocalNotify,
+    /// Raised by the writer when its queued responses are written and stops done.
+    drained: LocalNotify,
+    publisher: RefCell<Option<(Rc<RefCell<StreamHub>>, PublisherId)>>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(viewer) = self.out.get_mut().viewer.take() {
+            if let Ok(mut hub) = viewer.hub.try_borrow_mut() {
+                hub.remove_viewer(viewer.id);
+            }
+        }
+        if let Some((hub, publisher)) = self.publisher.get_mut().take() {
+            if let Ok(mut hub) = hub.try_borrow_mut() {
+                let _ = hub.detach_publisher(publisher, Instant::now());
+                info!(conn = self.id, peer = %self.peer, stream = %hub.key(), "publisher left");
+            }
+        }
+        self.shard.unregister_conn(self.id);
+    }
+}
+
+/// How the reader stopped.
+enum ReaderEnd {
+    /// The peer closed or the socket failed: close at once.
+    Gone,
+    /// Flush the queued responses, then close.
+    Close,
+    /// The stream belongs to shard `to`: move the connection there with these unconsumed bytes.
+    HandOff { to: usize, read_ahead: Vec<u8> },
+}
+
+/// How the writer stopped.
+enum WriterEnd {
+    /// Queued responses written and the connection is closing.
+    Flushed,
+    /// The viewer's stream ended or the viewer was evicted.
+    Viewer(ViewerEnd),
+    /// The socket failed.
+    Failed(std::io::Error),
+}
+
+enum End {
+    Reader(ReaderEnd),
+    Writer(WriterEnd),
+    Expired(Expiry),
+    Shutdown,
+}
+
+/// Serves one RTSP connection until it closes or moves to another shard.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let (id, watch) = shard.register_conn(Instant::now());
+    let conn = Rc::new(Conn {
+        id,
+        peer,
+        shard: shard.clone(),
+        watch,
+        out: RefCell::new(Outbox {
+            control: Vec::new(),
+            sent: 0,
+            viewer: None,
+            stop_viewer: false,
+            at_boundary: true,
+            closing: false,
+        }),
+        wake_writer: LocalNotify::new(),
+        drained: LocalNotify::new(),
+        publisher: RefCell::new(None),
+    });
+    let session_id = format!("{:016x}", rand::random::<u64>());
+    let mut session = Session::new(
+        session_id,
+        shard.settings.rtsp.session,
+        shard.signer.clone(),
+    );
+    debug!(conn = id, shard = shard.id, %peer, "RTSP connection");
+
+    let end = {
+        let reader = async { End::Reader(read_loop(&conn, &stream, &mut session).await) };
+        let writer = async { End::Writer(poll_fn(|cx| poll_writer(&conn, &stream, cx)).await) };
+        let expired = async {
+            conn.watch.expired_notify.notified().await;
+            End::Expired(conn.watch.expired.get().unwrap_or(Expiry::SessionTimeout))
+        };
+        let shutdown = async {
+            shard.shutdown.wait().await;
+            End::Shutdown
+        };
+        or(or(reader, writer), or(expired, shutdown)).await
+    };
+    let stream_name = session
+        .stream()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    match end {
+        End::Reader(ReaderEnd::Gone) | End::Shutdown => {}
+        End::Reader(ReaderEnd::Close) => flush_and_close(&conn, &stream).await,
+        End::Reader(ReaderEnd::HandOff { to, read_ahead }) => {
+            drop(session);
+            // Nothing of the connection stays here: the Conn's drop only unregisters it.
+            drop(conn);
+            match stream.into_handoff(read_ahead) {
+                Ok(handoff) => {
+                    debug!(conn = id, from = shard.id, to, %peer, "RTSP connection handed off");
+                    shard.hand_off(to, handoff);
+                }
+                Err(e) => debug!(conn = id, %peer, "RTSP handoff failed: {e}"),
+            }
+            return;
+        }
+        End::Writer(WriterEnd::Flushed) => {}
+        End::Writer(WriterEnd::Viewer(reason)) => {
+            info!(conn = id, %peer, stream = %stream_name, "player closed: {reason}");
+        }
+        End::Writer(WriterEnd::Failed(e)) => {
+            debug!(conn = id, %peer, stream = %stream_name, "write failed: {e}");
+        }
+        End::Expired(Expiry::RequestTimeout) => {
+            debug!(conn = id, %peer, "request not complete in time (slowloris?)");
+            let response = RtspResponse::builder(StatusCode::REQUEST_TIMEOUT).build();
+            queue_response(&conn, &response);
+            flush_and_close(&conn, &stream).await;
+        }
+        End::Expired(expiry) => {
+            debug!(conn = id, %peer, stream = %stream_name, ?expiry, "connection timed out");
+        }
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+/// Writes what is queued (for at most the close linger: the peer may not read), then returns.
+async fn flush_and_close(conn: &Conn, stream: &TcpStream) {
+    conn.out.borrow_mut().closing = true;
+    let writer = poll_fn(|cx| poll_writer(conn, stream, cx));
+    let _ = rt::timer::timeout(conn.shard.settings.rtsp.close_linger, writer).await;
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn queue_response(conn: &Conn, response: &RtspResponse) {
+    let mut out = conn.out.borrow_mut();
+    if !out.has_control() {
+        out.control.clear();
+        out.sent = 0;
+    }
+    response.encode(&mut out.control);
+    drop(out);
+    conn.wake_writer.notify();
+}
+
+/// Waits until the writer has written every queued response and done any pending stop.
+async fn drained(conn: &Conn) {
+    loop {
+        {
+            let out = conn.out.borrow();
+            if !out.has_control() && !out.stop_viewer {
+                return;
+            }
+        }
+        conn.drained.notified().await;
+    }
+}
+
+async fn read_loop(conn: &Conn, stream: &TcpStream, session: &mut Session) -> ReaderEnd {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut demuxer = Demuxer::new(DemuxLimits::default());
+    let mut invalid_packets: u64 = 0;
+    loop {
+        // Everything complete in the buffer first.
+        loop {
+            let parsed = match demuxer.feed(&buf) {
+                Ok(parsed) => parsed,
+                Err(e) => return protocol_error(conn, session, &demuxer, &e),
+            };
+            let Parsed::Complete { message, consumed } = parsed else {
+                break;
+            };
+            match message {
+                Demuxed::Rtsp(RtspMessage::Request(request)) => {
+                    if session.stream().is_none() && conn.shard.count > 1 {
+                        if let Some(stream_key) = session.stream_named_by(&request, unix_now()) {
+                            let owner = conn.shard.owner_of(&stream_key);
+                            if owner != conn.shard.id {
+                                drained(conn).await;
+                                return ReaderEnd::HandOff {
+                                    to: owner,
+                                    read_ahead: buf.to_vec(),
+                                };
+                            }
+                        }
+                    }
+                    buf.advance(consumed);
+                    if handle_request(conn, session, &request).await {
+                        return ReaderEnd::Close;
+                    }
+                }
+                Demuxed::Rtsp(RtspMessage::Response(_)) => {
+                    // The server sends no requests, so a response is noise: ignore it.
+                    buf.advance(consumed);
+                }
+                Demuxed::Interleaved { channel, payload } => {
+                    let frame = buf.split_to(consumed).freeze().slice(payload);
+                    match session.on_frame(channel, &frame) {
+                        FrameAction::Push(meta) => push_frame(conn, meta, frame),
+                        FrameAction::Ignore => {}
+                        FrameAction::Invalid(e) => {
+                            invalid_packets += 1;
+                            if invalid_packets.is_power_of_two() {
+                                debug!(conn = conn.id, peer = %conn.peer, offset = demuxer.position(), count = invalid_packets, "publisher packet dropped: {e}");
+                            }
+                        }
+                        FrameAction::Reject => {
+                            debug!(conn = conn.id, peer = %conn.peer, channel, offset = demuxer.position(), "interleaved data before SETUP");
+                            let response = RtspResponse::builder(StatusCode::BAD_REQUEST).build();
+                            queue_response(conn, &response);
+                            return ReaderEnd::Close;
+                        }
+                    }
+                }
+            }
+        }
+        // Then more bytes.
+        let now = Instant::now();
+        conn.watch
+            .request_started
+            .set(if buf.is_empty() || session.state() == State::Recording {
+                None
+            } else {
+                Some(conn.watch.request_started.get().unwrap_or(now))
+            });
+        if conn.out.borrow().control.len() > conn.shard.settings.rtsp.max_queued_responses {
+            debug!(conn = conn.id, peer = %conn.peer, "client does not read its responses");
+            return ReaderEnd::Gone;
+        }
+        let filled = buf.len();
+        if buf.capacity() - filled < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        let room = buf.capacity() - filled;
+        buf.resize(filled + room, 0);
+        let read = (&mut &*stream).read(&mut buf[filled..]).await;
+        match read {
+            Ok(0) | Err(_) => return ReaderEnd::Gone,
+            Ok(n) => {
+                buf.truncate(filled + n);
+                conn.watch.last_activity.set(Instant::now());
+            }
+        }
+    }
+}
+
+/// A peer's protocol error: the precise status, then close.
+fn protocol_error(
+    conn: &Conn,
+    session: &Session,
+    demuxer: &Demuxer,
+    error: &RtspError,
+) -> ReaderEnd {
+    debug!(
+        conn = conn.id,
+        peer = %conn.peer,
+        stream = ?session.stream().map(ToString::to_string),
+        offset = demuxer.position(),
+        "bad input from client: {error}"
+    );
+    let response = RtspResponse::builder(error.status()).build();
+    queue_response(conn, &response);
+    ReaderEnd::Close
+}
+
+/// Handles one request; returns true when the connection must close after the response.
+async fn handle_request(
+    conn: &Conn,
+    session: &mut Session,
+    request: &crate::proto::rtsp::RtspRequest,
+) -> bool {
+    let reply = match session.on_request(request, unix_now()) {
+        Step::Reply(reply) => reply,
+        Step::Need(need) => {
+            let answer = perform(conn, need).await;
+            session.resume(answer)
+        }
+    };
+    let Reply {
+        response,
+        effect,
+        close,
+    } = reply;
+    debug!(conn = conn.id, method = %request.method, status = response.status.0, "RTSP request");
+    queue_response(conn, &response);
+    match effect {
+        Effect::None => {}
+        Effect::StopViewer => {
+            conn.out.borrow_mut().stop_viewer = true;
+            conn.wake_writer.notify();
+        }
+        Effect::StopPublisher => {
+            if let Some((hub, publisher)) = conn.publisher.borrow_mut().take() {
+                let _ = hub.borrow_mut().detach_publisher(publisher, Instant::now());
+                info!(conn = conn.id, peer = %conn.peer, stream = %hub.borrow().key(), "publisher tore down");
+            }
+        }
+    }
+    let limit = match session.state() {
+        // A playing TCP client may send nothing for as long as it plays.
+        State::Playing => None,
+        _ => Some(std::time::Duration::from_secs(u64::from(
+            session.timeout_secs(),
+        ))),
+    };
+    conn.watch.idle_limit.set(limit);
+    close
+}
+
+async fn perform(conn: &Conn, need: Need) -> Answer {
+    let shard = &conn.shard;
+    match need {
+        Need::Description { stream } => Answer::Description(
+            shard
+                .wait_description(&stream, shard.settings.rtsp.publisher_wait)
+                .await,
+        ),
+        Need::Publish {
+            stream,
+            description,
+        } => Answer::Publish(shard.publish(&stream, description).map(|attached| {
+            info!(conn = conn.id, peer = %conn.peer, %stream, "publishing");
+            *conn.publisher.borrow_mut() = Some(attached);
+        })),
+        Need::Play { stream, channels } => {
+            // A PAUSE just before must have removed the previous viewer first.
+            drained(conn).await;
+            let notify = LocalNotify::new();
+            Answer::Play(
+                shard
+                    .add_viewer(&stream, channels, notify.clone())
+                    .map(|(hub, id)| {
+                        debug!(conn = conn.id, peer = %conn.peer, %stream, "playing");
+                        conn.out.borrow_mut().viewer = Some(ViewerHandle { hub, id, notify });
+                    }),
+            )
+        }
+    }
+}
+
+fn push_frame(conn: &Conn, meta: crate::hub::PacketMeta, frame: bytes::Bytes) {
+    let publisher = conn.publisher.borrow();
+    let Some((hub, publisher)) = publisher.as_ref() else {
+        return;
+    };
+    // Empty frames are refused by the packet type; nothing to relay then.
+    if let Ok(packet) = RtpPacket::passthrough(meta, frame) {
+        let _ = hub.borrow_mut().push(*publisher, packet);
+    }
+}
+
+/// Polls a notify once, registering the task's waker.
+fn poll_notify(notify: &LocalNotify, cx: &mut Context<'_>) -> Poll<()> {
+    let mut notified = notify.notified();
+    Pin::new(&mut notified).poll(cx)
+}
+
+/// The writer: responses between packets, then the viewer's batches, one `sendmsg` each.
+fn poll_writer(conn: &Conn, stream: &TcpStream, cx: &mut Context<'_>) -> Poll<WriterEnd> {
+    let mut batches = 0;
+    loop {
+        let mut out = conn.out.borrow_mut();
+        if out.at_boundary {
+            if out.stop_viewer {
+                if let Some(viewer) = out.viewer.take() {
+                    viewer.hub.borrow_mut().remove_viewer(viewer.id);
+                }
+                out.stop_viewer = false;
+                if !out.has_control() {
+                    conn.drained.notify();
+                }
+            }
+            if out.has_control() {
+                let sent = {
+                    let pending = [IoSlice::new(&out.control[out.sent..])];
+                    stream.poll_send_vectored(cx, &pending)
+                };
+                match sent {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(WriterEnd::Failed(std::io::ErrorKind::WriteZero.into()))
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        out.sent += n;
+                        if !out.has_control() {
+                            out.control.clear();
+                            out.sent = 0;
+                            conn.drained.notify();
+                        }
+                        continue;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(WriterEnd::Failed(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            if out.closing {
+                return Poll::Ready(WriterEnd::Flushed);
+            }
+        }
+        let Some(viewer) = &out.viewer else {
+            drop(out);
+            if poll_notify(&conn.wake_writer, cx).is_ready() {
+                continue;
+            }
+            return Poll::Pending;
+        };
+        if batches == BATCHES_PER_POLL {
+            // Let the shard's other tasks (other viewers, the publisher) run.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        batches += 1;
+        let hub = viewer.hub.clone();
+        let id = viewer.id;
+        let notify = viewer.notify.clone();
+        let mut hub = hub.borrow_mut();
+        let batch = match hub.next_batch(id, BATCH_PACKETS, BATCH_BYTES) {
+            Ok(batch) => batch,
+            Err(end) => return Poll::Ready(WriterEnd::Viewer(end)),
+        };
+        if batch.is_empty() {
+            out.at_boundary = true;
+            let stop_or_control = out.stop_viewer || out.has_control() || out.closing;
+            drop(batch);
+            drop(hub);
+            drop(out);
+            if stop_or_control {
+                continue;
+            }
+            // Parked in the hub: its notify says when there is more; ours, when the reader
+            // queued a response.
+            let more_media = poll_notify(&notify, cx).is_ready();
+            let more_control = poll_notify(&conn.wake_writer, cx).is_ready();
+            if more_media || more_control {
+                continue;
+            }
+            return Poll::Pending;
+        }
+        let mut slices = [IoSlice::new(&[]); BATCH_SLICES];
+        let filled = batch.fill_io_slices(&mut slices);
+        let wire_len = batch.wire_len();
+        match stream.poll_send_vectored(cx, &slices[..filled]) {
+            Poll::Ready(Ok(sent)) => {
+                batch.consume(sent);
+                out.at_boundary = sent == wire_len;
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(WriterEnd::Failed(e)),
+            Poll::Pending => {
+                drop(batch);
+                drop(hub);
+                drop(out);
+                // The socket is full. Eviction (or the stream's end) raises the viewer's notify.
+                if poll_notify(&notify, cx).is_ready() {
+                    continue;
+                }
+                return Poll::Pending;
+            }
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! What the hub needs to know about a packet an RTSP publisher pushes: which track it belongs to,
+//! whether it is RTCP, whether a decoder can start on it (keyframe) and whether it ends an access
+//! unit. The publisher's RTP header is relayed untouched; this only looks at it.
+//!
+//! Keyframes are found in the RTP payload with the codec helpers (H.264 IDR or SPS, H.265 IRAP
+//! or VPS, as single NAL units, aggregates or first fragments). A keyframe whose parameter sets
+//! arrive as separate packets just before the picture is marked once, on its first packet (same
+//! RTP timestamp), so a viewer starting there receives the in-band parameter sets too.
+#![forbid(unsafe_code)]
+
+use crate::hub::{PacketMeta, TrackKind};
+use crate::proto::rtp::RtpHeader;
+use crate::proto::sdp::{Codec, MediaDescription};
+use crate::proto::{h264, h265};
+
+/// How keyframes are recognised on one track.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyframeRule {
+    H264,
+    H265,
+    /// Video in a codec the relay does not look into: every access unit is a possible start.
+    OpaqueVideo,
+    /// Audio and data: never gates a viewer's start.
+    NotVideo,
+}
+
+/// Per-track state of a publisher's ingest.
+#[derive(Debug, Clone)]
+pub struct TrackIngest {
+    track: u8,
+    kind: TrackKind,
+    rule: KeyframeRule,
+    /// RTP timestamp of the last access unit marked as a keyframe start.
+    keyframe_timestamp: Option<u32>,
+    /// The previous RTP packet ended an access unit (or none came yet).
+    at_access_unit_start: bool,
+}
+
+/// Why a publisher's RTP packet is not relayed. The publisher's fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IngestError {
+    /// The packet on an RTP channel is not RTP version 2 or is truncated.
+    #[error("track {track}: not an RTP packet: {source}")]
+    NotRtp {
+        /// The track whose RTP channel carried it.
+        track: u8,
+        /// What is wrong with it.
+        #[source]
+        source: crate::proto::rtp::RtpError,
+    },
+}
+
+impl TrackIngest {
+    /// The ingest state of the `track`-th media section of an announced SDP.
+    pub fn new(track: u8, media: &MediaDescription) -> Self {
+        let kind = track_kind(media);
+        let rule = match (kind, media.codec()) {
+            (TrackKind::Video, Codec::H264) => KeyframeRule::H264,
+            (TrackKind::Video, Codec::H265) => KeyframeRule::H265,
+            (TrackKind::Video, _) => KeyframeRule::OpaqueVideo,
+            _ => KeyframeRule::NotVideo,
+        };
+        TrackIngest {
+            track,
+            kind,
+            rule,
+            keyframe_timestamp: None,
+            at_access_unit_start: true,
+        }
+    }
+
+    /// The track's media kind.
+    pub fn kind(&self) -> TrackKind {
+        self.kind
+    }
+
+    /// Metadata of an RTCP packet on this track's RTCP channel (relayed as is).
+    pub fn rtcp_meta(&self) -> PacketMeta {
+        PacketMeta {
+            track: self.track,
+            is_rtcp: true,
+            keyframe_start: false,
+            end_of_access_unit: false,
+        }
+    }
+
+    /// Metadata of an RTP packet on this track's RTP channel.
+    pub fn rtp_meta(&mut self, packet: &[u8]) -> Result<PacketMeta, IngestError> {
+        let (header, payload) = RtpHeader::parse(packet).map_err(|source| IngestError::NotRtp {
+            track: self.track,
+            source,
+        })?;
+        let payload = packet.get(payload).unwrap_or_default();
+        let starts_keyframe = match self.rule {
+            KeyframeRule::H264 => h264::payload_starts_keyframe(payload),
+            KeyframeRule::H265 => h265::payload_starts_keyframe(payload),
+            KeyframeRule::OpaqueVideo => self.at_access_unit_start,
+            KeyframeRule::NotVideo => false,
+        };
+        let keyframe_start = starts_keyframe && self.keyframe_timestamp != Some(header.timestamp);
+        if keyframe_start {
+            self.keyframe_timestamp = Some(header.timestamp);
+        }
+        // Video access units end on the marker bit (RFC 6184, 7798); an audio packet carries
+        // whole frames.
+        let end_of_access_unit = match self.kind {
+            TrackKind::Video => header.marker,
+            _ => true,
+        };
+        self.at_access_unit_start = end_of_access_unit;
+        Ok(PacketMeta {
+            track: self.track,
+            is_rtcp: false,
+            keyframe_start,
+            end_of_access_unit,
+        })
+    }
+}
+
+/// The kind of a media section (`m=video`, `m=audio`, anything else).
+pub fn track_kind(media: &MediaDescription) -> TrackKind {
+    if media.media.eq_ignore_ascii_case("video") {
+        TrackKind::Video
+    } else if media.media.eq_ignore_ascii_case("audio") {
+        TrackKind::Audio
+    } else {
+        TrackKind::Application
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::interleaved::{Demuxed, Demuxer};
+    use crate::proto::sdp::SessionDescription;
+    use bytes::BytesMut;
+
+    const ANNOUNCE: &str = include_str!("../../testdata/ffmpeg_announce_h264_aac.txt");
+    const RECORD: &[u8] = include_bytes!("../../testdata/ffmpeg_record_h264_aac_interleaved.bin");
+
+    fn sdp_of(announce: &str) -> SessionDescription {
+        let body = &announce[announce.find("v=0").unwrap()..];
+        let end = body.find("SETUP").unwrap_or(body.len());
+        SessionDescription::parse(body[..end].as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn recorded_ffmpeg_publish_has_one_keyframe_start_per_idr() {
+        let sdp = sdp_of(ANNOUNCE);
+        let mut tracks: Vec<TrackIngest> = sdp
+            .media
+            .iter()
+            .enumerate()
+            .map(|(i, m)| TrackIngest::new(i as u8, m))
+            .collect();
+        assert_eq!(tracks[0].kind(), TrackKind::Video);
+        assert_eq!(tracks[1].kind(), TrackKind::Audio);
+        let mut demuxer = Demuxer::default();
+        let mut buf = BytesMut::from(RECORD);
+        let (mut keyframes, mut video_frames, mut audio) = (0, 0, 0);
+        while let Some(item) = demuxer.feed_bytes(&mut buf).unwrap() {
+            let Demuxed::Interleaved { channel, payload } = item else {
+                continue;
+            };
+            if channel % 2 == 1 {
+                continue;
+            }
+            let track = &mut tracks[usize::from(channel / 2)];
+            let meta = track.rtp_meta(&payload).unwrap();
+            keyframes += usize::from(meta.keyframe_start);
+            if meta.track == 0 {
+                video_frames += usize::from(meta.end_of_access_unit);
+                assert!(!meta.keyframe_start || video_frames == 0 || keyframes > 0);
+            } else {
+                audio += 1;
+                assert!(!meta.keyframe_start);
+            }
+        }
+        assert!(keyframes >= 1, "the recording starts with an IDR picture");
+        assert!(video_frames > keyframes);
+        assert!(audio > 0);
+    }
+
+    #[test]
+    fn refuses_non_rtp() {
+        let sdp = sdp_of(ANNOUNCE);
+        let mut track = TrackIngest::new(0, &sdp.media[0]);
+        assert!(matches!(
+            track.rtp_meta(&[0x40, 0, 0]),
+            Err(IngestError::NotRtp { track: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn parameter_sets_then_idr_mark_one_start() {
+        let sdp = sdp_of(ANNOUNCE);
+        let mut track = TrackIngest::new(0, &sdp.media[0]);
+        let packet = |nal: u8, ts: u32, marker: bool| {
+            let mut p = vec![0x80, if marker { 0x80 | 96 } else { 96 }, 0, 1];
+            p.extend_from_slice(&ts.to_be_bytes());
+            p.extend_from_slice(&[0, 0, 0, 1, nal, 0xaa]);
+            p
+        };
+        let sps = track.rtp_meta(&packet(0x67, 9000, false)).unwrap();
+        let pps = track.rtp_meta(&packet(0x68, 9000, false)).unwrap();
+        let idr = track.rtp_meta(&packet(0x65, 9000, true)).unwrap();
+        let next_idr = track.rtp_meta(&packet(0x65, 12600, true)).unwrap();
+        assert!(sps.keyframe_start);
+        assert!(!pps.keyframe_start && !idr.keyframe_start);
+        assert!(idr.end_of_access_unit);
+        assert!(next_idr.keyframe_start);
+    }
+}

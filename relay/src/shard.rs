@@ -1,0 +1,516 @@
+//! One shard of the data plane: a pinned executor that owns, without locks, the streams of the
+//! devices hashed to it (`rt::owner_shard(uid, shards)`) and every connection that publishes or
+//! plays them.
+//!
+//! Why it is built this way:
+//! - **Fan-out never crosses cores.** A stream's hub, its publisher and all its viewers live on one
+//!   shard, so a packet is shared by reference count with no atomic and no lock. A connection the
+//!   kernel gave to another shard (SO_REUSEPORT balances by address hash, not by stream) is moved
+//!   to the owner as soon as its first request names a stream: the fd and the bytes read so far
+//!   travel over the [`rt::Mesh`]; nothing is proxied. Connections moving in the same burst go in
+//!   one message per destination, since a cross-shard wake-up costs tens of microseconds.
+//! - **One listening port for all shards.** Shard 0 binds the configured address first (port 0
+//!   in tests picks an ephemeral port) and tells the others the port it got; they bind the same
+//!   address with SO_REUSEPORT. Each shard then accepts on its own socket.
+//! - **One sweeper per shard instead of a timer per connection**: every
+//!   [`ShardSettings::sweep_interval`] it ends streams whose publisher's grace ran out, evicts
+//!   viewers behind for too long, drops idle stream hubs, and closes connections whose request or
+//!   session timed out.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use rt::{Handoff, Mesh, MeshPort, ShardContext, Shutdown, TcpListener};
+use signal::tokens::TokenSigner;
+use tracing::{debug, info, warn};
+
+use crate::hub::{
+    ChannelMap, HubConfig, HubError, LocalNotify, PublisherId, PublisherState, StreamDescription,
+    StreamHub, ViewerId,
+};
+use crate::rtsp::session::Refusal;
+use crate::rtsp::RtspSettings;
+use crate::stream_key::StreamKey;
+
+/// Settings shared by every shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardSettings {
+    /// The RTSP server's timings and bounds.
+    pub rtsp: RtspSettings,
+    /// Bounds of each stream hub.
+    pub hub: HubConfig,
+    /// How often the sweeper runs.
+    pub sweep_interval: Duration,
+}
+
+impl Default for ShardSettings {
+    fn default() -> Self {
+        ShardSettings {
+            rtsp: RtspSettings::default(),
+            hub: HubConfig::default(),
+            sweep_interval: Duration::from_millis(250),
+        }
+    }
+}
+
+/// A message between shards.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ShardMsg {
+    /// From shard 0: the RTSP address it bound; bind the same (SO_REUSEPORT) and accept.
+    ListenRtsp(SocketAddr),
+    /// RTSP connections whose stream this shard owns, with the bytes already read.
+    RtspConnections(Vec<Handoff>),
+}
+
+/// Why a connection is being closed by the sweeper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// A request did not arrive whole in time (answered with 408).
+    RequestTimeout,
+    /// No request (or media, when recording) for the session timeout.
+    SessionTimeout,
+}
+
+/// The sweeper's view of one connection: timestamps the connection updates, and the signal the
+/// sweeper raises when one of them is too old.
+#[derive(Debug)]
+pub struct ConnWatch {
+    /// Last request or media from the peer.
+    pub last_activity: Cell<Instant>,
+    /// Session timeout in force; `None` while playing.
+    pub idle_limit: Cell<Option<Duration>>,
+    /// When the request being received started.
+    pub request_started: Cell<Option<Instant>>,
+    /// Set by the sweeper with the reason, just before raising `expired_notify`.
+    pub expired: Cell<Option<Expiry>>,
+    /// Raised once when `expired` is set.
+    pub expired_notify: LocalNotify,
+}
+
+struct StreamEntry {
+    hub: Rc<RefCell<StreamHub>>,
+    /// DESCRIBEs waiting for a publisher; an entry whose only holder is this list is stale.
+    waiters: Vec<Rc<LocalNotify>>,
+}
+
+/// Counters of one shard.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ShardStats {
+    /// RTSP connections accepted by this shard's listener.
+    pub accepted: u64,
+    /// Connections handed to another shard.
+    pub handed_off: u64,
+    /// Connections received from another shard.
+    pub received: u64,
+}
+
+/// The state one shard owns. Lives in an `Rc` on its shard.
+pub struct Shard {
+    /// This shard's index.
+    pub id: usize,
+    /// Number of shards.
+    pub count: usize,
+    /// Settings.
+    pub settings: ShardSettings,
+    /// Checks play and publish tokens.
+    pub signer: TokenSigner,
+    /// The pool's shutdown signal.
+    pub shutdown: Shutdown,
+    streams: RefCell<HashMap<StreamKey, StreamEntry>>,
+    conns: RefCell<HashMap<u64, Rc<ConnWatch>>>,
+    next_conn: Cell<u64>,
+    /// Connections waiting to be sent to each shard, flushed together.
+    outbox: RefCell<Vec<Vec<Handoff>>>,
+    outbox_notify: LocalNotify,
+    stats: Cell<ShardStats>,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard")
+            .field("id", &self.id)
+            .field("count", &self.count)
+            .field("streams", &self.streams.borrow().len())
+            .field("conns", &self.conns.borrow().len())
+            .finish()
+    }
+}
+
+impl Shard {
+    /// A shard with no streams.
+    pub fn new(
+        id: usize,
+        count: usize,
+        settings: ShardSettings,
+        signer: TokenSigner,
+        shutdown: Shutdown,
+    ) -> Shard {
+        Shard {
+            id,
+            count,
+            settings,
+            signer,
+            shutdown,
+            streams: RefCell::new(HashMap::new()),
+            conns: RefCell::new(HashMap::new()),
+            next_conn: Cell::new(0),
+            outbox: RefCell::new((0..count).map(|_| Vec::new()).collect()),
+            outbox_notify: LocalNotify::new(),
+            stats: Cell::new(ShardStats::default()),
+        }
+    }
+
+    /// The shard's counters.
+    pub fn stats(&self) -> ShardStats {
+        self.stats.get()
+    }
+
+    fn count_stat(&self, update: impl FnOnce(&mut ShardStats)) {
+        let mut stats = self.stats.get();
+        update(&mut stats);
+        self.stats.set(stats);
+    }
+
+    /// The shard that owns `stream`.
+    pub fn owner_of(&self, stream: &StreamKey) -> usize {
+        rt::owner_shard(stream.uid(), self.count)
+    }
+
+    // ----- streams -----
+
+    /// Number of live stream hubs on this shard.
+    pub fn stream_count(&self) -> usize {
+        self.streams.borrow().len()
+    }
+
+    /// The hub of `stream`, created if needed.
+    pub fn hub(&self, stream: &StreamKey) -> Rc<RefCell<StreamHub>> {
+        let mut streams = self.streams.borrow_mut();
+        if let Some(entry) = streams.get(stream) {
+            return entry.hub.clone();
+        }
+        let hub = Rc::new(RefCell::new(StreamHub::new(
+            stream.clone(),
+            self.settings.hub,
+        )));
+        debug!(shard = self.id, %stream, "stream hub created");
+        streams.insert(
+            stream.clone(),
+            StreamEntry {
+                hub: hub.clone(),
+                waiters: Vec::new(),
+            },
+        );
+        hub
+    }
+
+    /// The stream's description once it has a publisher, waiting up to `wait` for one.
+    pub async fn wait_description(
+        &self,
+        stream: &StreamKey,
+        wait: Duration,
+    ) -> Result<Rc<StreamDescription>, Refusal> {
+        let hub = self.hub(stream);
+        if let Some(description) = published_description(&hub.borrow()) {
+            return Ok(description);
+        }
+        let waiter = Rc::new(LocalNotify::new());
+        if let Some(entry) = self.streams.borrow_mut().get_mut(stream) {
+            entry.waiters.push(waiter.clone());
+        }
+        let _ = rt::timer::timeout(wait, waiter.notified()).await;
+        // The hub may have been replaced while waiting (ended and swept); ask the current one.
+        let hub = self.hub(stream);
+        let described = published_description(&hub.borrow());
+        described.ok_or(Refusal::NoPublisher)
+    }
+
+    /// Attaches a publisher to `stream` with its description, and wakes DESCRIBEs waiting for it.
+    pub fn publish(
+        &self,
+        stream: &StreamKey,
+        description: StreamDescription,
+    ) -> Result<(Rc<RefCell<StreamHub>>, PublisherId), Refusal> {
+        let hub = self.hub(stream);
+        let publisher = {
+            let mut hub = hub.borrow_mut();
+            let publisher = hub.attach_publisher().map_err(|e| match e {
+                HubError::PublisherExists { .. } => Refusal::PublisherExists,
+                _ => Refusal::StreamEnded,
+            })?;
+            hub.set_description(description);
+            publisher
+        };
+        if let Some(entry) = self.streams.borrow_mut().get_mut(stream) {
+            for waiter in entry.waiters.drain(..) {
+                waiter.notify();
+            }
+        }
+        info!(shard = self.id, %stream, "publisher attached");
+        Ok((hub, publisher))
+    }
+
+    /// Adds a viewer of `stream` receiving `channels`; `notify` is raised when it should write.
+    pub fn add_viewer(
+        &self,
+        stream: &StreamKey,
+        channels: ChannelMap,
+        notify: LocalNotify,
+    ) -> Result<(Rc<RefCell<StreamHub>>, ViewerId), Refusal> {
+        let hub = self.hub(stream);
+        let id = hub
+            .borrow_mut()
+            .add_viewer(channels, notify)
+            .map_err(|e| match e {
+                HubError::TooManyViewers { .. } => Refusal::TooManyViewers,
+                _ => Refusal::StreamEnded,
+            })?;
+        Ok((hub, id))
+    }
+
+    // ----- connections -----
+
+    /// Registers a connection with the sweeper; returns its id and watch.
+    pub fn register_conn(&self, now: Instant) -> (u64, Rc<ConnWatch>) {
+        let id = self.next_conn.get() + 1;
+        self.next_conn.set(id);
+        let watch = Rc::new(ConnWatch {
+            last_activity: Cell::new(now),
+            idle_limit: Cell::new(Some(Duration::from_secs(u64::from(
+                self.settings.rtsp.session.timeout_secs,
+            )))),
+            request_started: Cell::new(None),
+            expired: Cell::new(None),
+            expired_notify: LocalNotify::new(),
+        });
+        self.conns.borrow_mut().insert(id, watch.clone());
+        (id, watch)
+    }
+
+    /// Forgets a connection.
+    pub fn unregister_conn(&self, id: u64) {
+        self.conns.borrow_mut().remove(&id);
+    }
+
+    /// Number of open connections on this shard.
+    pub fn conn_count(&self) -> usize {
+        self.conns.borrow().len()
+    }
+
+    /// Queues a connection for shard `to`; connections queued in the same burst travel together.
+    pub fn hand_off(&self, to: usize, handoff: Handoff) {
+        if let Some(queue) = self.outbox.borrow_mut().get_mut(to) {
+            queue.push(handoff);
+            self.count_stat(|s| s.handed_off += 1);
+        }
+        self.outbox_notify.notify();
+    }
+
+    // ----- upkeep -----
+
+    /// One sweep at `now`: stream grace periods, slow viewers, idle hubs, connection deadlines.
+    pub fn sweep(&self, now: Instant) {
+        let mut ended = Vec::new();
+        self.streams.borrow_mut().retain(|key, entry| {
+            entry.waiters.retain(|w| Rc::strong_count(w) > 1);
+            let mut hub = entry.hub.borrow_mut();
+            let outcome = hub.sweep(now);
+            if outcome.stream_ended {
+                ended.push(key.clone());
+            }
+            // Evicted viewers were told through their notify; their connections remove them.
+            let evicted = hub.take_evicted().count();
+            if evicted > 0 {
+                debug!(shard = self.id, stream = %key, evicted, "slow viewers evicted");
+            }
+            let idle = hub.viewer_count() == 0
+                && entry.waiters.is_empty()
+                && matches!(
+                    hub.publisher_state(),
+                    PublisherState::Idle | PublisherState::Ended
+                );
+            if idle {
+                debug!(shard = self.id, stream = %key, "stream hub dropped");
+            }
+            !idle
+        });
+        for key in ended {
+            info!(shard = self.id, stream = %key, "stream ended: the publisher did not return");
+        }
+        let request_timeout = self.settings.rtsp.request_timeout;
+        for watch in self.conns.borrow().values() {
+            if watch.expired.get().is_some() {
+                continue;
+            }
+            let expiry = if watch
+                .request_started
+                .get()
+                .is_some_and(|started| now.saturating_duration_since(started) > request_timeout)
+            {
+                Some(Expiry::RequestTimeout)
+            } else if watch.idle_limit.get().is_some_and(|limit| {
+                now.saturating_duration_since(watch.last_activity.get()) > limit
+            }) {
+                Some(Expiry::SessionTimeout)
+            } else {
+                None
+            };
+            if let Some(expiry) = expiry {
+                watch.expired.set(Some(expiry));
+                watch.expired_notify.notify();
+            }
+        }
+    }
+}
+
+fn published_description(hub: &StreamHub) -> Option<Rc<StreamDescription>> {
+    match hub.publisher_state() {
+        PublisherState::Live | PublisherState::Waiting { .. } => hub.description().cloned(),
+        PublisherState::Idle | PublisherState::Ended => None,
+    }
+}
+
+/// Reports of shards that started listening, for [`crate::server::start`].
+pub type ReadySender = std::sync::mpsc::Sender<Result<SocketAddr, String>>;
+
+/// A shard's entry point: joins the mesh, binds the RTSP port (shard 0 first, then the others on
+/// the port it got), accepts and serves until `ctx.shutdown`.
+pub async fn run(
+    ctx: ShardContext,
+    mesh: Mesh<ShardMsg>,
+    settings: ShardSettings,
+    signer: TokenSigner,
+    rtsp_addr: SocketAddr,
+    ready: ReadySender,
+) {
+    let port = match ctx.join(&mesh).await {
+        Ok(port) => Rc::new(port),
+        Err(e) => {
+            let _ = ready.send(Err(format!(
+                "shard {} could not join the mesh: {e}",
+                ctx.id
+            )));
+            return;
+        }
+    };
+    let shard = Rc::new(Shard::new(
+        ctx.id,
+        ctx.count,
+        settings,
+        signer,
+        ctx.shutdown.clone(),
+    ));
+    let _sweeper = {
+        let shard = Rc::downgrade(&shard);
+        rt::Sweeper::every(settings.sweep_interval, move |now| {
+            if let Some(shard) = shard.upgrade() {
+                shard.sweep(now);
+            }
+        })
+    };
+    let flusher = rt::spawn_local(flush_handoffs(shard.clone(), port.clone()));
+    let mut accept_loops = Vec::new();
+    if ctx.id == 0 {
+        match TcpListener::bind(rtsp_addr) {
+            Ok(listener) => {
+                let bound = listener.local_addr().unwrap_or(rtsp_addr);
+                for to in 1..ctx.count {
+                    if let Err(e) = port.send_to(to, ShardMsg::ListenRtsp(bound)).await {
+                        warn!("shard 0 could not tell shard {to} the RTSP port: {e}");
+                    }
+                }
+                info!(shard = 0, %bound, "RTSP listening");
+                let _ = ready.send(Ok(bound));
+                accept_loops.push(rt::spawn_local(accept_rtsp(shard.clone(), listener)));
+            }
+            Err(e) => {
+                let _ = ready.send(Err(format!(
+                    "binding the RTSP listener on {rtsp_addr}: {e}"
+                )));
+                ctx.shutdown.trigger();
+            }
+        }
+    }
+    while let Some(Some((from, msg))) = ctx.shutdown.until(port.recv()).await {
+        match msg {
+            ShardMsg::ListenRtsp(addr) => match TcpListener::bind(addr) {
+                Ok(listener) => {
+                    debug!(shard = ctx.id, %addr, "RTSP listening");
+                    let _ = ready.send(Ok(addr));
+                    accept_loops.push(rt::spawn_local(accept_rtsp(shard.clone(), listener)));
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(format!(
+                        "shard {} binding the RTSP listener on {addr}: {e}",
+                        ctx.id
+                    )));
+                }
+            },
+            ShardMsg::RtspConnections(handoffs) => {
+                for handoff in handoffs {
+                    shard.count_stat(|s| s.received += 1);
+                    let peer = handoff.peer;
+                    match handoff.into_tcp() {
+                        Ok(stream) => {
+                            rt::spawn_detached(crate::rtsp::conn::serve(
+                                shard.clone(),
+                                stream,
+                                peer,
+                            ));
+                        }
+                        Err(e) => {
+                            warn!(shard = ctx.id, from, %peer, "handed-off RTSP connection lost: {e}")
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for task in accept_loops {
+        task.await;
+    }
+    flusher.cancel().await;
+    port.close();
+}
+
+async fn accept_rtsp(shard: Rc<Shard>, listener: TcpListener) {
+    while let Some(accepted) = listener.accept_until(&shard.shutdown).await {
+        match accepted {
+            Ok(stream) => {
+                shard.count_stat(|s| s.accepted += 1);
+                let Ok(peer) = stream.peer_addr() else {
+                    continue;
+                };
+                rt::spawn_detached(crate::rtsp::conn::serve(shard.clone(), stream, peer));
+            }
+            Err(e) => {
+                warn!(shard = shard.id, "RTSP accept failed: {e}");
+                rt::timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Sends queued handoffs, one message per destination shard per burst.
+async fn flush_handoffs(shard: Rc<Shard>, port: Rc<MeshPort<ShardMsg>>) {
+    loop {
+        shard.outbox_notify.notified().await;
+        let batches: Vec<(usize, Vec<Handoff>)> = shard
+            .outbox
+            .borrow_mut()
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, queue)| !queue.is_empty())
+            .map(|(to, queue)| (to, std::mem::take(queue)))
+            .collect();
+        for (to, handoffs) in batches {
+            if let Err(e) = port.send_to(to, ShardMsg::RtspConnections(handoffs)).await {
+                warn!(shard = shard.id, to, "RTSP connections not handed off: {e}");
+            }
+        }
+    }
+}
