@@ -862,3 +862,29 @@ fn config_validation() {
         Err(HubConfigError::BatchTooLarge { .. })
     ));
 }
+
+#[test]
+fn short_iovec_array_gives_a_prefix_of_the_batch() {
+    let (mut hub, publisher) = live_hub(HubConfig::default());
+    let mut source = Source::new(100);
+    let id = hub.add_viewer(both_tracks(), LocalNotify::new()).unwrap();
+    for packet in source.gop(12) {
+        hub.push(publisher, packet).unwrap();
+    }
+    // Leave a packet half written so the batch starts with its rest.
+    let batch = hub.next_batch(id, 1, 1 << 20).unwrap();
+    batch.consume(50);
+    let batch = hub.next_batch(id, 64, 1 << 20).unwrap();
+    let mut whole = Vec::new();
+    batch.copy_to(&mut whole);
+    assert_eq!(whole.len(), batch.wire_len());
+    let from_iter: Vec<u8> = batch.io_slices().flat_map(|s| s.to_vec()).collect();
+    assert_eq!(from_iter, whole);
+    for room in 0..8 {
+        let mut iov = [IoSlice::new(&[]); 8];
+        let filled = batch.fill_io_slices(&mut iov[..room]);
+        assert_eq!(filled, room);
+        let prefix: Vec<u8> = iov[..filled].iter().flat_map(|s| s.to_vec()).collect();
+        assert_eq!(prefix, whole[..prefix.len()]);
+    }
+}
