@@ -10,5 +10,6 @@ pub mod http_server;
 pub mod proto;
 pub mod provisioning;
 pub mod secrets;
+pub mod session;
 pub mod store;
 pub mod tokens;
