@@ -1,0 +1,774 @@
+//! The RTSP relay end to end, with real clients: ffmpeg publishes the H.264 + AAC fixture
+//! (tests/testdata/clip_h264_aac.mp4, made by make_clip.sh) and ffprobe, ffmpeg and GStreamer
+//! play it back through the relay; 50 in-test viewers check that fan-out loses nothing while a
+//! stalled viewer is dropped; tokens and bad input get precise refusals.
+//!
+//! Every server is in-process on ephemeral ports with its shards (2 on this machine), so
+//! connections land on either shard and are handed to the stream's owner.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use relay::proto::rtsp::{Method, Parsed, RtspRequest, RtspResponse, SessionHeader, StatusCode};
+use signal::tokens::{StreamGrant, TokenOp, TokenSigner};
+use tests::{require_tool, run, TestServer};
+
+const UID: &str = "952700000A5S348E";
+
+fn clip() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/clip_h264_aac.mp4")
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Signed URLs for the test server's RTSP port, as `relay url` prints them.
+struct Urls {
+    signer: TokenSigner,
+    addr: SocketAddr,
+}
+
+impl Urls {
+    fn new(server: &TestServer) -> Self {
+        let secrets = signal::secrets::Secrets::open_or_create(server.data_dir()).unwrap();
+        Urls {
+            signer: TokenSigner::new(secrets.token_key),
+            addr: server.server.addrs.rtsp,
+        }
+    }
+
+    fn url(&self, uid: &str, op: TokenOp, exp: u64) -> String {
+        let grant = StreamGrant {
+            uid: uid.into(),
+            channel: 0,
+            stream_type: "mainStream".into(),
+            op,
+            exp,
+        };
+        self.signer
+            .sign_url("rtsp", "127.0.0.1", self.addr.port(), &grant)
+    }
+
+    fn play(&self, uid: &str) -> String {
+        self.url(uid, TokenOp::Play, unix_now() + 600)
+    }
+
+    fn publish(&self, uid: &str) -> String {
+        self.url(uid, TokenOp::Publish, unix_now() + 600)
+    }
+}
+
+/// Waits for a child process, killing it after `limit`.
+fn wait_child(mut child: Child, limit: Duration, what: &str) -> std::process::Output {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait().unwrap() {
+            Some(_) => return child.wait_with_output().unwrap(),
+            None if Instant::now() > deadline => {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "{what} did not finish within {limit:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            None => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+fn spawn(program: &str, args: &[&str]) -> Child {
+    require_tool(program);
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+}
+
+fn ffmpeg_publish(url: &str, loops: u32) -> Child {
+    let clip = clip();
+    let loops = loops.to_string();
+    spawn(
+        "ffmpeg",
+        &[
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-re",
+            "-stream_loop",
+            &loops,
+            "-i",
+            clip.to_str().unwrap(),
+            "-c",
+            "copy",
+            "-f",
+            "rtsp",
+            "-rtsp_transport",
+            "tcp",
+            url,
+        ],
+    )
+}
+
+// ----- a small RTSP client over std::net, with the relay's own codec -----
+
+struct Client {
+    stream: TcpStream,
+    /// Received bytes; the unread ones are `buf[pos..]`.
+    buf: Vec<u8>,
+    pos: usize,
+    cseq: u32,
+    session: Option<String>,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+            pos: 0,
+            cseq: 0,
+            session: None,
+        }
+    }
+
+    fn unread(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+
+    /// Reads more bytes; false at end of stream.
+    fn fill(&mut self) -> bool {
+        if self.pos > 0 && self.pos * 2 >= self.buf.len() {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        let mut chunk = [0u8; 64 * 1024];
+        match self.stream.read(&mut chunk) {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Reads the next response, skipping interleaved frames before it.
+    fn response(&mut self) -> Option<RtspResponse> {
+        loop {
+            while self.unread().first() == Some(&b'$') && self.unread().len() >= 4 {
+                let head = self.unread();
+                let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
+                if head.len() < 4 + len {
+                    break;
+                }
+                self.pos += 4 + len;
+            }
+            if self.unread().first() != Some(&b'$') && !self.unread().is_empty() {
+                match RtspResponse::parse(self.unread()).unwrap() {
+                    Parsed::Complete { message, consumed } => {
+                        self.pos += consumed;
+                        return Some(message);
+                    }
+                    Parsed::Incomplete => {}
+                }
+            }
+            if !self.fill() {
+                return None;
+            }
+        }
+    }
+
+    fn request(&mut self, method: Method, url: &str, headers: &[(&str, &str)]) -> RtspResponse {
+        self.request_with_body(method, url, headers, None)
+    }
+
+    fn request_with_body(
+        &mut self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> RtspResponse {
+        self.cseq += 1;
+        let mut builder = RtspRequest::builder(method, url).cseq(self.cseq);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        if let Some(session) = &self.session {
+            builder = builder.session(session);
+        }
+        if let Some(body) = body {
+            builder = builder.body("application/sdp", body.as_bytes().to_vec());
+        }
+        self.send_raw(&builder.build().to_bytes());
+        let response = self.response().expect("a response");
+        assert_eq!(
+            response.headers.get("CSeq"),
+            Some(self.cseq.to_string().as_str())
+        );
+        if let Some(session) = response.headers.get("Session") {
+            self.session = Some(SessionHeader::parse(session).unwrap().id);
+        }
+        response
+    }
+
+    /// DESCRIBE, SETUP of every track on channels 2i-(2i+1), PLAY. Returns the SDP.
+    fn play(&mut self, url: &str, tracks: usize) -> String {
+        let described = self.request(Method::Describe, url, &[("Accept", "application/sdp")]);
+        assert_eq!(described.status, StatusCode::OK, "{described:?}");
+        let sdp = String::from_utf8(described.body.to_vec()).unwrap();
+        let base = described.headers.get("Content-Base").unwrap().to_owned();
+        for track in 0..tracks {
+            let transport = format!(
+                "RTP/AVP/TCP;unicast;interleaved={}-{}",
+                2 * track,
+                2 * track + 1
+            );
+            let setup = self.request(
+                Method::Setup,
+                &format!("{base}trackID={track}"),
+                &[("Transport", &transport)],
+            );
+            assert_eq!(setup.status, StatusCode::OK, "{setup:?}");
+        }
+        let played = self.request(Method::Play, &base, &[("Range", "npt=0.000-")]);
+        assert_eq!(played.status, StatusCode::OK, "{played:?}");
+        sdp
+    }
+
+    /// The next interleaved frame, or `None` at end of stream.
+    fn frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        loop {
+            let head = self.unread();
+            if head.len() >= 4 {
+                assert_eq!(head[0], b'$', "only frames after PLAY");
+                let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
+                if head.len() >= 4 + len {
+                    let channel = head[1];
+                    let payload = head[4..4 + len].to_vec();
+                    self.pos += 4 + len;
+                    return Some((channel, payload));
+                }
+            }
+            if !self.fill() {
+                return None;
+            }
+        }
+    }
+}
+
+// ----- a synthetic publisher with known packets -----
+
+const SYNTH_SDP: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=synthetic\r\nt=0 0\r\n\
+m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n\
+a=fmtp:96 packetization-mode=1;sprop-parameter-sets=Z0LADYyNQKD5APCIRqA=,aM48gA==\r\n\
+a=control:streamid=0\r\n";
+/// Packets per synthetic frame; every `FRAMES_PER_GOP`-th frame is an IDR picture.
+const PACKETS_PER_FRAME: u32 = 10;
+const FRAMES_PER_GOP: u32 = 10;
+
+/// The synthetic stream's packet `index`: FU-A fragments of IDR or non-IDR pictures.
+fn synth_packet(index: u32, payload_len: usize) -> Vec<u8> {
+    let frame = index / PACKETS_PER_FRAME;
+    let part = index % PACKETS_PER_FRAME;
+    let idr = frame % FRAMES_PER_GOP == 0;
+    let last = part == PACKETS_PER_FRAME - 1;
+    let mut packet = vec![0x80, if last { 0x80 | 96 } else { 96 }];
+    packet.extend_from_slice(&(index as u16).to_be_bytes());
+    packet.extend_from_slice(&(frame * 3600).to_be_bytes());
+    packet.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+    let nal_type = if idr { 5 } else { 1 };
+    let start = if part == 0 { 0x80 } else { 0 };
+    let end = if last { 0x40 } else { 0 };
+    packet.extend_from_slice(&[0x7c, start | end | nal_type]);
+    packet.resize(packet.len() + payload_len, (index % 251) as u8);
+    packet
+}
+
+fn is_idr_start(packet: &[u8]) -> bool {
+    packet.get(12) == Some(&0x7c) && packet.get(13) == Some(&0x85)
+}
+
+struct SynthPublisher {
+    client: Client,
+}
+
+impl SynthPublisher {
+    fn start(addr: SocketAddr, url: &str) -> Result<SynthPublisher, RtspResponse> {
+        let mut client = Client::connect(addr);
+        let announced = client.request_with_body(Method::Announce, url, &[], Some(SYNTH_SDP));
+        if announced.status != StatusCode::OK {
+            return Err(announced);
+        }
+        let setup = client.request(
+            Method::Setup,
+            &format!("{url}/streamid=0"),
+            &[(
+                "Transport",
+                "RTP/AVP/TCP;unicast;interleaved=0-1;mode=record",
+            )],
+        );
+        assert_eq!(setup.status, StatusCode::OK, "{setup:?}");
+        let recorded = client.request(Method::Record, url, &[("Range", "npt=0.000-")]);
+        assert_eq!(recorded.status, StatusCode::OK, "{recorded:?}");
+        Ok(SynthPublisher { client })
+    }
+
+    fn send(&mut self, packets: std::ops::Range<u32>, payload_len: usize) {
+        let mut out = Vec::new();
+        for index in packets {
+            let packet = synth_packet(index, payload_len);
+            out.push(b'$');
+            out.push(0);
+            out.extend_from_slice(&(packet.len() as u16).to_be_bytes());
+            out.extend_from_slice(&packet);
+        }
+        self.client.send_raw(&out);
+    }
+}
+
+// ----- the tests -----
+
+/// ffmpeg publishes the fixture; ffprobe, ffmpeg and GStreamer play it back through the relay.
+#[test]
+fn ffmpeg_publishes_and_ffprobe_ffmpeg_gstreamer_play() {
+    require_tool("ffmpeg");
+    require_tool("ffprobe");
+    require_tool("gst-launch-1.0");
+    let server = TestServer::start();
+    let urls = Urls::new(&server);
+    let play = urls.play(UID);
+    let out_file = server.data_dir().join("relayed.mkv");
+
+    // The recorder starts first: its DESCRIBE waits for the publisher, and it starts on the
+    // cached first keyframe, so it gets every video frame.
+    let recorder = spawn(
+        "ffmpeg",
+        &[
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-rtsp_transport",
+            "tcp",
+            "-i",
+            &play,
+            "-c",
+            "copy",
+            "-y",
+            out_file.to_str().unwrap(),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    // Twice the clip (8 s) so that the late players below join a live stream.
+    let publisher = ffmpeg_publish(&urls.publish(UID), 1);
+
+    std::thread::sleep(Duration::from_secs(2));
+    let probe = run(
+        "ffprobe",
+        &[
+            "-v",
+            "error",
+            "-rtsp_transport",
+            "tcp",
+            "-show_entries",
+            "stream=codec_name,width,height,sample_rate",
+            "-of",
+            "compact",
+            &play,
+        ],
+    );
+    let probed = String::from_utf8_lossy(&probe.stdout);
+    assert!(
+        probe.status.success(),
+        "{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+    assert!(
+        probed.contains("codec_name=h264|width=320|height=240"),
+        "{probed}"
+    );
+    assert!(
+        probed.contains("codec_name=aac|sample_rate=16000"),
+        "{probed}"
+    );
+
+    let gst = spawn(
+        "gst-launch-1.0",
+        &[
+            "-q",
+            "rtspsrc",
+            &format!("location={play}"),
+            "protocols=tcp",
+            "!",
+            "rtph264depay",
+            "!",
+            "h264parse",
+            "!",
+            "avdec_h264",
+            "!",
+            "fakesink",
+            "num-buffers=40",
+        ],
+    );
+    let gst = wait_child(gst, Duration::from_secs(20), "gst-launch rtspsrc");
+    assert!(
+        gst.status.success(),
+        "GStreamer failed: {}{}",
+        String::from_utf8_lossy(&gst.stdout),
+        String::from_utf8_lossy(&gst.stderr)
+    );
+
+    let published = wait_child(publisher, Duration::from_secs(30), "ffmpeg publisher");
+    assert!(
+        published.status.success(),
+        "{}",
+        String::from_utf8_lossy(&published.stderr)
+    );
+    // The relay ends the players' connections after the publisher's grace period (5 s).
+    let recorded = wait_child(recorder, Duration::from_secs(20), "ffmpeg recorder");
+    assert!(
+        recorded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&recorded.stderr)
+    );
+    let counted = run(
+        "ffprobe",
+        &[
+            "-v",
+            "error",
+            "-count_packets",
+            "-show_entries",
+            "stream=codec_name,width,height,sample_rate,nb_read_packets",
+            "-of",
+            "compact",
+            out_file.to_str().unwrap(),
+        ],
+    );
+    let counted = String::from_utf8_lossy(&counted.stdout).to_string();
+    let packets = |codec: &str| -> u32 {
+        let line = counted
+            .lines()
+            .find(|l| l.contains(&format!("codec_name={codec}")))
+            .unwrap_or_else(|| panic!("no {codec} stream in {counted}"));
+        line.rsplit("nb_read_packets=")
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    // 2 x 100 video frames were sent.
+    let video = packets("h264");
+    assert!(
+        (197..=200).contains(&video),
+        "video frames relayed: {video}\n{counted}"
+    );
+    assert!(counted.contains("width=320|height=240"), "{counted}");
+    assert!(packets("aac") > 100, "{counted}");
+}
+
+/// 50 viewers of one stream receive every packet in order from the first keyframe, a stalled
+/// viewer (never reads) is dropped without slowing them, and a viewer joining late starts on a
+/// keyframe.
+#[test]
+fn fifty_viewers_get_every_packet_and_a_stalled_viewer_is_dropped() {
+    const VIEWERS: usize = 50;
+    const PACKETS: u32 = 30_000;
+    const PAYLOAD: usize = 400;
+    const BURST: u32 = 100;
+    let server = TestServer::start();
+    let urls = Urls::new(&server);
+    let addr = server.server.addrs.rtsp;
+    let play = urls.play(UID);
+
+    let ready = Arc::new(Barrier::new(VIEWERS + 1));
+    let viewers: Vec<_> = (0..VIEWERS)
+        .map(|_| {
+            let play = play.clone();
+            let ready = ready.clone();
+            std::thread::spawn(move || {
+                let mut client = Client::connect(addr);
+                ready.wait();
+                client.play(&play, 1);
+                let mut received = 0u32;
+                let mut first = None;
+                let mut last_seq: Option<u16> = None;
+                let mut gaps = 0u32;
+                while let Some((channel, packet)) = client.frame() {
+                    if channel != 0 {
+                        continue;
+                    }
+                    let seq = u16::from_be_bytes([packet[2], packet[3]]);
+                    if first.is_none() {
+                        first = Some((seq, is_idr_start(&packet)));
+                    }
+                    if let Some(last) = last_seq {
+                        if seq != last.wrapping_add(1) {
+                            gaps += 1;
+                        }
+                    }
+                    last_seq = Some(seq);
+                    received += 1;
+                    if seq == (PACKETS - 1) as u16 {
+                        break;
+                    }
+                }
+                (received, first, gaps, Instant::now())
+            })
+        })
+        .collect();
+    // The stalled viewer plays and then never reads.
+    let stalled_play = play.clone();
+    let stalled = std::thread::spawn(move || {
+        let mut client = Client::connect(addr);
+        client.play(&stalled_play, 1);
+        client
+    });
+    ready.wait();
+    // Give every viewer's DESCRIBE time to reach the server, where it waits for the publisher.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut publisher = SynthPublisher::start(addr, &urls.publish(UID)).unwrap();
+    // The first GOP goes out first, and everybody PLAYs meanwhile: they all start on it.
+    publisher.send(0..BURST, PAYLOAD);
+    std::thread::sleep(Duration::from_millis(800));
+    let mut stalled = stalled.join().unwrap();
+
+    // A second publisher is refused while the first one is on.
+    let second = SynthPublisher::start(addr, &urls.publish(UID))
+        .err()
+        .expect("refused");
+    assert_eq!(second.status, StatusCode::BAD_REQUEST);
+
+    let started = Instant::now();
+    let mut late = None;
+    let mut next = BURST;
+    while next < PACKETS {
+        let end = (next + BURST).min(PACKETS);
+        publisher.send(next..end, PAYLOAD);
+        next = end;
+        // About 10,000 packets per second.
+        std::thread::sleep(Duration::from_millis(10));
+        if late.is_none() && next >= PACKETS / 2 {
+            let play = play.clone();
+            late = Some(std::thread::spawn(move || {
+                let mut client = Client::connect(addr);
+                client.play(&play, 1);
+                let (_, packet) = client.frame().expect("a packet");
+                is_idr_start(&packet)
+            }));
+        }
+    }
+    let publish_done = Instant::now();
+    let mut worst_lag = Duration::ZERO;
+    for viewer in viewers {
+        let (received, first, gaps, done) = viewer.join().unwrap();
+        assert_eq!(
+            first,
+            Some((0, true)),
+            "every viewer starts on the first keyframe"
+        );
+        assert_eq!(gaps, 0, "a viewer lost packets");
+        assert_eq!(received, PACKETS, "a viewer lost packets");
+        worst_lag = worst_lag.max(done.saturating_duration_since(publish_done));
+    }
+    let publishing = publish_done - started;
+    eprintln!(
+        "{VIEWERS} viewers x {PACKETS} packets of {PAYLOAD} bytes in {publishing:?}; \
+         last viewer done {worst_lag:?} after the publisher"
+    );
+    assert!(
+        worst_lag < Duration::from_secs(2),
+        "viewers fell behind: {worst_lag:?}"
+    );
+    assert!(
+        late.unwrap().join().unwrap(),
+        "a viewer joining mid-stream starts on a keyframe"
+    );
+
+    // The stalled viewer was skipped and dropped: reading now, it finds a gap and the end of
+    // its connection long before the stream's end.
+    let mut last_seq: Option<u16> = None;
+    let mut gaps = 0;
+    let mut got_last = false;
+    stalled
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    while let Some((_, packet)) = stalled.frame() {
+        let seq = u16::from_be_bytes([packet[2], packet[3]]);
+        if let Some(last) = last_seq {
+            if seq != last.wrapping_add(1) {
+                gaps += 1;
+            }
+        }
+        last_seq = Some(seq);
+        got_last |= seq == (PACKETS - 1) as u16;
+    }
+    assert!(
+        gaps > 0 || !got_last,
+        "the stalled viewer was neither skipped nor dropped"
+    );
+    assert!(!got_last, "the stalled viewer was not dropped");
+    drop(publisher);
+}
+
+/// Forged, expired, missing and wrong-operation tokens get 401/403 and nothing else.
+#[test]
+fn tokens_are_checked() {
+    let server = TestServer::start();
+    let urls = Urls::new(&server);
+    let addr = server.server.addrs.rtsp;
+    let mut client = Client::connect(addr);
+    let expired = urls.url(UID, TokenOp::Play, unix_now() - 10);
+    let publish = urls.publish(UID);
+    let forged = {
+        let other = TokenSigner::new([9; 32]);
+        let grant = StreamGrant {
+            uid: UID.into(),
+            channel: 0,
+            stream_type: "mainStream".into(),
+            op: TokenOp::Play,
+            exp: unix_now() + 60,
+        };
+        other.sign_url("rtsp", "127.0.0.1", addr.port(), &grant)
+    };
+    let missing = format!("rtsp://127.0.0.1:{}/v1.0/live/", addr.port());
+    for (url, status) in [
+        (&expired, StatusCode::UNAUTHORIZED),
+        (&forged, StatusCode::UNAUTHORIZED),
+        (&missing, StatusCode::UNAUTHORIZED),
+        (&publish, StatusCode::FORBIDDEN),
+    ] {
+        let response = client.request(Method::Describe, url, &[]);
+        assert_eq!(response.status, status, "{url}");
+        assert!(response.body.is_empty());
+    }
+    // A play token cannot publish.
+    let refused = client.request_with_body(Method::Announce, &urls.play(UID), &[], Some(SYNTH_SDP));
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    // A stream without a publisher: 503 after the wait.
+    let started = Instant::now();
+    let waited = client.request(Method::Describe, &urls.play("AAAAAAAAAAAAAAAA"), &[]);
+    assert_eq!(waited.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(started.elapsed() >= Duration::from_secs(4));
+}
+
+/// Reads until the server closes the connection; returns everything read.
+fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut all = Vec::new();
+    let _ = stream.read_to_end(&mut all);
+    all
+}
+
+fn status_of(bytes: &[u8]) -> u16 {
+    match RtspResponse::parse(bytes) {
+        Ok(Parsed::Complete { message, .. }) => message.status.0,
+        other => panic!(
+            "not a response ({other:?}): {:?}",
+            String::from_utf8_lossy(bytes)
+        ),
+    }
+}
+
+/// Bad input gets a precise status and the connection closes; the server stays up.
+#[test]
+fn bad_input_is_refused_precisely() {
+    let server = TestServer::start();
+    let urls = Urls::new(&server);
+    let addr = server.server.addrs.rtsp;
+    let play = urls.play(UID);
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        (
+            "oversized headers",
+            format!(
+                "OPTIONS {play} RTSP/1.0\r\nCSeq: 1\r\nX-Big: {}\r\n\r\n",
+                "a".repeat(9000)
+            )
+            .into_bytes(),
+            400,
+        ),
+        (
+            "oversized body",
+            format!("ANNOUNCE {play} RTSP/1.0\r\nCSeq: 1\r\nContent-Length: 70000\r\n\r\n")
+                .into_bytes(),
+            413,
+        ),
+        ("garbage", b"\x16\x03\x01\x02\x00hello".to_vec(), 400),
+        ("data before SETUP", b"$\x00\x00\x04abcd".to_vec(), 400),
+        (
+            "wrong version",
+            format!("OPTIONS {play} RTSP/2.0\r\nCSeq: 1\r\n\r\n").into_bytes(),
+            505,
+        ),
+        (
+            "broken SDP",
+            format!(
+                "ANNOUNCE {} RTSP/1.0\r\nCSeq: 1\r\nContent-Type: application/sdp\r\nContent-Length: 5\r\n\r\nv=9\r\n",
+                urls.publish(UID)
+            )
+            .into_bytes(),
+            400,
+        ),
+    ];
+    for (what, bytes, status) in cases {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.write_all(&bytes).unwrap();
+        if what == "broken SDP" {
+            // A refused ANNOUNCE is an answer, not a protocol error: the connection stays.
+            let mut client = Client {
+                stream,
+                buf: Vec::new(),
+                pos: 0,
+                cseq: 1,
+                session: None,
+            };
+            let response = client.response().unwrap();
+            assert_eq!(response.status.0, status, "{what}");
+            continue;
+        }
+        let answer = read_to_close(&mut stream);
+        assert_eq!(status_of(&answer), status, "{what}");
+    }
+    // An unknown method is answered and the connection stays usable.
+    let mut client = Client::connect(addr);
+    let response = client.request(Method::Other("FLY".into()), &play, &[]);
+    assert_eq!(response.status, StatusCode::NOT_IMPLEMENTED);
+    let response = client.request(Method::Options, &play, &[]);
+    assert_eq!(response.status, StatusCode::OK);
+    // A request that never completes (slowloris) gets 408 after the request timeout (10 s).
+    let mut slow = TcpStream::connect(addr).unwrap();
+    slow.write_all(b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let answer = read_to_close(&mut slow);
+    assert_eq!(status_of(&answer), 408);
+    assert!(started.elapsed() >= Duration::from_secs(9));
+    // Still serving.
+    let mut client = Client::connect(addr);
+    assert_eq!(
+        client.request(Method::Options, "*", &[]).status,
+        StatusCode::OK
+    );
+}
