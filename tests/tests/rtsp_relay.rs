@@ -290,7 +290,7 @@ const FRAMES_PER_GOP: u32 = 10;
 fn synth_packet(index: u32, payload_len: usize) -> Vec<u8> {
     let frame = index / PACKETS_PER_FRAME;
     let part = index % PACKETS_PER_FRAME;
-    let idr = frame % FRAMES_PER_GOP == 0;
+    let idr = frame.is_multiple_of(FRAMES_PER_GOP);
     let last = part == PACKETS_PER_FRAME - 1;
     let mut packet = vec![0x80, if last { 0x80 | 96 } else { 96 }];
     packet.extend_from_slice(&(index as u16).to_be_bytes());

@@ -522,7 +522,6 @@ fn poll_writer(conn: &Conn, stream: &TcpStream, cx: &mut Context<'_>) -> Poll<Wr
         if batch.is_empty() {
             out.at_boundary = true;
             let stop_or_control = out.stop_viewer || out.has_control() || out.closing;
-            drop(batch);
             drop(hub);
             drop(out);
             if stop_or_control {
@@ -547,7 +546,6 @@ fn poll_writer(conn: &Conn, stream: &TcpStream, cx: &mut Context<'_>) -> Poll<Wr
             }
             Poll::Ready(Err(e)) => return Poll::Ready(WriterEnd::Failed(e)),
             Poll::Pending => {
-                drop(batch);
                 drop(hub);
                 drop(out);
                 // The socket is full. Eviction (or the stream's end) raises the viewer's notify.

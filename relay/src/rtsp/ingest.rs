@@ -142,7 +142,7 @@ mod tests {
     fn sdp_of(announce: &str) -> SessionDescription {
         let body = &announce[announce.find("v=0").unwrap()..];
         let end = body.find("SETUP").unwrap_or(body.len());
-        SessionDescription::parse(body[..end].as_bytes()).unwrap()
+        SessionDescription::parse(&body.as_bytes()[..end]).unwrap()
     }
 
     #[test]
