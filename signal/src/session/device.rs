@@ -241,7 +241,12 @@ impl DeviceSession {
 
     /// The next event, in order.
     pub fn poll_event(&mut self) -> Option<SessionEvent> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        if event.is_none() && self.events.capacity() > 0 {
+            // Events are rare (heartbeats make none): an idle session keeps no queue.
+            self.events = VecDeque::new();
+        }
+        event
     }
 
     /// True when bytes wait to be written.

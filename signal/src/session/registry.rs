@@ -195,9 +195,10 @@ impl DeviceRegistry {
         let was_online = session.is_online();
         session.receive(input, now);
         let (online, closed) = (session.is_online(), session.is_closed());
-        let uid = session.uid().map(Box::<str>::from);
         let link = session.link();
-        let uid = uid?;
+        let Some(uid) = session.uid().map(Box::<str>::from) else {
+            return Some(None);
+        };
         if closed {
             self.unindex(&uid, link, conn);
             return Some(None);
