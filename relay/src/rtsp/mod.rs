@@ -26,6 +26,8 @@
 //!   players send none while media flows.
 
 pub mod conn;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ingest;
 pub mod session;
 
