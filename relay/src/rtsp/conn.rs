@@ -50,8 +50,12 @@ const BATCH_BYTES: usize = 256 * 1024;
 const BATCH_SLICES: usize = (BATCH_PACKETS + 1) * MAX_IO_SLICES_PER_PACKET;
 /// Batches a writer sends before yielding to other tasks of the shard.
 const BATCHES_PER_POLL: usize = 16;
-/// Receive buffer growth step; the demuxer bounds what it holds to one message or frame.
+/// Receive buffer growth step of a publisher; the demuxer bounds what the buffer holds to one
+/// message or frame.
 const READ_CHUNK: usize = 64 * 1024;
+/// Receive buffer growth step of everyone else: players send small requests and RTCP, and a
+/// shard holds thousands of them.
+const SMALL_READ_CHUNK: usize = 4 * 1024;
 
 /// A player's place in a hub.
 struct ViewerHandle {
@@ -259,7 +263,7 @@ async fn drained(conn: &Conn) {
 }
 
 async fn read_loop(conn: &Conn, stream: &TcpStream, session: &mut Session) -> ReaderEnd {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut buf = BytesMut::with_capacity(SMALL_READ_CHUNK);
     let mut demuxer = Demuxer::new(DemuxLimits::default());
     let mut invalid_packets: u64 = 0;
     loop {
@@ -330,8 +334,13 @@ async fn read_loop(conn: &Conn, stream: &TcpStream, session: &mut Session) -> Re
             return ReaderEnd::Gone;
         }
         let filled = buf.len();
-        if buf.capacity() - filled < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
+        let chunk = if session.state() == State::Recording {
+            READ_CHUNK
+        } else {
+            SMALL_READ_CHUNK
+        };
+        if buf.capacity() - filled < chunk / 4 {
+            buf.reserve(chunk);
         }
         let room = buf.capacity() - filled;
         buf.resize(filled + room, 0);
