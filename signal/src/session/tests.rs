@@ -1179,3 +1179,40 @@ fn encrypt_tcp_state_size() {
         std::mem::size_of::<SessionEvent>(),
     );
 }
+
+/// The fuzz target's entry point on structured and pseudo-random inputs in every mode.
+#[test]
+fn fuzz_entry_point_survives() {
+    let mut device = SimDevice::signalling();
+    let mut packets = Vec::new();
+    packets.extend_from_slice(&device.heartbeat(&Heartbeat::default(), 2));
+    packets.extend_from_slice(&device.alarm(
+        &Alarm {
+            channel: 0,
+            status: "start".to_owned(),
+            ai_type: "people".to_owned(),
+        },
+        3,
+    ));
+    packets.extend_from_slice(&device.reply(cmd::PREVIEW_START, 7, CODE_OK, &[0; 31]));
+    packets.extend_from_slice(&device.reply(cmd::SNAPSHOT, 8, CODE_OK, b""));
+    packets.extend_from_slice(&device.reply(cmd::SNAPSHOT, 8, CODE_LAST_CHUNK, b"jpeg"));
+    for mode in 0..4u8 {
+        let mut input = vec![mode];
+        input.extend_from_slice(&packets);
+        fuzzing::session(&input);
+    }
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for round in 0..200u32 {
+        let len = (round as usize * 37) % 700;
+        let mut input = Vec::with_capacity(len + 1);
+        input.push((round % 4) as u8);
+        for _ in 0..len {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            input.push(state as u8);
+        }
+        fuzzing::session(&input);
+    }
+}
