@@ -115,7 +115,8 @@ impl<'a> DeviceView<'a> {
 /// Every device session of one shard.
 #[derive(Debug, Default)]
 pub struct DeviceRegistry {
-    sessions: HashMap<ConnId, DeviceSession>,
+    /// Boxed: a map's spare slots then cost a pointer each, not a whole session.
+    sessions: HashMap<ConnId, Box<DeviceSession>>,
     online: HashMap<Box<str>, DeviceLinks>,
     next_conn: u64,
 }
@@ -130,7 +131,7 @@ impl DeviceRegistry {
     pub fn admit(&mut self, session: DeviceSession) -> ConnId {
         let conn = ConnId(self.next_conn);
         self.next_conn += 1;
-        self.sessions.insert(conn, session);
+        self.sessions.insert(conn, Box::new(session));
         conn
     }
 
@@ -157,12 +158,19 @@ impl DeviceRegistry {
     /// The session of `conn`; `None` once it was removed or evicted (the connection task
     /// then closes its socket).
     pub fn session(&self, conn: ConnId) -> Option<&DeviceSession> {
-        self.sessions.get(&conn)
+        self.sessions.get(&conn).map(|s| &**s)
+    }
+
+    /// Every session with its connection (metrics: phases, stats, memory).
+    pub fn iter(&self) -> impl Iterator<Item = (ConnId, &DeviceSession)> {
+        self.sessions
+            .iter()
+            .map(|(&conn, session)| (conn, &**session))
     }
 
     /// The session of `conn`, mutably (to drain events, take output, ack alarms).
     pub fn session_mut(&mut self, conn: ConnId) -> Option<&mut DeviceSession> {
-        self.sessions.get_mut(&conn)
+        self.sessions.get_mut(&conn).map(|s| &mut **s)
     }
 
     /// The connections of device `uid`.
@@ -173,13 +181,15 @@ impl DeviceRegistry {
     /// The online session of `uid` on `link`, with its connection (to send requests).
     pub fn link_mut(&mut self, uid: &str, link: LinkKind) -> Option<(ConnId, &mut DeviceSession)> {
         let conn = self.online.get(uid)?.get(link)?;
-        self.sessions.get_mut(&conn).map(|session| (conn, session))
+        self.sessions
+            .get_mut(&conn)
+            .map(|session| (conn, &mut **session))
     }
 
     /// Device `uid` across its links; `None` when it has no online link.
     pub fn device(&self, uid: &str) -> Option<DeviceView<'_>> {
         let links = self.online.get(uid)?;
-        let get = |conn: Option<ConnId>| conn.and_then(|c| self.sessions.get(&c));
+        let get = |conn: Option<ConnId>| conn.and_then(|c| self.sessions.get(&c).map(|s| &**s));
         Some(DeviceView {
             keep_alive: get(links.keep_alive),
             signalling: get(links.signalling),
@@ -208,7 +218,7 @@ impl DeviceRegistry {
         }
         let previous = self.online.entry(uid).or_default().slot(link).replace(conn);
         let replaced = previous.filter(|&old| old != conn).and_then(|old| {
-            let mut session = self.sessions.remove(&old)?;
+            let mut session = *self.sessions.remove(&old)?;
             session.close(OfflineReason::Replaced);
             Some(Evicted { conn: old, session })
         });
@@ -219,7 +229,7 @@ impl DeviceRegistry {
     /// [`DeviceSession::on_connection_closed`] on it first if it is not closed yet, or use
     /// [`DeviceRegistry::disconnect`].
     pub fn remove(&mut self, conn: ConnId) -> Option<DeviceSession> {
-        let session = self.sessions.remove(&conn)?;
+        let session = *self.sessions.remove(&conn)?;
         if let Some(uid) = session.uid() {
             self.unindex(uid, session.link(), conn);
         }
@@ -243,7 +253,7 @@ impl DeviceRegistry {
             .into_iter()
             .flatten()
             .filter_map(|conn| {
-                let mut session = self.sessions.remove(&conn)?;
+                let mut session = *self.sessions.remove(&conn)?;
                 session.close(reason.clone());
                 Some(Evicted { conn, session })
             })
