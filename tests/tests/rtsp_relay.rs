@@ -772,3 +772,89 @@ fn bad_input_is_refused_precisely() {
         StatusCode::OK
     );
 }
+
+/// GStreamer's rtspclientsink publishes the fixture's video (it pauses before its TEARDOWN at the
+/// end of stream, which must be accepted) and ffmpeg reads every frame back.
+#[test]
+fn gstreamer_rtspclientsink_publishes() {
+    require_tool("gst-launch-1.0");
+    require_tool("ffmpeg");
+    let server = TestServer::start();
+    let urls = Urls::new(&server);
+    let out_file = server.data_dir().join("from_gstreamer.mkv");
+    let recorder = spawn(
+        "ffmpeg",
+        &[
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-rtsp_transport",
+            "tcp",
+            "-i",
+            &urls.play(UID),
+            "-c",
+            "copy",
+            "-y",
+            out_file.to_str().unwrap(),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let clip = clip();
+    let publisher = spawn(
+        "gst-launch-1.0",
+        &[
+            "-q",
+            "filesrc",
+            &format!("location={}", clip.display()),
+            "!",
+            "qtdemux",
+            "!",
+            "h264parse",
+            "!",
+            "rtspclientsink",
+            &format!("location={}", urls.publish(UID)),
+            "protocols=tcp",
+        ],
+    );
+    let published = wait_child(publisher, Duration::from_secs(30), "rtspclientsink");
+    let errors = String::from_utf8_lossy(&published.stderr).to_string()
+        + &String::from_utf8_lossy(&published.stdout);
+    assert!(
+        published.status.success() && !errors.contains("ERROR"),
+        "rtspclientsink failed: {errors}"
+    );
+    let recorded = wait_child(recorder, Duration::from_secs(20), "ffmpeg recorder");
+    assert!(
+        recorded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&recorded.stderr)
+    );
+    let counted = run(
+        "ffprobe",
+        &[
+            "-v",
+            "error",
+            "-count_packets",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=codec_name,width,height,nb_read_packets",
+            "-of",
+            "compact",
+            out_file.to_str().unwrap(),
+        ],
+    );
+    let counted = String::from_utf8_lossy(&counted.stdout).to_string();
+    assert!(
+        counted.contains("codec_name=h264|width=320|height=240"),
+        "{counted}"
+    );
+    let video: u32 = counted
+        .rsplit("nb_read_packets=")
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((97..=100).contains(&video), "video frames relayed: {video}");
+}

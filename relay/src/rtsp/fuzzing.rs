@@ -131,6 +131,12 @@ fn drive(data: &[u8]) -> Vec<State> {
                 if after == State::Recording {
                     assert!(matches!(before, State::Announced | State::Recording));
                 }
+                if after == State::Announced {
+                    assert!(matches!(
+                        before,
+                        State::Init | State::Announced | State::Recording
+                    ));
+                }
                 if after == State::Playing {
                     assert!(matches!(before, State::Ready | State::Playing));
                 }

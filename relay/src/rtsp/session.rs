@@ -12,7 +12,8 @@
 //!     │                                                                └───────────────┘
 //!     │  ANNOUNCE (publish token, SDP)        SETUP mode=record      RECORD
 //!     └──────────────────────────────▶ Announced ───────▶ Announced ───────▶ Recording
-//!
+//!                                                                  ▲     PAUSE         │
+//!                                                                  └───────────────────┘
 //!   TEARDOWN from any state: back to Init (viewer removed / publisher detached).
 //! ```
 //!
@@ -658,7 +659,14 @@ impl Session {
                 reply.effect = Effect::StopViewer;
                 Step::Reply(reply)
             }
-            _ => self.reply(request, StatusCode::METHOD_NOT_VALID_IN_THIS_STATE),
+            // GStreamer's rtspclientsink pauses at end of stream before TEARDOWN; the publisher
+            // stays attached and may RECORD again (MediaMTX does the same).
+            State::Announced => self.reply(request, StatusCode::OK),
+            State::Recording => {
+                self.state = State::Announced;
+                self.reply(request, StatusCode::OK)
+            }
+            State::Init => self.reply(request, StatusCode::METHOD_NOT_VALID_IN_THIS_STATE),
         }
     }
 

@@ -131,6 +131,16 @@ fn ffmpeg_publishes() {
     assert!(meta.is_rtcp && meta.track == 1);
     assert!(matches!(s.on_frame(2, &[1, 2]), FrameAction::Invalid(_)));
     assert_eq!(s.on_frame(9, &[1, 2]), FrameAction::Ignore);
+    // rtspclientsink pauses at end of stream: accepted, media no longer relayed.
+    let mut pause = requests[4].clone();
+    pause.method = Method::Pause;
+    let paused = reply(s.on_request(&with_session(pause, &id.id), NOW));
+    assert_eq!(paused.response.status, StatusCode::OK);
+    assert_eq!(s.state(), State::Announced);
+    assert_eq!(
+        s.on_frame(0, &[0x80, 96, 0, 2, 0, 0, 0, 9, 0, 0, 0, 1, 0x41]),
+        FrameAction::Ignore
+    );
     let mut teardown = requests[4].clone();
     teardown.method = Method::Teardown;
     let teardown = reply(s.on_request(&with_session(teardown, &id.id), NOW));
