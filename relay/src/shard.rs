@@ -514,3 +514,76 @@ async fn flush_handoffs(shard: Rc<Shard>, port: Rc<MeshPort<ShardMsg>>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::TrackKind;
+    use crate::stream_key::StreamKind;
+
+    fn shard() -> Shard {
+        Shard::new(
+            0,
+            1,
+            ShardSettings::default(),
+            TokenSigner::new([1; 32]),
+            Shutdown::new(),
+        )
+    }
+
+    fn description() -> StreamDescription {
+        StreamDescription {
+            sdp: "v=0\r\n".into(),
+            tracks: vec![TrackKind::Video],
+        }
+    }
+
+    #[test]
+    fn sweeper_expires_slow_requests_and_idle_sessions_but_not_players() {
+        let shard = shard();
+        let start = Instant::now();
+        let (_, slow) = shard.register_conn(start);
+        slow.request_started.set(Some(start));
+        let (_, idle) = shard.register_conn(start);
+        let (_, playing) = shard.register_conn(start);
+        playing.idle_limit.set(None);
+        shard.sweep(start + Duration::from_secs(5));
+        assert_eq!(slow.expired.get(), None);
+        shard.sweep(start + Duration::from_secs(11));
+        assert_eq!(slow.expired.get(), Some(Expiry::RequestTimeout));
+        assert!(slow.expired_notify.take_notification());
+        assert_eq!(idle.expired.get(), None);
+        shard.sweep(start + Duration::from_secs(61));
+        assert_eq!(idle.expired.get(), Some(Expiry::SessionTimeout));
+        assert_eq!(playing.expired.get(), None);
+        assert_eq!(shard.conn_count(), 3);
+    }
+
+    #[test]
+    fn hubs_live_while_published_or_watched_and_go_after_the_grace() {
+        let shard = shard();
+        let key = StreamKey::new("952700000A5S348E", 0, StreamKind::Main).unwrap();
+        let (hub, publisher) = shard.publish(&key, description()).unwrap();
+        assert!(matches!(
+            shard.publish(&key, description()),
+            Err(Refusal::PublisherExists)
+        ));
+        let now = Instant::now();
+        shard.sweep(now);
+        assert_eq!(shard.stream_count(), 1);
+        hub.borrow_mut().detach_publisher(publisher, now).unwrap();
+        shard.sweep(now + Duration::from_secs(1));
+        assert_eq!(shard.stream_count(), 1, "kept during the publisher's grace");
+        shard.sweep(now + Duration::from_secs(6));
+        assert_eq!(shard.stream_count(), 0, "dropped once ended and unwatched");
+        // A viewer keeps a hub without a publisher alive.
+        let (hub, viewer) = shard
+            .add_viewer(&key, ChannelMap::new(), LocalNotify::new())
+            .unwrap();
+        shard.sweep(now + Duration::from_secs(7));
+        assert_eq!(shard.stream_count(), 1);
+        hub.borrow_mut().remove_viewer(viewer);
+        shard.sweep(now + Duration::from_secs(8));
+        assert_eq!(shard.stream_count(), 0);
+    }
+}
