@@ -18,12 +18,17 @@ use std::fmt;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use futures_lite::future::poll_fn;
 use futures_lite::Stream;
 use glommio::channels::shared_channel::{
     self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
 };
+
+/// First and longest wait between attempts to send into a full inbox.
+const FULL_BACKOFF_MIN: Duration = Duration::from_micros(50);
+const FULL_BACKOFF_MAX: Duration = Duration::from_millis(1);
 
 /// The shard that owns `key` among `shards` shards: FNV-1a (64-bit) of the key's UTF-8 bytes,
 /// modulo `shards`. Stable across processes, restarts and platforms. `shards == 0` returns 0.
@@ -175,9 +180,9 @@ impl<T: Send + 'static> fmt::Debug for Mesh<T> {
 
 impl<T: Send + 'static> Mesh<T> {
     /// A mesh for `shards` shards where each ordered pair has a channel holding up to `capacity`
-    /// messages (at least 1).
+    /// messages (rounded up to a power of two, at least 1).
     pub fn new(shards: usize, capacity: usize) -> Mesh<T> {
-        let capacity = capacity.max(1);
+        let capacity = capacity.max(1).next_power_of_two();
         let mut senders: Vec<Vec<Option<SharedSender<T>>>> = (0..shards)
             .map(|_| (0..shards).map(|_| None).collect())
             .collect();
@@ -315,7 +320,8 @@ impl<T: Send + 'static> MeshPort<T> {
         self.shards
     }
 
-    /// Sends `msg` to shard `to`, waiting while that inbox is full.
+    /// Sends `msg` to shard `to`, waiting while that inbox is full (polling every 50 µs..1 ms;
+    /// size inboxes so that this is rare). Fails with `Closed` once `to` has left the mesh.
     pub async fn send_to(&self, to: usize, msg: T) -> Result<(), SendError<T>> {
         if to == self.id {
             let mut msg = Some(msg);
@@ -349,10 +355,24 @@ impl<T: Send + 'static> MeshPort<T> {
                 })
             }
         };
-        sender
-            .send(msg)
-            .await
-            .map_err(|err| map_glommio_send_error(to, err))
+        // glommio 0.9's blocking `send` never returns if the receiving shard leaves while the
+        // queue is full (it waits for room that never comes), so a full inbox is waited out
+        // here with short sleeps instead. Inboxes sized for batched traffic are rarely full.
+        let mut msg = msg;
+        let mut backoff = FULL_BACKOFF_MIN;
+        loop {
+            match sender.try_send(msg) {
+                Ok(()) => return Ok(()),
+                Err(err) => match map_glommio_send_error(to, err) {
+                    SendError::Full { msg: returned, .. } => {
+                        msg = returned;
+                        crate::timer::sleep(backoff).await;
+                        backoff = (backoff * 2).min(FULL_BACKOFF_MAX);
+                    }
+                    other => return Err(other),
+                },
+            }
+        }
     }
 
     /// Sends `msg` to shard `to` if its inbox has room, without waiting.

@@ -368,6 +368,40 @@ pub fn spawn_detached<T: 'static>(fut: impl Future<Output = T> + 'static) {
     drop(glommio::spawn_local(fut).detach());
 }
 
+/// A task queue on the current shard: tasks spawned into it share the CPU with other queues in
+/// proportion to `shares`, so latency-critical work (media fan-out) is not starved by bulk work
+/// (provisioning, webhooks) on the same shard.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskQueue(glommio::TaskQueueHandle);
+
+impl TaskQueue {
+    /// Creates a queue with a static CPU share (relative weight, e.g. 1000 vs 100). With
+    /// `latency` set, the scheduler preempts other queues at least that often while this one has
+    /// work.
+    pub fn new(name: &str, shares: usize, latency: Option<Duration>) -> TaskQueue {
+        let latency = match latency {
+            Some(every) => glommio::Latency::Matters(every),
+            None => glommio::Latency::NotImportant,
+        };
+        TaskQueue(glommio::executor().create_task_queue(
+            glommio::Shares::Static(shares.max(1)),
+            latency,
+            name,
+        ))
+    }
+
+    /// Spawns `fut` into this queue on the current shard. Fails only if the queue belongs to
+    /// another shard (caller bug).
+    pub fn spawn<T: 'static>(
+        &self,
+        fut: impl Future<Output = T> + 'static,
+    ) -> std::io::Result<Task<T>> {
+        glommio::spawn_local_into(fut, self.0)
+            .map(Task)
+            .map_err(std::io::Error::from)
+    }
+}
+
 /// Yields to other tasks if this one has run for longer than the shard's preemption slice; call
 /// it inside long loops (fan-out to many viewers, sweeps over many sessions).
 pub async fn yield_if_needed() {
