@@ -2,6 +2,7 @@
 //! Codecs live under [`proto`] and touch no sockets.
 
 pub mod hub;
+pub mod ingest;
 pub mod proto;
 pub mod rtsp;
 pub mod server;
