@@ -11,6 +11,7 @@
 //! - [`tls`]: rustls sessions over our streams that can move between shards.
 //! - [`sweeper`]: one periodic sweep per shard over last-seen timestamps.
 //! - [`timer`]: sleep and deadlines.
+//! - [`xchan`]: channels to and from threads outside the mesh (the control plane).
 
 pub mod mesh;
 pub mod net;
@@ -18,6 +19,7 @@ pub mod shard;
 pub mod sweeper;
 pub mod timer;
 pub mod tls;
+pub mod xchan;
 
 pub use mesh::{owner_shard, Mesh, MeshPort};
 pub use net::{Handoff, TcpListener, TcpStream};
