@@ -1,0 +1,5 @@
+//! The loadgen's building blocks: simulated ROP devices and RTSP viewers. Protocol work is
+//! sans-IO (bytes in, bytes out), reusing the codecs of `signal` and `relay`, so the same device
+//! drives the relay's ingest in tests and real sockets in the `loadgen` binary.
+
+pub mod device;
