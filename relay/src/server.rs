@@ -301,6 +301,7 @@ async fn run_control_plane(
         tokens: signal::tokens::TokenSigner::new(secrets.token_key),
         api_token,
         on_revoke: Box::new(|uid| info!(uid, "device revoked")),
+        devices: None,
     });
     let http = Rc::new(HttpConfig::default());
     let server_tls = pki.server_config();

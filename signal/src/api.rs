@@ -54,6 +54,8 @@ pub struct ControlPlane {
     pub api_token: Option<String>,
     /// Called with a UID whose certificates were just revoked, to close its connections.
     pub on_revoke: Box<dyn Fn(&str) + Send + Sync>,
+    /// The shards' device sessions (presence, device requests); `None` without a data plane.
+    pub devices: Option<crate::devices::DeviceDirectory>,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -73,6 +75,14 @@ pub struct PortHandler {
 
 impl Handler for PortHandler {
     async fn handle(&self, request: Request, conn: &ConnInfo) -> Response {
+        if self.port == Port::Client {
+            if let Some(refusal) = self.plane.check_api_auth(&request) {
+                return refusal;
+            }
+            if let Some(response) = self.plane.device_routes(&request).await {
+                return response;
+            }
+        }
         self.plane.handle(self.port, &request, conn)
     }
 }
@@ -157,7 +167,7 @@ impl ControlPlane {
                 _ => method_not_allowed("GET, HEAD"),
             },
             ["v1.0", "devices", uid] => match *method {
-                Method::GET | Method::HEAD => self.get_device(uid),
+                Method::GET | Method::HEAD => self.get_device(uid, None),
                 Method::DELETE => self.delete_device(uid),
                 _ => method_not_allowed("GET, HEAD, DELETE"),
             },
@@ -295,15 +305,20 @@ impl ControlPlane {
     }
 
     fn get_devices(&self, _req: &Request) -> Response {
-        // The platform lists online devices; presence arrives with device sessions. Until then
-        // no device is online.
+        // Without a data plane (no device sessions) no device is online; with one,
+        // `device_routes` answers first.
         json_response(
             StatusCode::OK,
             &serde_json::json!({ "totalRows": 0, "items": [] }),
         )
     }
 
-    fn get_device(&self, uid: &str) -> Response {
+    /// The device's store record with its presence (`None`: offline).
+    pub(crate) fn get_device(
+        &self,
+        uid: &str,
+        presence: Option<&crate::devices::DevicePresence>,
+    ) -> Response {
         if let Err(e) = pki::validate_uid(uid) {
             return invalid_parameter(&e.to_string());
         }
@@ -314,6 +329,8 @@ impl ControlPlane {
                 struct DeviceView<'a> {
                     uid: &'a str,
                     online: bool,
+                    #[serde(skip_serializing_if = "Option::is_none")]
+                    presence: Option<&'a crate::devices::DevicePresence>,
                     revoked: bool,
                     created_at: u64,
                     registered_at: Option<u64>,
@@ -329,7 +346,8 @@ impl ControlPlane {
                 }
                 let view = DeviceView {
                     uid: &device.uid,
-                    online: false,
+                    online: presence.is_some(),
+                    presence,
                     revoked: device.revoked,
                     created_at: device.created_at,
                     registered_at: device.registered_at,

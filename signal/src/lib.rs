@@ -6,6 +6,8 @@
 pub mod api;
 pub mod clock;
 pub mod config;
+mod device_api;
+pub mod devices;
 pub mod http_server;
 pub mod proto;
 pub mod provisioning;
