@@ -210,6 +210,30 @@ impl Default for ProvisioningConfig {
     }
 }
 
+/// Device sessions (keep-alive 61003 and signalling 61005).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// Silence after which a device link is offline, seconds (the platform's: 40, twice the
+    /// 20 s heartbeat interval). When it is not longer than the heartbeat interval, keep-alive
+    /// devices are told half of it as their interval.
+    pub heartbeat_timeout_secs: u64,
+    /// Time from connect to an accepted handshake (TLS, hello and 458 together), seconds.
+    pub handshake_timeout_secs: u64,
+    /// Time a device has to answer a request from the server, seconds (the platform's: 10).
+    pub request_timeout_secs: u64,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_timeout_secs: 40,
+            handshake_timeout_secs: 10,
+            request_timeout_secs: 10,
+        }
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -233,6 +257,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// Device provisioning.
     pub provisioning: ProvisioningConfig,
+    /// Device sessions.
+    pub device: DeviceConfig,
 }
 
 impl Default for Config {
@@ -247,6 +273,7 @@ impl Default for Config {
             listen: ListenConfig::default(),
             api: ApiConfig::default(),
             provisioning: ProvisioningConfig::default(),
+            device: DeviceConfig::default(),
         }
     }
 }
@@ -336,6 +363,18 @@ impl Config {
                 "provisioning.heartbeat_interval_secs",
                 "must be between 5 and 300",
             );
+        }
+        if !(1..=3600).contains(&self.device.heartbeat_timeout_secs) {
+            return invalid(
+                "device.heartbeat_timeout_secs",
+                "must be between 1 and 3600",
+            );
+        }
+        if !(1..=300).contains(&self.device.handshake_timeout_secs) {
+            return invalid("device.handshake_timeout_secs", "must be between 1 and 300");
+        }
+        if !(1..=600).contains(&self.device.request_timeout_secs) {
+            return invalid("device.request_timeout_secs", "must be between 1 and 600");
         }
         if !(1..=86_400).contains(&self.play_url_ttl_secs) {
             return invalid("play_url_ttl_secs", "must be between 1 and 86400");
