@@ -3,6 +3,7 @@
 //! sockets; the connection files around them do the I/O on the shard runtime (`rt`).
 #![forbid(unsafe_code)]
 
+pub mod alarms;
 pub mod api;
 pub mod clock;
 pub mod config;

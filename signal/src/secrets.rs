@@ -1,8 +1,9 @@
 //! The server's own secrets, kept in `DATA/secrets/` (mode 0600) so that they survive restarts:
 //! the play-token key (the platform's key dies with its process, and every play URL with it),
 //! the sign key of long-term device codes, the device keys from which encryptTCP access keys
-//! are derived (rotatable by key index, as in the platform's `deviceAuth`), and the client API
-//! bearer token.
+//! are derived (rotatable by key index, as in the platform's `deviceAuth`), the client API
+//! bearer token, and the key that signs alarm webhooks (`alarm-webhook.key`, 64 hex digits: the
+//! partner verifies `X-ROP-Signature` with the same 32 bytes; see docs/alarms.md).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -82,6 +83,9 @@ pub struct Secrets {
     pub device_keys: DeviceKeys,
     /// Bearer token of the client API (used when `api.auth = "token"`).
     pub api_token: String,
+    /// HMAC-SHA256 key of the alarm webhook signature (`alarm-webhook.key`), shared with the
+    /// partner out of band. An operator may replace the file with 64 hex digits of their own.
+    pub alarm_webhook_key: [u8; 32],
 }
 
 impl Secrets {
@@ -95,6 +99,7 @@ impl Secrets {
         set_mode(&dir, 0o700)?;
         let token_key = load_or_create_key(&dir.join("token.key"))?;
         let code_sign_key = load_or_create_key(&dir.join("code-sign.key"))?;
+        let alarm_webhook_key = load_or_create_key(&dir.join("alarm-webhook.key"))?;
         let keys_path = dir.join("device-keys.json");
         let device_keys = match read_optional(&keys_path)? {
             Some(text) => {
@@ -139,6 +144,7 @@ impl Secrets {
             code_sign_key,
             device_keys,
             api_token,
+            alarm_webhook_key,
         })
     }
 
@@ -250,12 +256,15 @@ mod tests {
         assert_ne!(a.token_key, a.code_sign_key);
         assert_eq!(a.device_keys, b.device_keys);
         assert_eq!(a.api_token, b.api_token);
+        assert_eq!(a.alarm_webhook_key, b.alarm_webhook_key);
+        assert_ne!(a.alarm_webhook_key, a.token_key);
         assert_eq!(a.device_keys.current_index.len(), 16);
         for name in [
             "token.key",
             "code-sign.key",
             "device-keys.json",
             "api-token",
+            "alarm-webhook.key",
         ] {
             let mode = std::fs::metadata(dir.path().join("secrets").join(name))
                 .unwrap()

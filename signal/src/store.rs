@@ -1,5 +1,6 @@
 //! The embedded transactional store (redb, `DATA/store.redb`): devices, one-time codes, issued
-//! certificate serials and revocations. Every change is committed durably before the request
+//! certificate serials and revocations (the alarm queue keeps its tables in the same file, see
+//! [`crate::alarms`]). Every change is committed durably before the request
 //! that caused it is answered, so nothing acknowledged is lost on kill -9.
 //!
 //! Values are JSON documents: the store is small, read rarely (provisioning, the API, startup)
@@ -144,6 +145,13 @@ impl Store {
         txn.open_table(REVOKED)?;
         txn.commit()?;
         Ok(Self { db })
+    }
+
+    /// The database itself, for modules that keep their own tables in the same file (the alarm
+    /// queue, [`crate::alarms::AlarmQueue`]), so that one process holds one lock and one fsync
+    /// path.
+    pub(crate) fn database(&self) -> &Database {
+        &self.db
     }
 
     /// Records a new one-time code (by its hash); drops expired codes on the way.
