@@ -249,6 +249,12 @@ pub struct Config {
     pub stream_encrypt_mode: StreamEncryptMode,
     /// Where alarms are posted (`ROP_ALARM_WEBHOOK`); none: alarms are counted and dropped.
     pub alarm_webhook: Option<String>,
+    /// PEM file with the CA certificate(s) an https alarm webhook must chain to, instead of the
+    /// system's (`/etc/ssl/certs`) (`ROP_ALARM_WEBHOOK_CA`). For partners with a private CA.
+    pub alarm_webhook_ca: Option<PathBuf>,
+    /// Most alarms kept waiting for the webhook; beyond it the oldest alarm is dropped and
+    /// counted (`rop_alarms_dropped_total{reason="backlog_full"}`). About 300 bytes of disk each.
+    pub alarm_backlog_max: u64,
     /// Default lifetime of play URLs, seconds (the platform's `rtsp.playSessionTTL` is 30 s).
     pub play_url_ttl_secs: u64,
     /// Listener addresses.
@@ -269,6 +275,8 @@ impl Default for Config {
             shards: None,
             stream_encrypt_mode: StreamEncryptMode::Tls,
             alarm_webhook: None,
+            alarm_webhook_ca: None,
+            alarm_backlog_max: 100_000,
             play_url_ttl_secs: 30,
             listen: ListenConfig::default(),
             api: ApiConfig::default(),
@@ -307,7 +315,8 @@ impl Config {
         toml::from_str(text).map_err(|e| e.to_string())
     }
 
-    /// Applies `ROP_HOSTNAME`, `ROP_ALARM_WEBHOOK`, `ROP_STREAM_ENCRYPT_MODE` from `lookup`.
+    /// Applies `ROP_HOSTNAME`, `ROP_ALARM_WEBHOOK`, `ROP_ALARM_WEBHOOK_CA`,
+    /// `ROP_STREAM_ENCRYPT_MODE` from `lookup`.
     pub fn apply_env(
         &mut self,
         lookup: impl Fn(&str) -> Option<String>,
@@ -317,6 +326,13 @@ impl Config {
         }
         if let Some(url) = lookup("ROP_ALARM_WEBHOOK") {
             self.alarm_webhook = if url.is_empty() { None } else { Some(url) };
+        }
+        if let Some(ca) = lookup("ROP_ALARM_WEBHOOK_CA") {
+            self.alarm_webhook_ca = if ca.is_empty() {
+                None
+            } else {
+                Some(PathBuf::from(ca))
+            };
         }
         if let Some(mode) = lookup("ROP_STREAM_ENCRYPT_MODE").filter(|v| !v.is_empty()) {
             self.stream_encrypt_mode = mode.parse().map_err(|reason| ConfigError::Env {
@@ -380,9 +396,22 @@ impl Config {
             return invalid("play_url_ttl_secs", "must be between 1 and 86400");
         }
         if let Some(url) = &self.alarm_webhook {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return invalid("alarm_webhook", "must be an http:// or https:// URL");
+            if let Err(e) = crate::alarms::WebhookTarget::parse(url) {
+                return Err(ConfigError::Invalid {
+                    field: "alarm_webhook",
+                    reason: format!("must be an http:// or https:// URL: {}", e.reason),
+                });
             }
+        }
+        if self
+            .alarm_webhook_ca
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return invalid("alarm_webhook_ca", "must be a file path");
+        }
+        if !(1..=10_000_000).contains(&self.alarm_backlog_max) {
+            return invalid("alarm_backlog_max", "must be between 1 and 10000000");
         }
         Ok(())
     }
@@ -450,6 +479,7 @@ mod tests {
             "ROP_HOSTNAME" => Some("10.0.0.5".into()),
             "ROP_STREAM_ENCRYPT_MODE" => Some("TCP".into()),
             "ROP_ALARM_WEBHOOK" => Some("https://partner.example/alarm".into()),
+            "ROP_ALARM_WEBHOOK_CA" => Some("/etc/partner-ca.pem".into()),
             _ => None,
         })
         .unwrap();
@@ -458,6 +488,10 @@ mod tests {
         assert_eq!(
             c.alarm_webhook.as_deref(),
             Some("https://partner.example/alarm")
+        );
+        assert_eq!(
+            c.alarm_webhook_ca.as_deref(),
+            Some(Path::new("/etc/partner-ca.pem"))
         );
         let err = c
             .apply_env(|n| (n == "ROP_STREAM_ENCRYPT_MODE").then(|| "tls".into()))
@@ -477,6 +511,16 @@ mod tests {
         assert!(c.validate().is_err());
         let c = Config {
             alarm_webhook: Some("ftp://x".into()),
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        let c = Config {
+            alarm_webhook: Some("https://".into()),
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        let c = Config {
+            alarm_backlog_max: 0,
             ..Config::default()
         };
         assert!(c.validate().is_err());

@@ -151,6 +151,22 @@ impl AlarmDelivery {
         })
     }
 
+    /// [`AlarmDelivery::new`] with the webhook and CA of `config` and the key of `secrets`.
+    pub fn from_config(
+        queue: AlarmQueue,
+        config: &crate::config::Config,
+        secrets: &crate::secrets::Secrets,
+        settings: DeliverySettings,
+    ) -> Result<Self, DeliveryError> {
+        AlarmDelivery::new(
+            queue,
+            config.alarm_webhook.as_deref(),
+            config.alarm_webhook_ca.as_deref(),
+            secrets.alarm_webhook_key,
+            settings,
+        )
+    }
+
     /// The same sender with this TLS client configuration (tests, or a caller that builds its
     /// own trust).
     pub fn with_tls_config(mut self, config: Arc<ClientConfig>) -> Self {

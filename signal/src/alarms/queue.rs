@@ -50,6 +50,18 @@ impl Default for QueueSettings {
     }
 }
 
+impl QueueSettings {
+    /// The settings `config` asks for: its backlog bound, and storing only when a webhook is
+    /// configured.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        QueueSettings {
+            max_backlog: config.alarm_backlog_max,
+            store_alarms: config.alarm_webhook.is_some(),
+            ..QueueSettings::default()
+        }
+    }
+}
+
 /// An alarm waiting in the queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueuedAlarm {
