@@ -221,7 +221,7 @@ impl WebhookSigner {
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 fn decode_hex(hex: &str) -> Option<Vec<u8>> {
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return None;
     }
     hex.as_bytes()
