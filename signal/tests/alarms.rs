@@ -302,6 +302,11 @@ fn signed_alarm_reaches_https_webhook_over_one_connection() {
         "{r:?}"
     );
     assert!(!WebhookSigner::new([0; 32]).verify(&r.body, &r.signature));
+    assert_eq!(
+        openssl_signature(&r.body),
+        r.signature,
+        "docs/alarms.md's openssl check"
+    );
     assert_eq!(r.json["uid"], UID_A);
     assert_eq!(r.json["channelId"], "0");
     assert_eq!(r.json["status"], "MD");
@@ -470,4 +475,22 @@ fn without_webhook_the_sender_idles_and_alarms_are_dropped() {
     let m = queue.metrics().snapshot();
     assert_eq!((m.received, m.dropped_no_webhook), (1, 1));
     drop(sender); // stops promptly on shutdown
+}
+
+/// The signature as docs/alarms.md tells partners to compute it with openssl.
+fn openssl_signature(body: &[u8]) -> String {
+    use std::io::Write;
+    let hex_key: String = KEY.iter().map(|b| format!("{b:02x}")).collect();
+    let mut child = Command::new("openssl")
+        .args(["dgst", "-sha256", "-mac", "HMAC", "-macopt"])
+        .arg(format!("hexkey:{hex_key}"))
+        .arg("-r")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl (Debian package openssl)");
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    format!("sha256={}", text.split(' ').next().unwrap())
 }
