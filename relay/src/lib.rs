@@ -1,6 +1,7 @@
 //! The data plane: shards, listeners, device stream ingest, the RTSP server and the stream hub.
 //! Codecs live under [`proto`] and touch no sockets.
 
+pub mod device;
 pub mod hub;
 pub mod ingest;
 pub mod proto;

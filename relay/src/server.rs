@@ -45,6 +45,10 @@ pub struct BoundAddrs {
     pub api_tls: Option<SocketAddr>,
     /// RTSP (61008), bound by every shard.
     pub rtsp: SocketAddr,
+    /// Device keep-alive, encryptTCP (61003), bound by every shard.
+    pub keepalive: SocketAddr,
+    /// Device signalling, mutual TLS (61005), bound by every shard.
+    pub signaling: SocketAddr,
 }
 
 /// A server started by [`start`].
@@ -135,8 +139,30 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
     warn_about_expiry(&pki);
 
     let shutdown = Shutdown::new();
-    let config_shards = config.shards;
+    let shard_count = config.shards.unwrap_or_else(|| {
+        rt::shard::allowed_cpus()
+            .map(|cpus| cpus.len())
+            .unwrap_or(1)
+            .max(1)
+    });
     let rtsp_listen = config.listen.rtsp;
+    let device_settings = crate::device::DeviceSettings {
+        keepalive: config.listen.keepalive,
+        signalling: config.listen.signaling,
+        session: Arc::new(crate::device::DeviceSettings::session_config(&config)),
+        device_keys: Arc::new(secrets.device_keys.clone()),
+        mtls: pki.mtls_config(),
+        is_revoked: Some({
+            let store = store.clone();
+            Arc::new(move |uid: &str| {
+                // Unknown to the store, or revoked: the access key must not keep a link open.
+                !matches!(store.device(uid), Ok(Some(device)) if !device.revoked)
+            })
+        }),
+        sweep_interval: Duration::from_secs(1),
+    };
+    let (devices, directory, devices_ready) =
+        crate::device::DeviceWiring::new(device_settings, shard_count);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let control = {
         let pki = pki.clone();
@@ -145,7 +171,8 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
             .name("control".into())
             .spawn(move || {
                 let result = rt::block_on_shard(move || async move {
-                    run_control_plane(config, pki, store, secrets, shutdown, ready_tx).await
+                    run_control_plane(config, pki, store, secrets, directory, shutdown, ready_tx)
+                        .await
                 });
                 if let Err(e) = result {
                     tracing::error!("control plane stopped: {e}");
@@ -156,7 +183,15 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
     let mut addrs = ready_rx
         .recv()
         .context("the control plane stopped before it listened")??;
-    let (shards, rtsp) = match start_shards(&config_shards, rtsp_listen, token_key, &shutdown) {
+    let started = start_shards(
+        shard_count,
+        rtsp_listen,
+        token_key,
+        devices,
+        devices_ready,
+        &shutdown,
+    );
+    let (shards, rtsp, (keepalive, signaling)) = match started {
         Ok(started) => started,
         Err(e) => {
             shutdown.trigger();
@@ -165,8 +200,12 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
         }
     };
     addrs.rtsp = rtsp;
+    addrs.keepalive = keepalive;
+    addrs.signaling = signaling;
     info!(
         rtsp = %addrs.rtsp,
+        keepalive = %addrs.keepalive,
+        signaling = %addrs.signaling,
         ca = %addrs.ca,
         credentials = %addrs.credentials,
         registration = %addrs.registration,
@@ -185,19 +224,18 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
     })
 }
 
-/// Starts the data-plane shards and waits until each listens on the RTSP port.
+/// The bound (keep-alive, signalling) addresses of the device links.
+type DeviceAddrs = (SocketAddr, SocketAddr);
+
+/// Starts the data-plane shards and waits until each listens on the RTSP and device ports.
 fn start_shards(
-    shards: &Option<usize>,
+    count: usize,
     rtsp_listen: SocketAddr,
     token_key: [u8; 32],
+    devices: crate::device::DeviceWiring,
+    devices_ready: std::sync::mpsc::Receiver<Result<DeviceAddrs, String>>,
     shutdown: &Shutdown,
-) -> anyhow::Result<(rt::shard::RunningShards<()>, SocketAddr)> {
-    let count = shards.unwrap_or_else(|| {
-        rt::shard::allowed_cpus()
-            .map(|cpus| cpus.len())
-            .unwrap_or(1)
-            .max(1)
-    });
+) -> anyhow::Result<(rt::shard::RunningShards<()>, SocketAddr, DeviceAddrs)> {
     let mesh = rt::Mesh::new(count, 256);
     let settings = crate::shard::ShardSettings::default();
     let signer = signal::tokens::TokenSigner::new(token_key);
@@ -213,6 +251,7 @@ fn start_shards(
                 signer.clone(),
                 rtsp_listen,
                 ready_tx.clone(),
+                Some(devices.clone()),
             )
         })
         .context("starting the shards")?;
@@ -233,7 +272,24 @@ fn start_shards(
         }
     }
     let bound = bound.context("no shard reported its RTSP address")?;
-    Ok((running, bound))
+    let mut device_addrs = None;
+    for _ in 0..count {
+        match devices_ready.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(addrs)) => device_addrs = Some(addrs),
+            Ok(Err(e)) => {
+                shutdown.trigger();
+                let _ = running.join();
+                anyhow::bail!(e);
+            }
+            Err(_) => {
+                shutdown.trigger();
+                let _ = running.join();
+                anyhow::bail!("the shards did not start listening on the device ports");
+            }
+        }
+    }
+    let device_addrs = device_addrs.context("no shard reported its device ports")?;
+    Ok((running, bound, device_addrs))
 }
 
 async fn run_control_plane(
@@ -241,6 +297,7 @@ async fn run_control_plane(
     pki: Arc<pki::Pki>,
     store: Arc<signal::store::Store>,
     secrets: signal::secrets::Secrets,
+    directory: signal::devices::DeviceDirectory,
     shutdown: Shutdown,
     ready: std::sync::mpsc::Sender<anyhow::Result<BoundAddrs>>,
 ) {
@@ -275,6 +332,8 @@ async fn run_control_plane(
         api_tls: api_tls.as_ref().map(local),
         // Filled in by `start` once the shards listen.
         rtsp: config.listen.rtsp,
+        keepalive: config.listen.keepalive,
+        signaling: config.listen.signaling,
     };
     let endpoints = DeviceEndpoints {
         host: config.hostname.clone(),
@@ -300,8 +359,18 @@ async fn run_control_plane(
         provisioning,
         tokens: signal::tokens::TokenSigner::new(secrets.token_key),
         api_token,
-        on_revoke: Box::new(|uid| info!(uid, "device revoked")),
-        devices: None,
+        on_revoke: {
+            let directory = directory.clone();
+            Box::new(move |uid| {
+                info!(uid, "device revoked");
+                // Close its open links at once; new ones are refused by the CRL (signalling)
+                // and the store check (keep-alive).
+                if let Err(e) = directory.close_now(uid, "device revoked") {
+                    warn!(uid, "could not close the revoked device's links: {e}");
+                }
+            })
+        },
+        devices: Some(directory),
     });
     let http = Rc::new(HttpConfig::default());
     let server_tls = pki.server_config();

@@ -1,6 +1,6 @@
 //! One shard of the data plane: a pinned executor that owns, without locks, the streams of the
-//! devices hashed to it (`rt::owner_shard(uid, shards)`) and every connection that publishes or
-//! plays them.
+//! devices hashed to it (`signal::session::shard_of_uid(uid, shards)`, the hash a keep-alive
+//! hello names too) and every connection that publishes or plays them.
 //!
 //! Why it is built this way:
 //! - **Fan-out never crosses cores.** A stream's hub, its publisher and all its viewers live on one
@@ -64,6 +64,8 @@ pub enum ShardMsg {
     ListenRtsp(SocketAddr),
     /// RTSP connections whose stream this shard owns, with the bytes already read.
     RtspConnections(Vec<Handoff>),
+    /// Device links (keep-alive, signalling): listen addresses and connections to serve.
+    Device(crate::device::DeviceMsg),
 }
 
 /// Why a connection is being closed by the sweeper.
@@ -177,7 +179,9 @@ impl Shard {
 
     /// The shard that owns `stream`.
     pub fn owner_of(&self, stream: &StreamKey) -> usize {
-        rt::owner_shard(stream.uid(), self.count)
+        // The device sessions' hash: a keep-alive hello names its shard by the UID hash in its
+        // access key, so every connection of a device must follow that hash.
+        signal::session::shard_of_uid(stream.uid(), self.count)
     }
 
     // ----- streams -----
@@ -386,6 +390,7 @@ pub async fn run(
     signer: TokenSigner,
     rtsp_addr: SocketAddr,
     ready: ReadySender,
+    devices: Option<crate::device::DeviceWiring>,
 ) {
     let port = match ctx.join(&mesh).await {
         Ok(port) => Rc::new(port),
@@ -413,6 +418,7 @@ pub async fn run(
         })
     };
     let flusher = rt::spawn_local(flush_handoffs(shard.clone(), port.clone()));
+    let devices = devices.map(|d| d.start(ctx.id, ctx.count, ctx.shutdown.clone(), port.clone()));
     let mut accept_loops = Vec::new();
     if ctx.id == 0 {
         match TcpListener::bind(rtsp_addr) {
@@ -450,6 +456,11 @@ pub async fn run(
                     )));
                 }
             },
+            ShardMsg::Device(msg) => {
+                if let Some(devices) = &devices {
+                    devices.on_message(from, msg);
+                }
+            }
             ShardMsg::RtspConnections(handoffs) => {
                 for handoff in handoffs {
                     shard.count_stat(|s| s.received += 1);

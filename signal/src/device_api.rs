@@ -62,11 +62,11 @@ impl ControlPlane {
     async fn list_devices(&self, req: &Request) -> Response {
         let mut limit = MAX_LIST_LIMIT;
         let mut after = None;
-        for (key, value) in req
+        let pairs: Vec<(String, String)> = req
             .query()
             .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-            .unwrap_or_else(Vec::new)
-        {
+            .unwrap_or_default();
+        for (key, value) in pairs {
             match key.as_str() {
                 "limit" => match value.parse::<usize>() {
                     Ok(n) if (1..=MAX_LIST_LIMIT).contains(&n) => limit = n,

@@ -1,0 +1,585 @@
+//! Device links on the shards: keep-alive (61003, encryptTCP) and signalling (61005, mutual
+//! TLS). Every shard accepts on both ports (SO_REUSEPORT); a connection is served by its
+//! device's owner shard ([`signal::session::shard_of_uid`]), where the device's sessions, its
+//! streams and their viewers live, so a request from the stream hub or the client API never
+//! crosses a core once it reached the owner.
+//!
+//! ```text
+//!  any shard                                 owner shard
+//!  accept 61005 -> TLS handshake -> CN --handoff (fd + TLS session)--> admit -> read loop
+//!  accept 61003 -> read 100-byte hello -> access key's UID hash --handoff (fd + hello)--^
+//!                                                                          |  ^ wake
+//!  control plane --xchan DeviceCommand--> command task: presence, list, close, calls
+//!  sweeper (1 s): handshake and heartbeat deadlines, request timeouts
+//! ```
+//!
+//! The sessions are the sans-IO state machines of [`signal::session`]; this module only moves
+//! bytes, time and requests to them:
+//! - [`DeviceShard`] holds the shard's [`DeviceRegistry`], a wake-up handle per connection, and
+//!   the control plane's requests waiting for a device's reply.
+//! - [`conn`] accepts, routes and runs one task per connection: it is the only writer of its
+//!   socket, and anything else that queued output for the device (a request from the client
+//!   API, an eviction) wakes it.
+//! - [`control`] answers the control plane's [`DeviceCommand`]s.
+
+mod conn;
+mod control;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use rt::xchan::{OneshotSender, Receiver};
+use rt::{MeshPort, Shutdown};
+use signal::devices::{DeviceCommand, DeviceError};
+use signal::secrets::DeviceKeys;
+use signal::session::{
+    ConnId, DeviceRegistry, DeviceSession, Evicted, LinkKind, Now, OfflineReason, Reply, RequestId,
+    SessionConfig, SessionEvent,
+};
+use tracing::{debug, info, warn};
+
+use crate::hub::LocalNotify;
+use crate::shard::ShardMsg;
+
+pub use conn::{spawn_listeners, DeviceHandoff};
+
+/// Tells whether a device may hold links (not revoked, still known). Called on the owner shard
+/// when a keep-alive link comes online (signalling links are checked by the CRL in TLS).
+pub type RevocationCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// Everything the shards need to serve device links; cloned into every shard.
+#[derive(Clone)]
+pub struct DeviceSettings {
+    /// Keep-alive listen address (61003).
+    pub keepalive: SocketAddr,
+    /// Signalling listen address (61005).
+    pub signalling: SocketAddr,
+    /// Limits and timeouts of sessions.
+    pub session: Arc<SessionConfig>,
+    /// Device keys that resolve access keys in keep-alive hellos.
+    pub device_keys: Arc<DeviceKeys>,
+    /// Mutual-TLS configuration of the signalling port (CRL-checking verifier).
+    pub mtls: Arc<rustls::ServerConfig>,
+    /// True when the device is revoked or unknown: its keep-alive link is closed at once.
+    pub is_revoked: Option<RevocationCheck>,
+    /// How often the sweeper runs (deadlines are checked at this granularity).
+    pub sweep_interval: Duration,
+}
+
+impl std::fmt::Debug for DeviceSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceSettings")
+            .field("keepalive", &self.keepalive)
+            .field("signalling", &self.signalling)
+            .field("session", &self.session)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeviceSettings {
+    /// Session limits from the server's configuration: the heartbeat timeout, handshake and
+    /// request timeouts of `[device]`, the heartbeat interval of `[provisioning]` (halved
+    /// into the timeout when the timeout is shorter, so that short test timeouts stay valid).
+    pub fn session_config(config: &signal::config::Config) -> SessionConfig {
+        let timeout = Duration::from_secs(config.device.heartbeat_timeout_secs);
+        let mut interval =
+            Duration::from_secs(u64::from(config.provisioning.heartbeat_interval_secs));
+        if interval >= timeout {
+            interval = timeout / 2;
+        }
+        SessionConfig {
+            heartbeat_interval: interval,
+            heartbeat_timeout: timeout,
+            handshake_timeout: Duration::from_secs(config.device.handshake_timeout_secs),
+            request_timeout: Duration::from_secs(config.device.request_timeout_secs),
+            ..SessionConfig::default()
+        }
+    }
+}
+
+/// What a shard receives from other shards about device links.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum DeviceMsg {
+    /// From shard 0: the addresses it bound; bind the same (SO_REUSEPORT) and accept.
+    Listen {
+        /// Keep-alive port.
+        keepalive: SocketAddr,
+        /// Signalling port.
+        signalling: SocketAddr,
+    },
+    /// Connections of devices this shard owns.
+    Connections(Vec<DeviceHandoff>),
+}
+
+/// Counters of one shard's device links.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DeviceStats {
+    /// Connections accepted, by link.
+    pub accepted_keepalive: u64,
+    /// Connections accepted on the signalling port.
+    pub accepted_signalling: u64,
+    /// Connections handed to their owner shard.
+    pub handed_off: u64,
+    /// Connections received from another shard.
+    pub received: u64,
+    /// TLS handshakes on the signalling port that failed, by reason.
+    pub tls_failures: BTreeMap<&'static str, u64>,
+    /// Keep-alive connections that closed or stalled before a whole hello.
+    pub hello_incomplete: u64,
+    /// Sessions that went online, by link.
+    pub online_keepalive: u64,
+    /// Signalling sessions that went online.
+    pub online_signalling: u64,
+    /// Sessions that ended, by reason (`OfflineReason::label`), refused hellos and
+    /// handshakes included.
+    pub offline: BTreeMap<&'static str, u64>,
+    /// Alarms received and acknowledged.
+    pub alarms: u64,
+}
+
+/// Where the control plane's request waits for the device's reply.
+type ReplySender = OneshotSender<Result<Reply, DeviceError>>;
+
+/// Where a shard reports its bound (keep-alive, signalling) addresses, or why it could not bind.
+pub type ReadySender = std::sync::mpsc::Sender<Result<(SocketAddr, SocketAddr), String>>;
+
+/// The wake-up handle of one connection task.
+#[derive(Default)]
+struct ConnSignal {
+    /// Raised when the task should write output or close.
+    notify: LocalNotify,
+    /// The session left the registry (replaced, revoked, timed out): its last output, written
+    /// before the connection closes.
+    evicted: RefCell<Option<Option<bytes::Bytes>>>,
+}
+
+/// The device links of one shard. Lives in an `Rc` on its shard.
+pub struct DeviceShard {
+    /// This shard's index.
+    pub id: usize,
+    /// Number of shards.
+    pub count: usize,
+    settings: DeviceSettings,
+    shutdown: Shutdown,
+    registry: RefCell<DeviceRegistry>,
+    conns: RefCell<HashMap<ConnId, Rc<ConnSignal>>>,
+    /// Control-plane requests waiting for the device's reply.
+    waiters: RefCell<HashMap<(ConnId, RequestId), ReplySender>>,
+    /// Connections waiting to be sent to each shard, flushed together.
+    outbox: RefCell<Vec<Vec<DeviceHandoff>>>,
+    outbox_notify: LocalNotify,
+    stats: RefCell<DeviceStats>,
+    next_request_seed: Cell<u32>,
+    /// Where a shard other than 0 reports its listeners once shard 0 told it the ports.
+    ready: RefCell<Option<ReadySender>>,
+}
+
+impl std::fmt::Debug for DeviceShard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceShard")
+            .field("id", &self.id)
+            .field("sessions", &self.registry.borrow().len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Both clocks now.
+fn now() -> Now {
+    Now::new(Instant::now(), SystemTime::now())
+}
+
+impl DeviceShard {
+    /// The device links of shard `id` of `count`.
+    pub fn new(id: usize, count: usize, settings: DeviceSettings, shutdown: Shutdown) -> Self {
+        DeviceShard {
+            id,
+            count,
+            settings,
+            shutdown,
+            registry: RefCell::new(DeviceRegistry::new()),
+            conns: RefCell::new(HashMap::new()),
+            waiters: RefCell::new(HashMap::new()),
+            outbox: RefCell::new((0..count).map(|_| Vec::new()).collect()),
+            outbox_notify: LocalNotify::new(),
+            stats: RefCell::new(DeviceStats::default()),
+            next_request_seed: Cell::new(rand::random::<u32>() % 100_000),
+            ready: RefCell::new(None),
+        }
+    }
+
+    /// Starts the shard's device side: the sweeper, the handoff flusher, the control plane's
+    /// command task, and (on shard 0) the listeners, whose addresses go to the other shards
+    /// and to `ready`. Returns the shard's state; the tasks stop with the shard's shutdown.
+    pub fn start(
+        self: &Rc<Self>,
+        port: Rc<MeshPort<ShardMsg>>,
+        commands: Option<Receiver<DeviceCommand>>,
+        ready: ReadySender,
+    ) {
+        let sweeper = {
+            let shard = Rc::downgrade(self);
+            rt::Sweeper::every(self.settings.sweep_interval, move |now| {
+                if let Some(shard) = shard.upgrade() {
+                    shard.sweep(now);
+                }
+            })
+        };
+        let shutdown = self.shutdown.clone();
+        rt::spawn_detached(async move {
+            shutdown.wait().await;
+            sweeper.stop();
+        });
+        rt::spawn_detached(conn::flush_handoffs(self.clone(), port.clone()));
+        if let Some(commands) = commands {
+            rt::spawn_detached(control::serve_commands(self.clone(), commands));
+        }
+        if self.id == 0 {
+            let shard = self.clone();
+            rt::spawn_detached(async move {
+                let (keepalive, signalling) = (shard.settings.keepalive, shard.settings.signalling);
+                match conn::spawn_listeners(&shard, keepalive, signalling) {
+                    Ok((keepalive, signalling)) => {
+                        for to in 1..shard.count {
+                            let msg = ShardMsg::Device(DeviceMsg::Listen {
+                                keepalive,
+                                signalling,
+                            });
+                            if let Err(e) = port.send_to(to, msg).await {
+                                warn!("shard 0 could not tell shard {to} the device ports: {e}");
+                            }
+                        }
+                        info!(%keepalive, %signalling, "device links listening");
+                        let _ = ready.send(Ok((keepalive, signalling)));
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        shard.shutdown.trigger();
+                    }
+                }
+            });
+        } else {
+            *self.ready.borrow_mut() = Some(ready);
+        }
+    }
+
+    /// Handles a message from another shard.
+    pub fn on_message(self: &Rc<Self>, from: usize, msg: DeviceMsg) {
+        match msg {
+            DeviceMsg::Listen {
+                keepalive,
+                signalling,
+            } => {
+                let result = conn::spawn_listeners(self, keepalive, signalling);
+                if let Some(ready) = self.ready.borrow_mut().take() {
+                    let _ = ready.send(result.map_err(|e| format!("shard {}: {e}", self.id)));
+                }
+            }
+            DeviceMsg::Connections(handoffs) => {
+                for handoff in handoffs {
+                    self.count(|s| s.received += 1);
+                    debug!(shard = self.id, from, peer = %handoff.handoff.peer, "device connection received");
+                    conn::serve_handoff(self.clone(), handoff);
+                }
+            }
+        }
+    }
+
+    /// The shard's counters.
+    pub fn stats(&self) -> DeviceStats {
+        self.stats.borrow().clone()
+    }
+
+    /// Number of sessions on this shard (every phase) and of devices online.
+    pub fn session_counts(&self) -> (usize, usize) {
+        let registry = self.registry.borrow();
+        (registry.len(), registry.online_devices())
+    }
+
+    fn count(&self, update: impl FnOnce(&mut DeviceStats)) {
+        update(&mut self.stats.borrow_mut());
+    }
+
+    fn count_offline(&self, reason: &OfflineReason) {
+        *self
+            .stats
+            .borrow_mut()
+            .offline
+            .entry(reason.label())
+            .or_default() += 1;
+    }
+
+    fn first_request_id(&self) -> RequestId {
+        // The platform starts at a random id below 100000; spread our sessions over that range.
+        let seed = self.next_request_seed.get();
+        self.next_request_seed.set((seed + 7919) % 100_000);
+        seed
+    }
+
+    /// Queues a connection for its owner shard; connections in the same burst travel together.
+    fn hand_off(&self, to: usize, handoff: DeviceHandoff) {
+        if let Some(queue) = self.outbox.borrow_mut().get_mut(to) {
+            queue.push(handoff);
+            self.count(|s| s.handed_off += 1);
+        }
+        self.outbox_notify.notify();
+    }
+
+    // ----- sessions -----
+
+    /// Admits the session of a connection served here; returns its id and wake-up handle.
+    fn admit(&self, session: DeviceSession) -> (ConnId, Rc<ConnSignal>) {
+        let conn = self.registry.borrow_mut().admit(session);
+        let signal = Rc::new(ConnSignal::default());
+        self.conns.borrow_mut().insert(conn, signal.clone());
+        (conn, signal)
+    }
+
+    /// Feeds bytes read from `conn` to its session and acts on what happened.
+    fn receive(&self, conn: ConnId, input: &[u8]) {
+        let replaced = self.registry.borrow_mut().receive(conn, input, now());
+        if let Some(Some(evicted)) = replaced {
+            self.evict(evicted);
+        }
+        self.drain(conn);
+    }
+
+    /// Handles the events of the session of `conn` (still in the registry).
+    fn drain(&self, conn: ConnId) {
+        loop {
+            let event = {
+                let mut registry = self.registry.borrow_mut();
+                let Some(session) = registry.session_mut(conn) else {
+                    return;
+                };
+                match session.poll_event() {
+                    Some(event) => event,
+                    None => return,
+                }
+            };
+            self.on_event(conn, event, None);
+        }
+    }
+
+    /// Acts on one event of `conn`'s session; `evicted` is the session when it already left
+    /// the registry.
+    fn on_event(&self, conn: ConnId, event: SessionEvent, evicted: Option<&mut DeviceSession>) {
+        match event {
+            SessionEvent::Online { uid, link, info } => {
+                match link {
+                    LinkKind::KeepAlive => self.count(|s| s.online_keepalive += 1),
+                    LinkKind::Signalling => self.count(|s| s.online_signalling += 1),
+                }
+                info!(shard = self.id, uid, ?link, model = ?info.model, firmware = ?info.firmware, "device online");
+                let revoked = link == LinkKind::KeepAlive
+                    && self
+                        .settings
+                        .is_revoked
+                        .as_ref()
+                        .is_some_and(|check| check(&uid));
+                if revoked {
+                    warn!(
+                        shard = self.id,
+                        uid, "keep-alive link of a revoked or unknown device closed"
+                    );
+                    self.with_session(conn, evicted, |session| {
+                        session.close(OfflineReason::ServerClosed("device revoked"))
+                    });
+                }
+            }
+            SessionEvent::Capabilities(capabilities) => {
+                debug!(
+                    shard = self.id,
+                    ?conn,
+                    channels = capabilities.channels.len(),
+                    "device capabilities"
+                );
+            }
+            SessionEvent::AlarmReceived { request_id, alarm } => {
+                // TODO(alarms): hand the alarm to signal::alarms' durable queue (through the
+                // control plane, which may block on fsync) and ack once it is committed.
+                self.count(|s| s.alarms += 1);
+                info!(shard = self.id, ?conn, channel = alarm.channel, status = %alarm.status, ai = %alarm.ai_type, "device alarm");
+                self.with_session(conn, evicted, |session| {
+                    session.ack_alarm(request_id);
+                });
+            }
+            SessionEvent::RequestDone(outcome) => {
+                let waiter = self
+                    .waiters
+                    .borrow_mut()
+                    .remove(&(conn, outcome.request_id));
+                if let Some(waiter) = waiter {
+                    waiter.send(outcome.result.map_err(DeviceError::from));
+                }
+            }
+            SessionEvent::Offline { reason, was_online } => {
+                self.count_offline(&reason);
+                if was_online {
+                    info!(shard = self.id, ?conn, %reason, "device link offline");
+                } else {
+                    debug!(shard = self.id, ?conn, %reason, "device link refused");
+                }
+            }
+            _ => {}
+        }
+        if let Some(signal) = self.conns.borrow().get(&conn) {
+            signal.notify.notify();
+        }
+    }
+
+    fn with_session(
+        &self,
+        conn: ConnId,
+        evicted: Option<&mut DeviceSession>,
+        act: impl FnOnce(&mut DeviceSession),
+    ) {
+        match evicted {
+            Some(session) => act(session),
+            None => {
+                if let Some(session) = self.registry.borrow_mut().session_mut(conn) {
+                    act(session);
+                }
+            }
+        }
+    }
+
+    /// A session left the registry (replaced, closed by the server, silent): handles its last
+    /// events and gives its connection task the final output to write before closing.
+    fn evict(&self, evicted: Evicted) {
+        let Evicted { conn, mut session } = evicted;
+        while let Some(event) = session.poll_event() {
+            self.on_event(conn, event, Some(&mut session));
+        }
+        let output = session.take_output();
+        if let Some(signal) = self.conns.borrow().get(&conn) {
+            *signal.evicted.borrow_mut() = Some(output);
+            signal.notify.notify();
+        }
+    }
+
+    /// What the connection task of `conn` must do next: write these bytes, then close if true.
+    fn next_output(&self, conn: ConnId, signal: &ConnSignal) -> (Option<bytes::Bytes>, bool) {
+        if let Some(output) = signal.evicted.borrow_mut().take() {
+            return (output, true);
+        }
+        let mut registry = self.registry.borrow_mut();
+        let Some(session) = registry.session_mut(conn) else {
+            return (None, true);
+        };
+        let output = session.take_output();
+        let closed = session.is_closed();
+        if closed {
+            registry.remove(conn);
+        }
+        (output, closed)
+    }
+
+    /// The connection task of `conn` ends (socket closed, failed, or session closed).
+    fn finish(&self, conn: ConnId) {
+        self.conns.borrow_mut().remove(&conn);
+        let session = self.registry.borrow_mut().disconnect(conn);
+        if let Some(mut session) = session {
+            while let Some(event) = session.poll_event() {
+                self.on_event(conn, event, Some(&mut session));
+            }
+        }
+        // Any waiter left (a request written just before the close) fails now.
+        self.waiters
+            .borrow_mut()
+            .retain(|&(waiting_conn, _), _| waiting_conn != conn);
+    }
+
+    /// The periodic sweep: silent sessions close, requests past their deadline fail.
+    fn sweep(&self, now: Instant) {
+        let sweep = self.registry.borrow_mut().sweep(now);
+        for evicted in sweep.closed {
+            self.evict(evicted);
+        }
+        for (conn, outcome) in sweep.expired {
+            let waiter = self
+                .waiters
+                .borrow_mut()
+                .remove(&(conn, outcome.request_id));
+            if let Some(waiter) = waiter {
+                waiter.send(outcome.result.map_err(DeviceError::from));
+            }
+        }
+    }
+}
+
+/// What `server::start` hands every shard for its device links: the settings, the control
+/// plane's command queue of each shard (each shard takes its own), and where shards report
+/// that they listen.
+#[derive(Clone)]
+pub struct DeviceWiring {
+    /// Settings shared by every shard.
+    pub settings: DeviceSettings,
+    /// One command receiver per shard, taken by that shard at start.
+    pub commands: Arc<std::sync::Mutex<Vec<Option<Receiver<DeviceCommand>>>>>,
+    /// Each shard reports its bound (keep-alive, signalling) addresses or why it could not bind.
+    pub ready: ReadySender,
+}
+
+impl std::fmt::Debug for DeviceWiring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceWiring")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeviceWiring {
+    /// Settings and one command queue per shard: returns the wiring for the shards, the
+    /// control plane's [`signal::devices::DeviceDirectory`] over those queues, and the
+    /// receiver of the shards' ready reports.
+    #[allow(clippy::type_complexity)]
+    pub fn new(
+        settings: DeviceSettings,
+        shards: usize,
+    ) -> (
+        DeviceWiring,
+        signal::devices::DeviceDirectory,
+        std::sync::mpsc::Receiver<Result<(SocketAddr, SocketAddr), String>>,
+    ) {
+        /// Commands waiting per shard before the control plane is told the shard is busy.
+        const COMMAND_QUEUE: usize = 4096;
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..shards)
+            .map(|_| rt::xchan::channel(COMMAND_QUEUE))
+            .map(|(tx, rx)| (tx, Some(rx)))
+            .unzip();
+        let (ready, ready_rx) = std::sync::mpsc::channel();
+        (
+            DeviceWiring {
+                settings,
+                commands: Arc::new(std::sync::Mutex::new(receivers)),
+                ready,
+            },
+            signal::devices::DeviceDirectory::new(senders),
+            ready_rx,
+        )
+    }
+
+    /// Starts the device side of shard `id` (see [`DeviceShard::start`]).
+    pub fn start(
+        &self,
+        id: usize,
+        count: usize,
+        shutdown: Shutdown,
+        port: Rc<MeshPort<ShardMsg>>,
+    ) -> Rc<DeviceShard> {
+        let commands = self
+            .commands
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get_mut(id)
+            .and_then(Option::take);
+        let shard = Rc::new(DeviceShard::new(id, count, self.settings.clone(), shutdown));
+        shard.start(port, commands, self.ready.clone());
+        shard
+    }
+}
