@@ -32,7 +32,9 @@
 //!
 //! ## Lost bytes: the resync policy
 //! A device's core packets run continuously across encryptTCP frames and its media frames across
-//! core packets. A frame dropped for a bad HMAC or a replayed sequence, or a core or media header
+//! core packets. A frame with a wrong sequence (replayed or injected) is dropped and counted and
+//! loses nothing: it was never part of the stream. A frame dropped for a bad HMAC (tampered in
+//! flight: the cipher and the sequence advance over it), or a core or media header
 //! refused for its length or magic, therefore leaves the readers mid-packet. The ingest counts
 //! the rejection and resynchronises instead of closing: it scans for the next core header that
 //! names the stream (command 3, the stream id, sane lengths), then for the next video keyframe
@@ -315,6 +317,9 @@ pub enum IngestEvent {
 pub struct IngestStats {
     /// Bytes received (socket bytes on 61007, TLS plaintext on 61006).
     pub bytes_received: u64,
+    /// Received bytes copied in user space: the partial frame moved when a receive buffer is
+    /// full, and bytes handed in with [`DeviceStreamIngest::receive`].
+    pub bytes_copied: u64,
     /// encryptTCP frames accepted.
     pub frames: u64,
     /// Of those, frames the device had encrypted.
@@ -511,8 +516,13 @@ impl DeviceStreamIngest {
         }
         let filled = self.rx.len();
         if self.rx.capacity() - filled < self.read_size {
+            let before = self.rx.as_ptr();
             self.rx
                 .reserve(self.config.receive_buffer_size.max(self.read_size));
+            if self.rx.as_ptr() != before {
+                // A new allocation: the partial frame moved into it.
+                self.stats.bytes_copied += filled as u64;
+            }
         }
         let spare = (self.rx.capacity() - filled).min(self.read_size);
         self.rx.resize(filled + spare, 0);
@@ -539,6 +549,7 @@ impl DeviceStreamIngest {
         }
         self.rx.extend_from_slice(bytes);
         self.stats.bytes_received += bytes.len() as u64;
+        self.stats.bytes_copied += bytes.len() as u64;
     }
 
     /// Received bytes in a buffer of the caller's: no copy when `bytes` directly follows the
@@ -654,6 +665,22 @@ impl DeviceStreamIngest {
         match &mut self.link {
             Link::Closed => false,
             Link::Plain => {
+                // Whole core packets when the reader is between packets, so that a body is one
+                // slice (TLS records are small; a body over several would be gathered).
+                if self.core_resync.is_none() && self.reader.is_idle() {
+                    let Some(length) = self.rx.get(8..12) else {
+                        return false;
+                    };
+                    let length = u32::from_le_bytes([length[0], length[1], length[2], length[3]]);
+                    let total = HEADER_LEN + length as usize;
+                    if length <= self.config.max_packet_length {
+                        if self.rx.len() < total {
+                            return false;
+                        }
+                        self.chunk = self.rx.split_to(total).freeze();
+                        return true;
+                    }
+                }
                 if self.rx.is_empty() {
                     return false;
                 }
@@ -681,9 +708,9 @@ impl DeviceStreamIngest {
                     self.lose_core_sync();
                     true
                 }
+                // A replayed or injected frame was never part of the stream: nothing was lost.
                 Err(EncryptTcpError::SequenceMismatch { .. }) => {
                     self.stats.bad_sequence += 1;
-                    self.lose_core_sync();
                     true
                 }
                 Err(error) => {

@@ -93,6 +93,8 @@ pub struct Tracks {
     /// The last description handed out (its SDP), to report only changes.
     described: Option<String>,
     seen_keyframe: bool,
+    /// The first keyframe's packets, waiting for the first description.
+    held: Option<Vec<RtpPacket>>,
     last_video_pts: Option<u64>,
     /// Audio clock ticks of the next AAC frame (before the offset).
     audio_next: Option<u64>,
@@ -120,6 +122,7 @@ impl Tracks {
             aac_config: None,
             described: None,
             seen_keyframe: false,
+            held: None,
             last_video_pts: None,
             audio_next: None,
             scratch: Vec::new(),
@@ -135,6 +138,7 @@ impl Tracks {
     /// the viewers never got).
     pub fn lost_sync(&mut self) {
         self.seen_keyframe = false;
+        self.held = None;
     }
 
     /// Sequence numbers the next video and audio packets will carry (to continue the RTP
@@ -199,13 +203,7 @@ impl Tracks {
             stats.video_frames_before_keyframe += 1;
             return;
         }
-        if summary.parameter_sets_changed || !self.is_described() {
-            out.description = self.describe();
-        }
-        if !self.is_described() {
-            stats.video_frames_before_keyframe += 1;
-            return;
-        }
+        let mut packets = Vec::with_capacity(self.scratch.len());
         let mut first = summary.keyframe;
         for packet in self.scratch.drain(..) {
             let meta = PacketMeta {
@@ -214,8 +212,30 @@ impl Tracks {
                 keyframe_start: std::mem::take(&mut first),
                 end_of_access_unit: packet.marker(),
             };
-            push(meta, packet, stats, &mut out.packets);
+            push(meta, packet, stats, &mut packets);
         }
+        if !self.is_described() {
+            // The first description waits for the first audio frame, which follows the first
+            // keyframe closely, so that viewers get both tracks; a device without audio costs
+            // one frame of delay. The keyframe's packets wait with it.
+            let complete = self.video.as_ref().is_some_and(|v| {
+                v.media_description(self.video_config.payload_type)
+                    .is_some()
+            });
+            if !complete {
+                stats.video_frames_before_keyframe += 1;
+                return;
+            }
+            if self.aac_config.is_none() && self.held.is_none() {
+                self.held = Some(packets);
+                return;
+            }
+            out.description = self.describe();
+            out.packets.extend(self.held.take().into_iter().flatten());
+        } else if summary.parameter_sets_changed {
+            out.description = self.describe();
+        }
+        out.packets.append(&mut packets);
     }
 
     fn audio_frame(&mut self, frame: &MediaFrame, stats: &mut IngestStats, out: &mut FrameOutput) {
@@ -242,8 +262,9 @@ impl Tracks {
         }
         if self.aac_config != Some(config) {
             self.aac_config = Some(config);
-            if self.is_described() {
+            if self.is_described() || self.held.is_some() {
                 out.description = self.describe();
+                out.packets.extend(self.held.take().into_iter().flatten());
             }
         }
         if !self.is_described() || !self.seen_keyframe {
