@@ -111,37 +111,53 @@ impl Receiver {
         tls: Arc<rustls::ServerConfig>,
         state: Arc<Mutex<ReceiverState>>,
     ) -> Receiver {
+        Receiver::start_full(addr, Some(tls), state, ServerConfig::default())
+    }
+
+    /// `tls: None` serves plain HTTP.
+    fn start_full(
+        addr: SocketAddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        state: Arc<Mutex<ReceiverState>>,
+        server_config: ServerConfig,
+    ) -> Receiver {
         let shutdown = rt::Shutdown::new();
         let (ready_tx, ready_rx) = mpsc::channel();
         let entry = {
             let (state, shutdown) = (state.clone(), shutdown.clone());
             move |_ctx: rt::ShardContext| {
-                let (state, shutdown, tls, ready_tx) = (
+                let (state, shutdown, tls, ready_tx, server_config) = (
                     state.clone(),
                     shutdown.clone(),
                     tls.clone(),
                     ready_tx.clone(),
+                    server_config.clone(),
                 );
                 async move {
                     let listener = rt::TcpListener::bind(addr).unwrap();
                     ready_tx.send(()).unwrap();
                     let webhook = Rc::new(Webhook { state });
-                    let cfg = Rc::new(ServerConfig::default());
+                    let cfg = Rc::new(server_config);
                     while let Some(accepted) = listener.accept_until(&shutdown).await {
                         let Ok(stream) = accepted else { continue };
                         let info = ConnInfo {
                             peer: stream.peer_addr().unwrap(),
                             local: stream.local_addr().unwrap(),
-                            tls: true,
+                            tls: tls.is_some(),
                             client_uid: None,
                         };
                         let (webhook, cfg, tls, shutdown) =
                             (webhook.clone(), cfg.clone(), tls.clone(), shutdown.clone());
                         rt::spawn_detached(async move {
-                            let Ok(stream) =
-                                rt::tls::accept(stream, tls, Duration::from_secs(5)).await
-                            else {
-                                return;
+                            let stream: rt::MaybeTls = match tls {
+                                Some(tls) => {
+                                    let handshake = Duration::from_secs(5);
+                                    match rt::tls::accept(stream, tls, handshake).await {
+                                        Ok(stream) => stream.into(),
+                                        Err(_) => return,
+                                    }
+                                }
+                                None => stream.into(),
                             };
                             let _ = serve_connection_until(
                                 stream,
@@ -493,4 +509,57 @@ fn openssl_signature(body: &[u8]) -> String {
     let output = child.wait_with_output().unwrap();
     let text = String::from_utf8(output.stdout).unwrap();
     format!("sha256={}", text.split(' ').next().unwrap())
+}
+
+#[test]
+fn plain_http_and_a_keepalive_connection_closed_by_the_webhook() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    // The webhook closes idle connections after 200 ms; the sender would reuse one for 10 s.
+    let server_config = ServerConfig {
+        idle_timeout: Duration::from_millis(200),
+        ..ServerConfig::default()
+    };
+    let receiver = Receiver::start_full(addr, None, Arc::default(), server_config);
+    let queue = open_queue(dir.path());
+    let settings = DeliverySettings {
+        keepalive_idle: Duration::from_secs(10),
+        ..fast_settings()
+    };
+    let url = format!("http://{addr}/hook?authcode=s3cret");
+    let delivery = AlarmDelivery::new(queue.clone(), Some(&url), None, KEY, settings).unwrap();
+    let _sender = Sender::start(delivery);
+    queue.enqueue(&alarm(UID_A, 0)).unwrap();
+    receiver.wait_for(1);
+    thread::sleep(Duration::from_millis(500));
+    queue.enqueue(&alarm(UID_A, 1)).unwrap();
+    let got = receiver.wait_for(2);
+    assert_ne!(
+        got[0].peer, got[1].peer,
+        "a new connection after the webhook closed the old one"
+    );
+    assert!(WebhookSigner::new(KEY).verify(&got[1].body, &got[1].signature));
+    wait_until(Duration::from_secs(5), || queue.depth().unwrap() == 0);
+    let m = queue.metrics().snapshot();
+    // The closed connection was noticed and replaced at once, not counted as a failure.
+    assert_eq!((m.delivered, m.retried), (2, 0));
+}
+
+#[test]
+fn trust_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = open_queue(dir.path());
+    let url = Some("https://partner.example.net/alarm");
+    let settings = DeliverySettings::default;
+    // The system's roots (this machine has ca-certificates in /etc/ssl/certs).
+    AlarmDelivery::new(queue.clone(), url, None, KEY, settings()).unwrap();
+    let missing = dir.path().join("missing.pem");
+    let err = AlarmDelivery::new(queue.clone(), url, Some(&missing), KEY, settings()).unwrap_err();
+    assert!(err.to_string().contains("missing.pem"), "{err}");
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "hello").unwrap();
+    let err = AlarmDelivery::new(queue.clone(), url, Some(&not_pem), KEY, settings()).unwrap_err();
+    assert!(err.to_string().contains("no usable CA"), "{err}");
+    let err = AlarmDelivery::new(queue, Some("ftp://x/"), None, KEY, settings()).unwrap_err();
+    assert!(err.to_string().contains("scheme"), "{err}");
 }
