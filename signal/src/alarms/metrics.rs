@@ -20,8 +20,8 @@ pub struct AlarmMetrics {
     oldest_received_at_ms: AtomicU64,
 }
 
-/// The counters at one moment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// The counters at one moment (serializable for a JSON status endpoint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub struct MetricsSnapshot {
     /// Alarms devices sent (whether stored or not).
     pub received: u64,

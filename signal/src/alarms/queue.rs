@@ -163,15 +163,22 @@ impl AlarmQueue {
             meta.insert(NEXT_SEQ, next)?;
             let mut dropped = 0;
             while queue.len()? > self.settings.max_backlog {
-                let Some((seq, _)) = queue.pop_first()? else {
+                if queue.pop_first()?.is_none() {
                     break;
-                };
-                tracing::warn!(
-                    seq = seq.value(),
-                    max = self.settings.max_backlog,
-                    "alarm backlog full: oldest alarm dropped"
-                );
+                }
                 dropped += 1;
+            }
+            if dropped > 0 {
+                // Once the backlog is full every new alarm drops one: log the 1st, 2nd, 4th, …
+                let before = self.metrics.snapshot().dropped_backlog_full;
+                let after = before + dropped;
+                if (before + 1..=after).any(u64::is_power_of_two) {
+                    tracing::warn!(
+                        dropped_so_far = after,
+                        max = self.settings.max_backlog,
+                        "alarm backlog full: oldest alarms dropped"
+                    );
+                }
             }
             let (depth, oldest) = backlog(&queue)?;
             self.metrics.set_backlog(depth, oldest);
