@@ -177,7 +177,7 @@ impl ControlPlane {
 
     /// Prometheus text exposition. Certificate expiry is here so that an operator alerts on it
     /// long before devices are locked out (the platform's server gives no warning).
-    fn get_metrics(&self) -> Response {
+    pub(crate) fn get_metrics(&self) -> Response {
         use std::fmt::Write as _;
         let mut out = String::new();
         out.push_str(

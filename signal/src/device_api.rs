@@ -18,6 +18,21 @@ impl ControlPlane {
         let segments: Vec<&str> = req.path().trim_start_matches('/').split('/').collect();
         let method = req.method();
         Some(match segments.as_slice() {
+            ["metrics"] => match (
+                *method == Method::GET || *method == Method::HEAD,
+                &self.devices,
+            ) {
+                (true, Some(devices)) => {
+                    let mut response = self.get_metrics();
+                    if let Ok(stats) = devices.stats().await {
+                        let mut text = String::new();
+                        crate::devices::render_link_stats(&stats, &mut text);
+                        response.body_mut().extend_from_slice(text.as_bytes());
+                    }
+                    response
+                }
+                _ => return None,
+            },
             ["v1.0", "devices"] => match *method {
                 Method::GET | Method::HEAD => self.list_devices(req).await,
                 _ => return None,

@@ -9,6 +9,8 @@
 //! device request that the device does not answer in time is [`DeviceError::Timeout`]
 //! (the session's request timeout, 10 s by default).
 
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use rt::xchan::{oneshot, OneshotReceiver, OneshotSender, Sender, TrySendError};
@@ -132,6 +134,153 @@ pub enum DeviceCall {
     },
 }
 
+/// Counters of one shard's device links, for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Sessions on the shard, every phase.
+    pub sessions: u64,
+    /// Devices with at least one online link.
+    pub online_devices: u64,
+    /// Connections accepted on the keep-alive port.
+    pub accepted_keepalive: u64,
+    /// Connections accepted on the signalling port.
+    pub accepted_signalling: u64,
+    /// Connections handed to their owner shard.
+    pub handed_off: u64,
+    /// Connections received from another shard.
+    pub received: u64,
+    /// Signalling TLS handshakes that failed, by reason.
+    pub tls_failures: BTreeMap<&'static str, u64>,
+    /// Keep-alive connections that closed or stalled before a whole hello.
+    pub hello_incomplete: u64,
+    /// Keep-alive sessions that went online.
+    pub online_keepalive: u64,
+    /// Signalling sessions that went online.
+    pub online_signalling: u64,
+    /// Sessions that ended, by reason (refused hellos and handshakes included).
+    pub closed: BTreeMap<&'static str, u64>,
+    /// Alarms received.
+    pub alarms: u64,
+}
+
+/// Prometheus text of the shards' link counters (index = shard).
+pub fn render_link_stats(stats: &[LinkStats], out: &mut String) {
+    let sum = |f: &dyn Fn(&LinkStats) -> u64| stats.iter().map(f).sum::<u64>();
+    let mut gauge = |name: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    };
+    gauge(
+        "rop_devices_online",
+        "Devices with at least one online link.",
+    );
+    let _ = writeln!(out, "rop_devices_online {}", sum(&|s| s.online_devices));
+    let counter = |out: &mut String, name: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    };
+    let _ = writeln!(out, "# HELP rop_device_sessions Device link sessions per shard, every phase.\n# TYPE rop_device_sessions gauge");
+    for (shard, s) in stats.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "rop_device_sessions{{shard=\"{shard}\"}} {}",
+            s.sessions
+        );
+    }
+    counter(
+        out,
+        "rop_device_links_accepted_total",
+        "Device connections accepted, by link.",
+    );
+    let _ = writeln!(
+        out,
+        "rop_device_links_accepted_total{{link=\"keepalive\"}} {}",
+        sum(&|s| s.accepted_keepalive)
+    );
+    let _ = writeln!(
+        out,
+        "rop_device_links_accepted_total{{link=\"signalling\"}} {}",
+        sum(&|s| s.accepted_signalling)
+    );
+    counter(
+        out,
+        "rop_device_links_online_total",
+        "Device link handshakes accepted, by link.",
+    );
+    let _ = writeln!(
+        out,
+        "rop_device_links_online_total{{link=\"keepalive\"}} {}",
+        sum(&|s| s.online_keepalive)
+    );
+    let _ = writeln!(
+        out,
+        "rop_device_links_online_total{{link=\"signalling\"}} {}",
+        sum(&|s| s.online_signalling)
+    );
+    counter(
+        out,
+        "rop_device_links_handed_off_total",
+        "Device connections moved to their owner shard.",
+    );
+    let _ = writeln!(
+        out,
+        "rop_device_links_handed_off_total {}",
+        sum(&|s| s.handed_off)
+    );
+    counter(
+        out,
+        "rop_device_hello_incomplete_total",
+        "Keep-alive connections closed or stalled before a whole hello.",
+    );
+    let _ = writeln!(
+        out,
+        "rop_device_hello_incomplete_total {}",
+        sum(&|s| s.hello_incomplete)
+    );
+    counter(
+        out,
+        "rop_device_tls_handshake_failures_total",
+        "Signalling TLS handshakes that failed, by reason.",
+    );
+    let mut merged: BTreeMap<&str, u64> = BTreeMap::new();
+    for s in stats {
+        for (reason, n) in &s.tls_failures {
+            *merged.entry(reason).or_default() += n;
+        }
+    }
+    for (reason, n) in &merged {
+        let _ = writeln!(
+            out,
+            "rop_device_tls_handshake_failures_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    counter(
+        out,
+        "rop_device_links_closed_total",
+        "Device link sessions that ended, by reason (refused hellos and handshakes included).",
+    );
+    merged.clear();
+    for s in stats {
+        for (reason, n) in &s.closed {
+            *merged.entry(reason).or_default() += n;
+        }
+    }
+    for (reason, n) in &merged {
+        let _ = writeln!(
+            out,
+            "rop_device_links_closed_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    counter(
+        out,
+        "rop_device_alarms_received_total",
+        "Alarms received from devices.",
+    );
+    let _ = writeln!(
+        out,
+        "rop_device_alarms_received_total {}",
+        sum(&|s| s.alarms)
+    );
+}
+
 /// What the control plane asks a shard. Every variant carries its reply sender; a shard that
 /// drops a command unanswered cancels the asker.
 #[derive(Debug)]
@@ -171,6 +320,11 @@ pub enum DeviceCommand {
         call: DeviceCall,
         /// The device's answer.
         reply: OneshotSender<Result<Reply, DeviceError>>,
+    },
+    /// The shard's link counters.
+    Stats {
+        /// The answer.
+        reply: OneshotSender<LinkStats>,
     },
 }
 
@@ -298,6 +452,21 @@ impl DeviceDirectory {
             pages.push(self.wait(answer).await?);
         }
         Ok(merge_pages(pages, limit))
+    }
+
+    /// Every shard's link counters, in shard order.
+    pub async fn stats(&self) -> Result<Vec<LinkStats>, DeviceError> {
+        let mut answers = Vec::with_capacity(self.shards.len());
+        for shard in 0..self.shards.len() {
+            let (reply, answer) = oneshot();
+            self.send(shard, DeviceCommand::Stats { reply })?;
+            answers.push(answer);
+        }
+        let mut stats = Vec::with_capacity(answers.len());
+        for answer in answers {
+            stats.push(self.wait(answer).await?);
+        }
+        Ok(stats)
     }
 
     /// Closes every link of `uid` without waiting (callable from synchronous code such as the

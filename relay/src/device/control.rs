@@ -182,6 +182,7 @@ impl DeviceShard {
                     Err(e) => reply.send(Err(e)),
                 }
             }
+            DeviceCommand::Stats { reply } => reply.send(self.stats()),
             _ => {}
         }
     }

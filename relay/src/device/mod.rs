@@ -26,7 +26,7 @@ mod conn;
 mod control;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -34,7 +34,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rt::xchan::{OneshotSender, Receiver};
 use rt::{MeshPort, Shutdown};
-use signal::devices::{DeviceCommand, DeviceError};
+use signal::devices::{DeviceCommand, DeviceError, LinkStats};
 use signal::secrets::DeviceKeys;
 use signal::session::{
     ConnId, DeviceRegistry, DeviceSession, Evicted, LinkKind, Now, OfflineReason, Reply, RequestId,
@@ -116,32 +116,6 @@ pub enum DeviceMsg {
     Connections(Vec<DeviceHandoff>),
 }
 
-/// Counters of one shard's device links.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct DeviceStats {
-    /// Connections accepted, by link.
-    pub accepted_keepalive: u64,
-    /// Connections accepted on the signalling port.
-    pub accepted_signalling: u64,
-    /// Connections handed to their owner shard.
-    pub handed_off: u64,
-    /// Connections received from another shard.
-    pub received: u64,
-    /// TLS handshakes on the signalling port that failed, by reason.
-    pub tls_failures: BTreeMap<&'static str, u64>,
-    /// Keep-alive connections that closed or stalled before a whole hello.
-    pub hello_incomplete: u64,
-    /// Sessions that went online, by link.
-    pub online_keepalive: u64,
-    /// Signalling sessions that went online.
-    pub online_signalling: u64,
-    /// Sessions that ended, by reason (`OfflineReason::label`), refused hellos and
-    /// handshakes included.
-    pub offline: BTreeMap<&'static str, u64>,
-    /// Alarms received and acknowledged.
-    pub alarms: u64,
-}
-
 /// Where the control plane's request waits for the device's reply.
 type ReplySender = OneshotSender<Result<Reply, DeviceError>>;
 
@@ -173,7 +147,7 @@ pub struct DeviceShard {
     /// Connections waiting to be sent to each shard, flushed together.
     outbox: RefCell<Vec<Vec<DeviceHandoff>>>,
     outbox_notify: LocalNotify,
-    stats: RefCell<DeviceStats>,
+    stats: RefCell<LinkStats>,
     next_request_seed: Cell<u32>,
     /// Where a shard other than 0 reports its listeners once shard 0 told it the ports.
     ready: RefCell<Option<ReadySender>>,
@@ -206,7 +180,7 @@ impl DeviceShard {
             waiters: RefCell::new(HashMap::new()),
             outbox: RefCell::new((0..count).map(|_| Vec::new()).collect()),
             outbox_notify: LocalNotify::new(),
-            stats: RefCell::new(DeviceStats::default()),
+            stats: RefCell::new(LinkStats::default()),
             next_request_seed: Cell::new(rand::random::<u32>() % 100_000),
             ready: RefCell::new(None),
         }
@@ -290,8 +264,12 @@ impl DeviceShard {
     }
 
     /// The shard's counters.
-    pub fn stats(&self) -> DeviceStats {
-        self.stats.borrow().clone()
+    pub fn stats(&self) -> LinkStats {
+        let mut stats = self.stats.borrow().clone();
+        let registry = self.registry.borrow();
+        stats.sessions = registry.len() as u64;
+        stats.online_devices = registry.online_devices() as u64;
+        stats
     }
 
     /// Number of sessions on this shard (every phase) and of devices online.
@@ -300,7 +278,7 @@ impl DeviceShard {
         (registry.len(), registry.online_devices())
     }
 
-    fn count(&self, update: impl FnOnce(&mut DeviceStats)) {
+    fn count(&self, update: impl FnOnce(&mut LinkStats)) {
         update(&mut self.stats.borrow_mut());
     }
 
@@ -308,7 +286,7 @@ impl DeviceShard {
         *self
             .stats
             .borrow_mut()
-            .offline
+            .closed
             .entry(reason.label())
             .or_default() += 1;
     }
