@@ -3,3 +3,7 @@
 //! drives the relay's ingest in tests and real sockets in the `loadgen` binary.
 
 pub mod device;
+pub mod procstat;
+pub mod report;
+pub mod rtsp_load;
+pub mod svg;

@@ -1,1 +1,309 @@
-fn main() {}
+//! `loadgen`: load against the relay (or any RTSP server) with a report for capacity planning.
+//!
+//! `loadgen rtsp` plays one RTSP URL with N viewers over TCP interleaved, optionally publishing
+//! the stream first with ffmpeg, and writes a JSON report and an SVG chart; the exit code says
+//! whether the `--expect` targets were met (0 met, 3 missed, 1 could not run).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use loadgen::report::{error_counts, Expectation, Report, RunConfig, Sample, Summary};
+use loadgen::rtsp_load::{self, LoadConfig, PlayTarget};
+use loadgen::svg::{self, Panel, Series};
+
+#[derive(Debug, Parser)]
+#[command(name = "loadgen", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Mode,
+}
+
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// Generic RTSP mode: N viewers of one URL on any RTSP server (publishing it first if asked).
+    Rtsp(RtspArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PublisherKind {
+    /// ffmpeg pushes `--publish-file` (looped, `-c copy -re`) or a test pattern over RTSP/TCP.
+    Ffmpeg,
+}
+
+#[derive(Debug, Args)]
+struct RtspArgs {
+    /// URL the viewers play (rtsp://[user:pass@]host:port/path).
+    #[arg(long)]
+    play_url: String,
+    /// Number of viewers.
+    #[arg(long, default_value_t = 1)]
+    viewers: usize,
+    /// URL to publish to before the viewers start (ANNOUNCE/RECORD).
+    #[arg(long)]
+    publish_url: Option<String>,
+    /// Publisher program.
+    #[arg(long, value_enum, default_value = "ffmpeg")]
+    publisher: PublisherKind,
+    /// Media file to publish, looped without re-encoding.
+    #[arg(long, conflicts_with = "publish_testsrc")]
+    publish_file: Option<PathBuf>,
+    /// Instead of a file, encode a 1280x720 30 fps test pattern at this bitrate (e.g. 4M).
+    #[arg(long)]
+    publish_testsrc: Option<String>,
+    /// How long the viewers play (after the first one starts).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Viewers started per second.
+    #[arg(long, default_value = "100/s", value_parser = parse_rate)]
+    ramp: f64,
+    /// Executor threads for the viewers (unpinned).
+    #[arg(long, default_value_t = 1)]
+    shards: usize,
+    /// PID of the server, for its CPU (total and per thread) and RSS.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// How long to wait for the URL to become playable (e.g. for the publisher) before starting.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    wait: Duration,
+    /// Targets, e.g. `loss=0,ttfk-p99<500ms,disconnects=0,gbps>1`. Missed targets: exit code 3.
+    #[arg(long)]
+    expect: Option<String>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Write an SVG chart (throughput, viewers, CPU, memory over time) here.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// No progress line every second.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let number = text.strip_suffix("/s").unwrap_or(text);
+    match number.trim().parse::<f64>() {
+        Ok(rate) if rate > 0.0 && rate.is_finite() => Ok(rate),
+        _ => Err(format!("{text:?}: expected a positive rate such as 100/s")),
+    }
+}
+
+/// A publisher process, stopped when dropped.
+struct Publisher(Child);
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_publisher(args: &RtspArgs) -> anyhow::Result<Option<(Publisher, String)>> {
+    let Some(url) = &args.publish_url else {
+        return Ok(None);
+    };
+    let PublisherKind::Ffmpeg = args.publisher;
+    let mut command = Command::new("ffmpeg");
+    command.args(["-hide_banner", "-nostdin", "-loglevel", "error"]);
+    let description = if let Some(file) = &args.publish_file {
+        command
+            .args(["-re", "-stream_loop", "-1", "-i"])
+            .arg(file)
+            .args(["-c", "copy"]);
+        format!("ffmpeg -c copy loop of {}", file.display())
+    } else if let Some(bitrate) = &args.publish_testsrc {
+        command
+            .args(["-re", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30"])
+            .args([
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-tune",
+                "zerolatency",
+            ])
+            .args(["-b:v", bitrate, "-maxrate", bitrate, "-bufsize", bitrate])
+            .args(["-g", "30", "-pix_fmt", "yuv420p"]);
+        format!("ffmpeg testsrc2 1280x720@30 libx264 {bitrate}")
+    } else {
+        bail!("--publish-url needs --publish-file or --publish-testsrc");
+    };
+    command
+        .args(["-f", "rtsp", "-rtsp_transport", "tcp"])
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    let child = command
+        .spawn()
+        .context("starting ffmpeg (is it installed?)")?;
+    Ok(Some((Publisher(child), description)))
+}
+
+fn chart(report: &Report) -> String {
+    let samples = &report.samples;
+    let line = |name: &str, value: &dyn Fn(&Sample) -> Option<f64>| Series {
+        name: name.to_owned(),
+        points: samples
+            .iter()
+            .filter_map(|s| Some((s.t_secs, value(s)?)))
+            .collect(),
+    };
+    let mut cpu = vec![line("server total", &|s| {
+        s.server.as_ref().map(|p| p.cpu_pct)
+    })];
+    if let Some(server) = &report.summary.server {
+        for (thread, mean) in &server.threads_cpu_pct_mean {
+            if *mean >= 1.0 {
+                let thread = thread.clone();
+                cpu.push(line(&thread.clone(), &move |s| {
+                    s.server
+                        .as_ref()
+                        .map(|p| *p.threads.get(&thread).unwrap_or(&0.0))
+                }));
+            }
+        }
+    }
+    cpu.push(line("loadgen", &|s| s.loadgen_cpu_pct));
+    let mut panels = vec![
+        Panel {
+            title: "Received by all viewers".into(),
+            unit: "Gbit/s".into(),
+            series: vec![line("throughput", &|s| Some(s.rx_bits_per_sec / 1e9))],
+        },
+        Panel {
+            title: "Viewers".into(),
+            unit: "count".into(),
+            series: vec![
+                line("playing", &|s| Some(s.viewers_playing as f64)),
+                line("saw a keyframe", &|s| Some(s.viewers_with_keyframe as f64)),
+            ],
+        },
+        Panel {
+            title: "CPU".into(),
+            unit: "% of one core".into(),
+            series: cpu,
+        },
+    ];
+    if report.summary.server.is_some() {
+        panels.push(Panel {
+            title: "Server memory".into(),
+            unit: "RSS MB".into(),
+            series: vec![line("RSS", &|s| {
+                s.server
+                    .as_ref()
+                    .map(|p| p.rss_bytes as f64 / (1024.0 * 1024.0))
+            })],
+        });
+    }
+    svg::render(
+        &format!(
+            "{} RTSP viewers: steady {:.3} Gbit/s, loss {}, time to keyframe p99 {:.0} ms",
+            report.config.viewers,
+            report.summary.steady_gbps,
+            report.summary.lost_packets,
+            report.summary.ttfk_ms.p99
+        ),
+        "seconds since start",
+        &panels,
+    )
+}
+
+fn rtsp_command(args: RtspArgs) -> anyhow::Result<bool> {
+    let expectations = match &args.expect {
+        Some(list) => Expectation::parse_list(list)?,
+        None => Vec::new(),
+    };
+    match rt::raise_fd_limit() {
+        Ok((soft, _)) if soft < args.viewers as u64 + 64 => eprintln!(
+            "warning: open-file limit {soft} is below {} viewers plus margin",
+            args.viewers
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("warning: cannot raise the open-file limit: {e}"),
+    }
+    let target = PlayTarget::parse(&args.play_url).map_err(anyhow::Error::msg)?;
+    let publisher = start_publisher(&args)?;
+    rtsp_load::wait_until_playable(&target, args.wait)
+        .map_err(|e| anyhow::anyhow!("{} is not playable: {e}", target.url))?;
+    let config = LoadConfig {
+        target,
+        viewers: args.viewers,
+        duration: args.duration,
+        ramp_per_sec: args.ramp,
+        shards: args.shards,
+        server_pid: args.server_pid,
+        progress: !args.quiet,
+    };
+    let started_unix_secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let outcome = rtsp_load::run(&config)?;
+    let summary = Summary::compute(
+        args.viewers,
+        &outcome.records,
+        &outcome.samples,
+        outcome.ramp_end_secs,
+    );
+    let report = Report {
+        loadgen_version: env!("CARGO_PKG_VERSION"),
+        started_unix_secs,
+        config: RunConfig {
+            mode: "rtsp",
+            play_url: args.play_url.clone(),
+            publisher: publisher.as_ref().map(|(_, d)| d.clone()),
+            viewers: args.viewers,
+            duration_secs: args.duration.as_secs_f64(),
+            ramp_per_sec: args.ramp,
+            loadgen_shards: args.shards,
+            server_pid: args.server_pid,
+        },
+        expectations: expectations.iter().map(|e| e.evaluate(&summary)).collect(),
+        summary,
+        samples: outcome.samples,
+        errors: error_counts(&outcome.records, 16),
+    };
+    drop(publisher);
+    print!("{}", report.summary.render_text());
+    for (reason, count) in &report.errors {
+        println!("  {count} x {reason}");
+    }
+    for outcome in &report.expectations {
+        println!(
+            "target {:<20} {} (measured {})",
+            outcome.expectation.text,
+            if outcome.met { "met" } else { "MISSED" },
+            outcome
+                .actual
+                .map(|a| format!("{a:.3}"))
+                .unwrap_or_else(|| "nothing".into())
+        );
+    }
+    if let Some(path) = &args.report {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.svg {
+        std::fs::write(path, chart(&report))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(report.targets_met())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Mode::Rtsp(args) => rtsp_command(args),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(3),
+        Err(e) => {
+            eprintln!("loadgen: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
