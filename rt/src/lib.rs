@@ -11,8 +11,10 @@
 //! - [`tls`]: rustls sessions over our streams that can move between shards.
 //! - [`sweeper`]: one periodic sweep per shard over last-seen timestamps.
 //! - [`timer`]: sleep and deadlines.
+//! - [`blocking`]: blocking work (fsync) on the executor's blocking thread pool.
 //! - [`xchan`]: channels to and from threads outside the mesh (the control plane).
 
+pub mod blocking;
 pub mod mesh;
 pub mod net;
 pub mod shard;
