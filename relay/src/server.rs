@@ -146,6 +146,13 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
             .max(1)
     });
     let rtsp_listen = config.listen.rtsp;
+    // One alarm queue for the whole process: the device shards enqueue into it and the webhook
+    // sender must use this same instance (its wake-up and metrics live in it).
+    let alarm_queue = signal::alarms::AlarmQueue::open(
+        store.clone(),
+        signal::alarms::QueueSettings::from_config(&config),
+        Arc::new(signal::alarms::AlarmMetrics::default()),
+    )?;
     let device_settings = crate::device::DeviceSettings {
         keepalive: config.listen.keepalive,
         signalling: config.listen.signaling,
@@ -160,6 +167,7 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
             })
         }),
         sweep_interval: Duration::from_secs(1),
+        alarms: Some(alarm_queue.clone()),
     };
     let (devices, directory, devices_ready) =
         crate::device::DeviceWiring::new(device_settings, shard_count);

@@ -14,7 +14,7 @@ use rustls::{ClientConnection, StreamOwned};
 use serde_json::{json, Value};
 use signal::proto::access_key::AccessKeyPair;
 use signal::proto::body::{
-    AlarmSwitch, BatteryState, BodyMessage, Capabilities, ChannelCapabilities, Handshake,
+    Alarm, AlarmSwitch, BatteryState, BodyMessage, Capabilities, ChannelCapabilities, Handshake,
     HandshakeReply, Heartbeat, HeartbeatReply,
 };
 use signal::proto::core_packet::{cmd, CorePacket, CODE_OK};
@@ -423,6 +423,21 @@ fn both_links_online_presence_list_alarm_switch_and_revocation() {
         }
     }
 
+    // An alarm is answered 200 once it is stored (counted only: no webhook here).
+    let id = sig.id();
+    let alarm = Alarm {
+        channel: 0,
+        status: "MD".into(),
+        ai_type: "people".into(),
+    };
+    let bytes = sig.sim.alarm(&alarm, id);
+    sig.send(&bytes);
+    let ack = sig.expect(cmd::ALARM);
+    assert_eq!(
+        (ack.header.request_id, ack.header.response_code),
+        (id, CODE_OK)
+    );
+
     // Revocation closes both links at once.
     let started = Instant::now();
     let (status, body) = api(
@@ -458,6 +473,8 @@ fn newer_session_replaces_older_and_silence_goes_offline() {
     let server = TestServer::start_with(|c| {
         c.shards = Some(2);
         c.device.heartbeat_timeout_secs = 2;
+        // Nothing listens there: the alarm waits in the queue.
+        c.alarm_webhook = Some("http://127.0.0.1:9/rop-alarm".into());
     });
     let device = provision(&server, "95270002VQQP12X5");
     let mut first = signalling(&server, &device);
@@ -469,6 +486,20 @@ fn newer_session_replaces_older_and_silence_goes_offline() {
         "older session closed"
     );
     second.heartbeat(50);
+    // With a webhook configured the alarm is committed to the durable queue before the 200.
+    let id = second.id();
+    let alarm = Alarm {
+        channel: 1,
+        status: "MD".into(),
+        ai_type: "vehicle".into(),
+    };
+    let bytes = second.sim.alarm(&alarm, id);
+    second.send(&bytes);
+    let ack = second.expect(cmd::ALARM);
+    assert_eq!(
+        (ack.header.request_id, ack.header.response_code),
+        (id, CODE_OK)
+    );
     assert_eq!(presence(&server, &device.uid)["online"], true);
 
     let mut ka = keep_alive(&server, &device);

@@ -68,6 +68,9 @@ pub struct DeviceSettings {
     pub is_revoked: Option<RevocationCheck>,
     /// How often the sweeper runs (deadlines are checked at this granularity).
     pub sweep_interval: Duration,
+    /// The durable alarm queue: every alarm is committed there before the device gets its
+    /// 200. `None`: alarms are counted and acknowledged at once.
+    pub alarms: Option<signal::alarms::AlarmQueue>,
 }
 
 impl std::fmt::Debug for DeviceSettings {
@@ -149,6 +152,9 @@ pub struct DeviceShard {
     outbox_notify: LocalNotify,
     stats: RefCell<LinkStats>,
     next_request_seed: Cell<u32>,
+    /// Alarms waiting for the next group commit: connection, alarm request id, event.
+    alarm_batch: RefCell<Vec<(ConnId, u32, signal::alarms::AlarmEvent)>>,
+    alarm_notify: LocalNotify,
     /// Where a shard other than 0 reports its listeners once shard 0 told it the ports.
     ready: RefCell<Option<ReadySender>>,
 }
@@ -183,6 +189,8 @@ impl DeviceShard {
             stats: RefCell::new(LinkStats::default()),
             next_request_seed: Cell::new(rand::random::<u32>() % 100_000),
             ready: RefCell::new(None),
+            alarm_batch: RefCell::new(Vec::new()),
+            alarm_notify: LocalNotify::new(),
         }
     }
 
@@ -209,6 +217,9 @@ impl DeviceShard {
             sweeper.stop();
         });
         rt::spawn_detached(conn::flush_handoffs(self.clone(), port.clone()));
+        if let Some(queue) = self.settings.alarms.clone() {
+            rt::spawn_detached(persist_alarms(self.clone(), queue));
+        }
         if let Some(commands) = commands {
             rt::spawn_detached(control::serve_commands(self.clone(), commands));
         }
@@ -378,13 +389,33 @@ impl DeviceShard {
                 );
             }
             SessionEvent::AlarmReceived { request_id, alarm } => {
-                // TODO(alarms): hand the alarm to signal::alarms' durable queue (through the
-                // control plane, which may block on fsync) and ack once it is committed.
                 self.count(|s| s.alarms += 1);
-                info!(shard = self.id, ?conn, channel = alarm.channel, status = %alarm.status, ai = %alarm.ai_type, "device alarm");
-                self.with_session(conn, evicted, |session| {
-                    session.ack_alarm(request_id);
-                });
+                debug!(shard = self.id, ?conn, channel = alarm.channel, status = %alarm.status, ai = %alarm.ai_type, "device alarm");
+                let uid = match &evicted {
+                    // A closing session cannot answer: the device sends the alarm again.
+                    Some(_) => None,
+                    None => self
+                        .registry
+                        .borrow()
+                        .session(conn)
+                        .and_then(|s| s.uid().map(str::to_owned)),
+                };
+                match (uid, &self.settings.alarms) {
+                    (Some(uid), Some(_)) => {
+                        let event = signal::alarms::AlarmEvent::new(
+                            &uid,
+                            &alarm,
+                            signal::alarms::unix_now_ms(),
+                        );
+                        self.alarm_batch
+                            .borrow_mut()
+                            .push((conn, request_id, event));
+                        self.alarm_notify.notify();
+                    }
+                    _ => self.with_session(conn, evicted, |session| {
+                        session.ack_alarm(request_id);
+                    }),
+                }
             }
             SessionEvent::RequestDone(outcome) => {
                 let waiter = self
@@ -559,5 +590,49 @@ impl DeviceWiring {
         let shard = Rc::new(DeviceShard::new(id, count, self.settings.clone(), shutdown));
         shard.start(port, commands, self.ready.clone());
         shard
+    }
+}
+
+/// Group commit of the shard's alarms: everything that arrived since the last commit goes to
+/// the durable queue in one transaction on the blocking pool (the shard keeps serving), then
+/// each alarm is answered: 200 once stored, 400 when the store failed (the device retries).
+async fn persist_alarms(shard: Rc<DeviceShard>, queue: signal::alarms::AlarmQueue) {
+    while shard
+        .shutdown
+        .until(shard.alarm_notify.notified())
+        .await
+        .is_some()
+    {
+        let batch = std::mem::take(&mut *shard.alarm_batch.borrow_mut());
+        if batch.is_empty() {
+            continue;
+        }
+        let (answers, events): (Vec<(ConnId, u32)>, Vec<signal::alarms::AlarmEvent>) = batch
+            .into_iter()
+            .map(|(conn, id, event)| ((conn, id), event))
+            .unzip();
+        let queue = queue.clone();
+        let stored = rt::blocking::unblock(move || queue.enqueue_batch(&events)).await;
+        if let Err(e) = &stored {
+            warn!(
+                shard = shard.id,
+                alarms = answers.len(),
+                "alarms not stored, devices answered 400: {e}"
+            );
+        }
+        for (conn, request_id) in answers {
+            let answered = {
+                let mut registry = shard.registry.borrow_mut();
+                registry.session_mut(conn).map(|session| match stored {
+                    Ok(()) => session.ack_alarm(request_id),
+                    Err(_) => session.reject_alarm(request_id),
+                })
+            };
+            if answered.is_some() {
+                if let Some(signal) = shard.conns.borrow().get(&conn) {
+                    signal.notify.notify();
+                }
+            }
+        }
     }
 }
