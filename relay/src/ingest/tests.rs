@@ -1,2 +1,175 @@
-//! Unit tests of the ingest; the end-to-end tests with the loadgen's simulated device are in
+//! Unit tests of the ingest on the relay's own fixtures; the end-to-end tests with the loadgen's
+//! simulated camera (every mode, tampering, copy measurement) are in
 //! `tests/tests/ingest_pipeline.rs`.
+
+use bytes::{Bytes, BytesMut};
+use signal::proto::body::{BodyMessage, Handshake, StreamMode};
+use signal::proto::core_packet::{cmd, encode_packet, CoreHeader};
+
+use super::*;
+use crate::proto::media::{Codec, FrameKind, MediaFrame};
+
+const STREAM_ID: u32 = 99;
+
+fn fixture(name: &str) -> Bytes {
+    Bytes::from(std::fs::read(format!("{}/testdata/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap())
+}
+
+/// A TLS-mode device stream: handshake, the whole H.264 fixture as one I-frame, two AAC frames.
+fn tls_stream() -> Vec<u8> {
+    let mut core = BytesMut::new();
+    let handshake = Handshake {
+        uid: "95270000ABCDEFGH".into(),
+        ..Handshake::default()
+    };
+    encode_packet(
+        CoreHeader::request(cmd::HANDSHAKE, 1),
+        &[],
+        handshake.encode().as_bytes(),
+        &mut core,
+    )
+    .unwrap();
+    let aac = fixture("clip_aac_16k_mono.aac");
+    let first_aac =
+        usize::from(u16::from_be_bytes([aac[3] & 3, aac[4]])) << 3 | usize::from(aac[5] >> 5);
+    let frames = [
+        MediaFrame {
+            kind: FrameKind::VideoI,
+            codec: Codec::H264,
+            pts_us: Some(1_000_000),
+            payload: std::iter::once(fixture("clip_h264.264")).collect(),
+        },
+        MediaFrame {
+            kind: FrameKind::Aac,
+            codec: Codec::Aac,
+            pts_us: None,
+            payload: std::iter::once(aac.slice(..first_aac)).collect(),
+        },
+    ];
+    let mut media = BytesMut::new();
+    for frame in &frames {
+        frame.encode(&mut media).unwrap();
+    }
+    for piece in media.chunks(4000) {
+        encode_packet(
+            CoreHeader::request(cmd::PREVIEW_START, STREAM_ID),
+            &[],
+            piece,
+            &mut core,
+        )
+        .unwrap();
+    }
+    core.to_vec()
+}
+
+fn tls_ingest() -> DeviceStreamIngest {
+    let mut config = IngestConfig::new(StreamMode::Tls, [1; 32]);
+    config.stream_id = Some(STREAM_ID);
+    config.expected_uid = Some("95270000ABCDEFGH".into());
+    DeviceStreamIngest::new(config, Box::new(|_| KeyLookup::Unknown)).unwrap()
+}
+
+#[test]
+fn tls_stream_gives_description_and_zero_copy_packets() {
+    let wire = tls_stream();
+    let mut ingest = tls_ingest();
+    let buffer = ingest.receive_buffer();
+    assert!(buffer.len() >= 4096);
+    let mut received = 0;
+    let mut events = Vec::new();
+    let mut regions = Vec::new();
+    while received < wire.len() {
+        let buffer = ingest.receive_buffer();
+        let n = buffer.len().min(wire.len() - received);
+        buffer[..n].copy_from_slice(&wire[received..received + n]);
+        regions.push(buffer.as_ptr() as usize..buffer.as_ptr() as usize + n);
+        ingest.commit(n);
+        received += n;
+        while let Some(event) = ingest.poll() {
+            events.push(event);
+        }
+    }
+    assert!(ingest.failure().is_none());
+    // The empty 200 reply to the handshake.
+    let reply = ingest.take_output().unwrap();
+    assert_eq!(reply.len(), 24);
+    assert_eq!(&reply[16..20], &200u32.to_le_bytes());
+    assert!(matches!(events[0], IngestEvent::Handshake(_)));
+    let IngestEvent::Description(description) = &events[1] else {
+        panic!("expected the description, got {:?}", events[1]);
+    };
+    assert!(
+        description.sdp.contains("profile-level-id=64000D"),
+        "{}",
+        description.sdp
+    );
+    assert!(description.sdp.contains("config=1408"));
+    let packets: Vec<&RtpPacket> = events
+        .iter()
+        .filter_map(|e| match e {
+            IngestEvent::Packet(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    assert!(packets[0].is_keyframe_start());
+    assert_eq!(
+        packets.iter().filter(|p| p.track() == AUDIO_TRACK).count(),
+        1
+    );
+    for packet in packets {
+        let ptr = packet.payload().as_ptr() as usize;
+        assert!(
+            regions.iter().any(|r| r.contains(&ptr)),
+            "payload not in a receive buffer"
+        );
+    }
+    let stats = ingest.stats();
+    assert_eq!((stats.video_frames, stats.audio_frames), (1, 1));
+    assert_eq!(stats.bytes_copied, 0);
+}
+
+#[test]
+fn media_before_handshake_closes() {
+    let wire = tls_stream();
+    let handshake_len = 24 + u32::from_le_bytes(wire[8..12].try_into().unwrap()) as usize;
+    let mut ingest = tls_ingest();
+    ingest.receive(&wire[handshake_len..]);
+    while ingest.poll().is_some() {}
+    assert!(matches!(
+        ingest.failure(),
+        Some(IngestError::MediaBeforeHandshake { .. })
+    ));
+    assert_eq!(ingest.stats().media_before_handshake, 1);
+}
+
+#[test]
+fn config_is_validated() {
+    let mut config = IngestConfig::new(StreamMode::Tcp, [0; 32]);
+    config.max_rtp_payload = 10;
+    assert!(matches!(
+        DeviceStreamIngest::new(config, Box::new(|_| KeyLookup::Unknown)),
+        Err(IngestConfigError::Rtp(_))
+    ));
+}
+
+#[test]
+fn fuzz_entry_point_on_valid_and_mutated_streams() {
+    let wire = tls_stream();
+    let mut data = vec![0u8];
+    data.extend_from_slice(&wire);
+    fuzzing::ingest(&data);
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for round in 0..300u32 {
+        let mut mutated = data.clone();
+        mutated[0] = round as u8;
+        for _ in 0..(round % 7 + 1) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let at = 1 + (x as usize) % (mutated.len() - 1);
+            mutated[at] ^= (x >> 32) as u8 | 1;
+        }
+        fuzzing::ingest(&mutated);
+        fuzzing::ingest(&mutated[..(x as usize) % mutated.len()]);
+    }
+}
