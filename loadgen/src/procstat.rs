@@ -63,7 +63,7 @@ impl StatLine {
 pub struct ProcSample {
     /// Whole process, percent of one core (200 = two cores busy).
     pub cpu_pct: f64,
-    /// Per thread, labelled by thread name (a `#tid` suffix tells apart equal names).
+    /// Per thread, labelled by thread name (`#2`, `#3`... tell apart equal names).
     pub threads: BTreeMap<String, f64>,
     pub rss_bytes: u64,
 }
@@ -145,17 +145,19 @@ impl ProcSampler {
                 }
             }
         }
-        let mut name_counts: BTreeMap<String, usize> = BTreeMap::new();
-        for (_, stat) in &stats {
-            *name_counts.entry(stat.comm.clone()).or_default() += 1;
-        }
+        // Equal names (glommio gives an executor's helper thread the executor's name) are told
+        // apart by their order of creation: `name`, `name#2`, ... stable from run to run.
+        stats.sort_by_key(|(tid, _)| *tid);
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
         stats
             .into_iter()
             .map(|(tid, stat)| {
-                let label = if name_counts.get(&stat.comm).copied().unwrap_or(0) > 1 {
-                    format!("{}#{tid}", stat.comm)
-                } else {
+                let count = seen.entry(stat.comm.clone()).or_default();
+                *count += 1;
+                let label = if *count == 1 {
                     stat.comm
+                } else {
+                    format!("{}#{count}", stat.comm)
                 };
                 (tid, (label, stat.cpu_ticks))
             })

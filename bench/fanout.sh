@@ -1,0 +1,233 @@
+#!/usr/bin/env bash
+# Relay fan-out benchmark (issue 3): one publisher fanned out to 1, 10, 100 and 1000 RTSP viewers
+# over loopback, for two streams (the ~100 kbit/s H.264+AAC fixture and a 4 Mbit/s 720p30 H.264
+# stream encoded once up front), with the loopback TCP ceiling (iperf3) measured in the same run.
+#
+# For every row it records: relayed Gbit/s (bytes the viewers received per second, times 8),
+# the ratio to iperf3, relay CPU per shard (from /proc/PID/task/*/stat, sampled by loadgen),
+# syscalls per relayed packet (perf tracepoints syscalls:sys_enter_* on the relay for a 5 s window
+# in the steady state; strace -c if perf cannot), and the share of the relay's CPU samples spent
+# in userspace memcpy/memmove/memset (perf record -e cpu-clock), the measurable side of "no
+# payload copies in userspace".
+#
+# Usage: bench/fanout.sh [OUT_DIR]
+# Environment: VIEWERS="1 10 100 1000" DURATION=25s RAMP=200/s STREAMS="clip hd" HD_BITRATE=4M
+#              SHARDS= (relay shards; default: all cores) LOADGEN_SHARDS=1
+#              CARGO_TARGET_DIR (default: <repo>/target) NO_BUILD=1 (use built binaries)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=${1:-$ROOT/target/bench-fanout/$(date +%Y%m%d-%H%M%S)}
+VIEWERS=${VIEWERS:-"1 10 100 1000"}
+DURATION=${DURATION:-25s}
+RAMP=${RAMP:-200/s}
+STREAMS=${STREAMS:-"clip hd"}
+HD_BITRATE=${HD_BITRATE:-4M}
+LOADGEN_SHARDS=${LOADGEN_SHARDS:-1}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$TARGET_DIR/release
+WINDOW=5
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+log() { echo "[fanout $(date +%H:%M:%S)] $*" >&2; }
+
+# ----- tools -----
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need iperf3 && [ "$(id -u)" = 0 ]; then
+    log "installing iperf3"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y iperf3 >/dev/null 2>&1 \
+        || { apt-get update >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y iperf3 >/dev/null 2>&1; } || true
+fi
+for tool in ffmpeg jq iperf3; do
+    need "$tool" || { echo "fanout: $tool is required" >&2; exit 1; }
+done
+SYSCALL_TOOL=none
+if need perf && perf stat -e syscalls:sys_enter_sendmsg -- true >/dev/null 2>&1; then
+    SYSCALL_TOOL=perf
+elif need strace; then
+    SYSCALL_TOOL=strace
+fi
+log "syscall counting: $SYSCALL_TOOL; output: $OUT"
+
+if [ -z "${NO_BUILD:-}" ]; then
+    log "building release binaries in $TARGET_DIR"
+    (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET_DIR nice -n 10 cargo build --release -p relay -p loadgen)
+fi
+
+ulimit -n "$(ulimit -Hn)"
+log "open-file limit $(ulimit -n)"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# ----- loopback ceiling -----
+iperf() {
+    local port
+    port=$(free_port)
+    iperf3 -s -p "$port" -1 >/dev/null 2>&1 &
+    local server=$!
+    # No probe connection: `-1` serves exactly one client.
+    for _ in 1 2 3 4 5; do
+        sleep 0.5
+        iperf3 -c 127.0.0.1 -p "$port" -t 5 -J >"$OUT/iperf3-$1.json" && break
+    done
+    wait "$server" 2>/dev/null || true
+    jq '.end.sum_received.bits_per_second / 1e7 | round / 100' "$OUT/iperf3-$1.json"
+}
+IPERF_BEFORE=$(iperf before)
+log "iperf3 loopback before: $IPERF_BEFORE Gbit/s"
+
+# ----- the relay -----
+DATA=$(mktemp -d)
+RTSP_PORT=$(free_port)
+cat >"$OUT/relay.toml" <<EOF
+hostname = "127.0.0.1"
+${SHARDS:+shards = $SHARDS}
+[listen]
+ca = "127.0.0.1:0"
+credentials = "127.0.0.1:0"
+registration = "127.0.0.1:0"
+keepalive = "127.0.0.1:0"
+rtsps = "127.0.0.1:0"
+signaling = "127.0.0.1:0"
+stream_tls = "127.0.0.1:0"
+stream_tcp = "127.0.0.1:0"
+rtsp = "127.0.0.1:$RTSP_PORT"
+api = "127.0.0.1:0"
+api_tls = "127.0.0.1:0"
+EOF
+RUST_LOG=${RUST_LOG:-warn} "$BIN/relay" serve --data "$DATA" --config "$OUT/relay.toml" >"$OUT/relay.log" 2>&1 &
+RELAY=$!
+PIDS+=("$RELAY")
+wait_port "$RTSP_PORT" || { cat "$OUT/relay.log"; exit 1; }
+log "relay pid $RELAY on rtsp 127.0.0.1:$RTSP_PORT, threads: $(cat /proc/$RELAY/task/*/comm | sort | uniq -c | tr -s ' \n' ' ')"
+
+url() { "$BIN/relay" url "$1" --data "$DATA" --uid "$2" --config "$OUT/relay.toml" --ttl 4h; }
+
+# ----- streams -----
+stream_file() {
+    case $1 in
+    clip) echo "$ROOT/tests/testdata/clip_h264_aac.mp4" ;;
+    hd)
+        local file=$OUT/hd_$HD_BITRATE.mp4
+        if [ ! -s "$file" ]; then
+            log "encoding a 20 s 1280x720@30 H.264 test pattern at $HD_BITRATE"
+            nice -n 10 ffmpeg -hide_banner -loglevel error -y -f lavfi -i testsrc2=size=1280x720:rate=30 \
+                -t 20 -c:v libx264 -preset veryfast -b:v "$HD_BITRATE" -maxrate "$HD_BITRATE" \
+                -bufsize "$HD_BITRATE" -g 30 -pix_fmt yuv420p "$file"
+        fi
+        echo "$file"
+        ;;
+    esac
+}
+
+# Counts the relay's syscalls for WINDOW seconds; prints "sendmsg other" (other = sendto+write+writev).
+count_syscalls() {
+    local out=$1
+    case $SYSCALL_TOOL in
+    perf)
+        perf stat -x, -o "$out" -e syscalls:sys_enter_sendmsg,syscalls:sys_enter_sendto,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_recvfrom,syscalls:sys_enter_io_uring_enter \
+            -p "$RELAY" -- sleep "$WINDOW" >/dev/null 2>&1
+        awk -F, '/sys_enter_sendmsg/{s=$1} /sys_enter_(sendto|write|writev)/{o+=$1} END{print s+0, o+0}' "$out"
+        ;;
+    strace)
+        timeout "$WINDOW" strace -f -c -e trace=sendmsg,sendto,write,writev -p "$RELAY" -o "$out" >/dev/null 2>&1 || true
+        awk '$NF=="sendmsg"{s=$4} $NF~/^(sendto|write|writev)$/{o+=$4} END{print s+0, o+0}' "$out"
+        ;;
+    *) echo "0 0" ;;
+    esac
+}
+
+# Share of the relay's CPU samples in userspace memcpy/memmove/memset during WINDOW seconds.
+copy_share() {
+    local out=$1
+    need perf || { echo null; return; }
+    perf record -q -e cpu-clock -F 999 -p "$RELAY" -o "$out.data" -- sleep "$WINDOW" >/dev/null 2>&1 || { echo null; return; }
+    perf report -q -i "$out.data" --stdio --sort sym --percent-limit 0 2>/dev/null >"$out.txt" || { echo null; return; }
+    # User-space symbols are marked [.]; kernel ones [k].
+    awk '/\[\.\]/ && tolower($0) ~ /(memcpy|memmove|memset)/ { gsub("%","",$1); s+=$1 } END { printf "%.2f\n", s+0 }' "$out.txt"
+}
+
+ROWS=$OUT/rows.jsonl
+: >"$ROWS"
+for stream in $STREAMS; do
+    file=$(stream_file "$stream")
+    uid="BENCH${stream^^}"  # stream keys are ASCII alphanumeric
+    publish=$(url publish "$uid")
+    play=$(url play "$uid")
+    log "publishing $file"
+    ffmpeg -hide_banner -nostdin -loglevel error -re -stream_loop -1 -i "$file" -c copy \
+        -f rtsp -rtsp_transport tcp "$publish" >"$OUT/publisher-$stream.log" 2>&1 &
+    publisher=$!
+    PIDS+=("$publisher")
+    for n in $VIEWERS; do
+        tag="$stream-$n"
+        log "$tag: $n viewers for $DURATION"
+        "$BIN/loadgen" rtsp --play-url "$play" --viewers "$n" --duration "$DURATION" --ramp "$RAMP" \
+            --shards "$LOADGEN_SHARDS" --server-pid "$RELAY" --report "$OUT/$tag.json" --svg "$OUT/$tag.svg" \
+            --expect "loss=0,disconnects=0,failed=0" >"$OUT/$tag.txt" 2>"$OUT/$tag.progress" &
+        loadgen=$!
+        # Measure in the steady state: after the ramp and the settling time.
+        ramp_secs=$(awk -v n="$n" -v r="${RAMP%/s}" 'BEGIN { printf "%d", (n - 1) / r + 4 }')
+        sleep "$ramp_secs"
+        read -r sendmsg other < <(count_syscalls "$OUT/$tag.syscalls")
+        copies=$(copy_share "$OUT/$tag.perf")
+        status=0
+        wait "$loadgen" || status=$?
+        cat "$OUT/$tag.txt" >&2
+        jq -c --arg stream "$stream" --argjson n "$n" --argjson sendmsg "$sendmsg" --argjson other "$other" \
+            --argjson window "$WINDOW" --argjson copies "$copies" --argjson status "$status" '{
+                stream: $stream, viewers: $n, exit: $status,
+                gbps: .summary.steady_gbps, packets_per_sec: .summary.steady_packets_per_sec,
+                viewer_mbps_p50: .summary.viewer_mbps.p50,
+                lost: .summary.lost_packets, disconnects: .summary.disconnects, failed: .summary.viewers_failed,
+                ttfk_p50_ms: .summary.ttfk_ms.p50, ttfk_p99_ms: .summary.ttfk_ms.p99,
+                server_cpu: .summary.server.cpu_pct_mean,
+                shard_cpu: (.summary.server.threads_cpu_pct_mean | with_entries(select((.key | startswith("shard")) and (.key | contains("#") | not)))),
+                rss_mb: .summary.server.rss_mb_max, loadgen_cpu: .summary.loadgen_cpu_pct_mean,
+                sendmsg_per_packet: (if .summary.steady_packets_per_sec > 0 then $sendmsg / (.summary.steady_packets_per_sec * $window) else null end),
+                other_writes_per_packet: (if .summary.steady_packets_per_sec > 0 then $other / (.summary.steady_packets_per_sec * $window) else null end),
+                userspace_copy_cpu_pct: $copies
+            }' "$OUT/$tag.json" >>"$ROWS"
+    done
+    kill "$publisher" 2>/dev/null || true
+    wait "$publisher" 2>/dev/null || true
+done
+
+IPERF_AFTER=$(iperf after)
+log "iperf3 loopback after: $IPERF_AFTER Gbit/s"
+IPERF=$(awk -v a="$IPERF_BEFORE" -v b="$IPERF_AFTER" 'BEGIN { printf "%.2f", (a + b) / 2 }')
+
+{
+    echo "Machine: $(nproc) cores, $(awk '/model name/{$1=$2=$3="";print;exit}' /proc/cpuinfo | sed 's/^ *//'), kernel $(uname -r)"
+    echo "iperf3 loopback: before $IPERF_BEFORE, after $IPERF_AFTER, mean $IPERF Gbit/s (single TCP stream)"
+    echo
+    echo "| stream | viewers | relayed Gbit/s | vs iperf3 | relay CPU % per shard | sendmsg / packet | other writes / packet | userspace memcpy/memset % of relay CPU | loss | TTFK p50 / p99 ms | loadgen CPU % |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|"
+    jq -r --argjson iperf "$IPERF" '[
+        .stream, .viewers,
+        (.gbps * 10000 | round / 10000),
+        ((.gbps / $iperf * 10000 | round) / 100 | tostring + " %"),
+        (.shard_cpu | to_entries | map("\(.key) \(.value | round)") | join(", ")),
+        (if .sendmsg_per_packet == null then "-" else (.sendmsg_per_packet * 1000 | round / 1000) end),
+        (if .other_writes_per_packet == null then "-" else (.other_writes_per_packet * 1000 | round / 1000) end),
+        (.userspace_copy_cpu_pct // "-"),
+        "\(.lost) lost, \(.disconnects) disc.",
+        "\(.ttfk_p50_ms | round) / \(.ttfk_p99_ms | round)",
+        (.loadgen_cpu | round)
+    ] | "| " + (map(tostring) | join(" | ")) + " |"' "$ROWS"
+} | tee "$OUT/table.md"
+log "done: $OUT/table.md"
