@@ -169,6 +169,13 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
         sweep_interval: Duration::from_secs(1),
         alarms: Some(alarm_queue.clone()),
     };
+    // The webhook sender runs on the control plane and drains the same queue.
+    let alarm_delivery = signal::alarms::AlarmDelivery::from_config(
+        alarm_queue.clone(),
+        &config,
+        &secrets,
+        signal::alarms::DeliverySettings::default(),
+    )?;
     let (devices, directory, devices_ready) =
         crate::device::DeviceWiring::new(device_settings, shard_count);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -179,8 +186,19 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
             .name("control".into())
             .spawn(move || {
                 let result = rt::block_on_shard(move || async move {
-                    run_control_plane(config, pki, store, secrets, directory, shutdown, ready_tx)
-                        .await
+                    run_control_plane(
+                        ControlPlaneParts {
+                            config,
+                            pki,
+                            store,
+                            secrets,
+                            directory,
+                            alarm_delivery,
+                        },
+                        shutdown,
+                        ready_tx,
+                    )
+                    .await
                 });
                 if let Err(e) = result {
                     tracing::error!("control plane stopped: {e}");
@@ -300,15 +318,29 @@ fn start_shards(
     Ok((running, bound, device_addrs))
 }
 
-async fn run_control_plane(
+/// What the control plane thread is built from.
+struct ControlPlaneParts {
     config: Config,
     pki: Arc<pki::Pki>,
     store: Arc<signal::store::Store>,
     secrets: signal::secrets::Secrets,
     directory: signal::devices::DeviceDirectory,
+    alarm_delivery: signal::alarms::AlarmDelivery,
+}
+
+async fn run_control_plane(
+    parts: ControlPlaneParts,
     shutdown: Shutdown,
     ready: std::sync::mpsc::Sender<anyhow::Result<BoundAddrs>>,
 ) {
+    let ControlPlaneParts {
+        config,
+        pki,
+        store,
+        secrets,
+        directory,
+        alarm_delivery,
+    } = parts;
     let bind = |what: &str, addr: SocketAddr| {
         TcpListener::bind(addr).with_context(|| format!("binding the {what} listener on {addr}"))
     };
@@ -360,7 +392,10 @@ async fn run_control_plane(
     let provisioning = Provisioning::new(pki.clone(), store.clone(), &secrets, settings);
     let api_token =
         (config.api.auth == signal::config::ApiAuth::Token).then(|| secrets.api_token.clone());
+    let alarm_metrics = Some(alarm_delivery.queue().metrics().clone());
+    rt::spawn_detached(alarm_delivery.run(shutdown.clone()));
     let plane = Arc::new(ControlPlane {
+        alarm_metrics,
         config,
         pki: pki.clone(),
         store,

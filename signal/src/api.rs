@@ -56,6 +56,8 @@ pub struct ControlPlane {
     pub on_revoke: Box<dyn Fn(&str) + Send + Sync>,
     /// The shards' device sessions (presence, device requests); `None` without a data plane.
     pub devices: Option<crate::devices::DeviceDirectory>,
+    /// Alarm delivery counters (received, queued, delivered, …) for `/metrics`.
+    pub alarm_metrics: Option<Arc<crate::alarms::AlarmMetrics>>,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -213,6 +215,9 @@ impl ControlPlane {
                 out,
                 "rop_devices_provisioned{{state=\"revoked\"}} {revoked}"
             );
+        }
+        if let Some(alarms) = &self.alarm_metrics {
+            alarms.render_prometheus(crate::alarms::unix_now_ms(), &mut out);
         }
         let mut response = http::Response::new(out.into_bytes());
         response.headers_mut().insert(

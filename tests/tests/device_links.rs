@@ -589,3 +589,90 @@ fn api_text(server: &TestServer, path: &str) -> (u16, String) {
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
     (status, body.to_owned())
 }
+
+/// Reads one HTTP request (head and Content-Length body) from `stream`.
+fn read_http_request(stream: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            stream.read(&mut byte).unwrap(),
+            1,
+            "webhook request truncated"
+        );
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8(buf).unwrap();
+    let length = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>().unwrap())
+        })
+        .expect("content-length");
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).unwrap();
+    (head, body)
+}
+
+#[test]
+fn alarm_reaches_the_webhook_signed() {
+    let receiver = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let webhook = format!("http://{}/rop-alarm", receiver.local_addr().unwrap());
+    let server = TestServer::start_with(|c| c.alarm_webhook = Some(webhook));
+    let device = provision(&server, "95270003ALRM0001");
+    let mut link = signalling(&server, &device);
+    link.handshake(&device.uid);
+    let id = link.id();
+    let alarm = Alarm {
+        channel: 0,
+        status: "MD".into(),
+        ai_type: "people".into(),
+    };
+    let bytes = link.sim.alarm(&alarm, id);
+    link.send(&bytes);
+    let ack = link.expect(cmd::ALARM);
+    assert_eq!(ack.header.response_code, CODE_OK);
+
+    receiver.set_nonblocking(false).unwrap();
+    let (mut conn, _) = receiver.accept().unwrap();
+    conn.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let (head, body) = read_http_request(&mut conn);
+    conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        .unwrap();
+    assert!(head.starts_with("POST /rop-alarm HTTP/1.1"), "{head}");
+    let json: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["uid"], device.uid.as_str());
+    assert_eq!(json["status"], "MD");
+    assert_eq!(json["AItype"], "people");
+    assert!(json["eventId"].is_string());
+
+    // The signature a partner checks, computed with openssl and the key in the data directory.
+    let key = std::fs::read_to_string(server.data_dir().join("secrets/alarm-webhook.key")).unwrap();
+    let body_file = server.data_dir().join("alarm-body.json");
+    std::fs::write(&body_file, &body).unwrap();
+    let out = tests::run(
+        "openssl",
+        &[
+            "dgst",
+            "-sha256",
+            "-mac",
+            "HMAC",
+            "-macopt",
+            &format!("hexkey:{}", key.trim()),
+            body_file.to_str().unwrap(),
+        ],
+    );
+    let hex = String::from_utf8_lossy(&out.stdout);
+    let hex = hex.trim().rsplit(' ').next().unwrap().to_owned();
+    let signature = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-rop-signature:")
+                .map(|v| v.trim().to_owned())
+        })
+        .expect("signature header");
+    assert_eq!(signature, format!("sha256={hex}"));
+}

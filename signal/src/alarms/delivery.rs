@@ -174,6 +174,11 @@ impl AlarmDelivery {
         self
     }
 
+    /// The queue this sender drains.
+    pub fn queue(&self) -> &AlarmQueue {
+        &self.queue
+    }
+
     /// Delivers until `shutdown` is triggered. An alarm in flight at shutdown stays in the queue
     /// and is sent again after the restart.
     pub async fn run(self, shutdown: rt::Shutdown) {
