@@ -104,7 +104,7 @@ fn run(viewers: usize, packets: usize) -> Outcome {
         for _ in 0..BURST {
             let meta = PacketMeta {
                 track: u8::from(sequence % 5 == 4),
-                keyframe_start: sequence % GOP == 0,
+                keyframe_start: sequence.is_multiple_of(GOP),
                 end_of_access_unit: sequence % 3 == 2,
                 is_rtcp: false,
             };
