@@ -8,4 +8,5 @@ pub mod proto;
 pub mod rtsp;
 pub mod server;
 pub mod shard;
+pub mod stream_conn;
 pub mod stream_key;

@@ -49,6 +49,10 @@ pub struct BoundAddrs {
     pub keepalive: SocketAddr,
     /// Device signalling, mutual TLS (61005), bound by every shard.
     pub signaling: SocketAddr,
+    /// Device streams, mutual TLS (61006), bound by every shard.
+    pub stream_tls: SocketAddr,
+    /// Device streams, encryptTCP / TCP (61007), bound by every shard.
+    pub stream_tcp: SocketAddr,
 }
 
 /// A server started by [`start`].
@@ -176,6 +180,21 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
         &secrets,
         signal::alarms::DeliverySettings::default(),
     )?;
+    let (streams_ready_tx, streams_ready) = std::sync::mpsc::channel();
+    let streams = crate::stream_conn::StreamWiring {
+        settings: crate::stream_conn::StreamSettings {
+            tls: config.listen.stream_tls,
+            tcp: config.listen.stream_tcp,
+            mtls: pki.mtls_config(),
+            device_keys: Arc::new(secrets.device_keys.clone()),
+            policy: crate::ingest::IngestPolicy::default(),
+            mode: crate::stream_conn::stream_mode(config.stream_encrypt_mode),
+            start_timeout: Duration::from_secs(10),
+            linger: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(config.device.handshake_timeout_secs),
+        },
+        ready: streams_ready_tx,
+    };
     let (devices, directory, devices_ready) =
         crate::device::DeviceWiring::new(device_settings, shard_count);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -215,9 +234,10 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
         token_key,
         devices,
         devices_ready,
+        (streams, streams_ready),
         &shutdown,
     );
-    let (shards, rtsp, (keepalive, signaling)) = match started {
+    let (shards, rtsp, (keepalive, signaling), (stream_tls, stream_tcp)) = match started {
         Ok(started) => started,
         Err(e) => {
             shutdown.trigger();
@@ -228,10 +248,14 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
     addrs.rtsp = rtsp;
     addrs.keepalive = keepalive;
     addrs.signaling = signaling;
+    addrs.stream_tls = stream_tls;
+    addrs.stream_tcp = stream_tcp;
     info!(
         rtsp = %addrs.rtsp,
         keepalive = %addrs.keepalive,
         signaling = %addrs.signaling,
+        stream_tls = %addrs.stream_tls,
+        stream_tcp = %addrs.stream_tcp,
         ca = %addrs.ca,
         credentials = %addrs.credentials,
         registration = %addrs.registration,
@@ -260,8 +284,17 @@ fn start_shards(
     token_key: [u8; 32],
     devices: crate::device::DeviceWiring,
     devices_ready: std::sync::mpsc::Receiver<Result<DeviceAddrs, String>>,
+    (streams, streams_ready): (
+        crate::stream_conn::StreamWiring,
+        std::sync::mpsc::Receiver<Result<DeviceAddrs, String>>,
+    ),
     shutdown: &Shutdown,
-) -> anyhow::Result<(rt::shard::RunningShards<()>, SocketAddr, DeviceAddrs)> {
+) -> anyhow::Result<(
+    rt::shard::RunningShards<()>,
+    SocketAddr,
+    DeviceAddrs,
+    DeviceAddrs,
+)> {
     let mesh = rt::Mesh::new(count, 256);
     let settings = crate::shard::ShardSettings::default();
     let signer = signal::tokens::TokenSigner::new(token_key);
@@ -278,6 +311,7 @@ fn start_shards(
                 rtsp_listen,
                 ready_tx.clone(),
                 Some(devices.clone()),
+                Some(streams.clone()),
             )
         })
         .context("starting the shards")?;
@@ -315,7 +349,24 @@ fn start_shards(
         }
     }
     let device_addrs = device_addrs.context("no shard reported its device ports")?;
-    Ok((running, bound, device_addrs))
+    let mut stream_addrs = None;
+    for _ in 0..count {
+        match streams_ready.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(addrs)) => stream_addrs = Some(addrs),
+            Ok(Err(e)) => {
+                shutdown.trigger();
+                let _ = running.join();
+                anyhow::bail!(e);
+            }
+            Err(_) => {
+                shutdown.trigger();
+                let _ = running.join();
+                anyhow::bail!("the shards did not start listening on the stream ports");
+            }
+        }
+    }
+    let stream_addrs = stream_addrs.context("no shard reported its stream ports")?;
+    Ok((running, bound, device_addrs, stream_addrs))
 }
 
 /// What the control plane thread is built from.
@@ -374,6 +425,8 @@ async fn run_control_plane(
         rtsp: config.listen.rtsp,
         keepalive: config.listen.keepalive,
         signaling: config.listen.signaling,
+        stream_tls: config.listen.stream_tls,
+        stream_tcp: config.listen.stream_tcp,
     };
     let endpoints = DeviceEndpoints {
         host: config.hostname.clone(),

@@ -66,6 +66,22 @@ pub enum ShardMsg {
     RtspConnections(Vec<Handoff>),
     /// Device links (keep-alive, signalling): listen addresses and connections to serve.
     Device(crate::device::DeviceMsg),
+    /// Device streams (61006, 61007): listen addresses and connections to serve.
+    Stream(crate::stream_conn::StreamMsg),
+}
+
+/// Starts device streams when a viewer asks for one nobody publishes (set by
+/// [`crate::stream_conn::StreamShard`]).
+pub trait OnDemand {
+    /// Asks the device of `stream` to start sending it. `None`: not a device online on this
+    /// shard (wait for an RTSP publisher as usual). The future resolves when the device
+    /// accepted (`Ok`) or refused.
+    fn start(
+        self: Rc<Self>,
+        stream: &StreamKey,
+    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Refusal>>>>>;
+    /// How long a viewer waits for the device's first keyframe.
+    fn start_timeout(&self) -> Duration;
 }
 
 /// Why a connection is being closed by the sweeper.
@@ -129,6 +145,7 @@ pub struct Shard {
     outbox: RefCell<Vec<Vec<Handoff>>>,
     outbox_notify: LocalNotify,
     stats: Cell<ShardStats>,
+    on_demand: RefCell<Option<Rc<dyn OnDemand>>>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -163,7 +180,13 @@ impl Shard {
             outbox: RefCell::new((0..count).map(|_| Vec::new()).collect()),
             outbox_notify: LocalNotify::new(),
             stats: Cell::new(ShardStats::default()),
+            on_demand: RefCell::new(None),
         }
+    }
+
+    /// Sets who starts device streams on demand.
+    pub fn set_on_demand(&self, on_demand: Rc<dyn OnDemand>) {
+        *self.on_demand.borrow_mut() = Some(on_demand);
     }
 
     /// The shard's counters.
@@ -226,7 +249,32 @@ impl Shard {
         if let Some(entry) = self.streams.borrow_mut().get_mut(stream) {
             entry.waiters.push(waiter.clone());
         }
-        let _ = rt::timer::timeout(wait, waiter.notified()).await;
+        let on_demand = self.on_demand.borrow().clone();
+        let started = on_demand.and_then(|d| {
+            let timeout = d.start_timeout();
+            d.start(stream).map(|started| (started, timeout))
+        });
+        match started {
+            None => {
+                let _ = rt::timer::timeout(wait, waiter.notified()).await;
+            }
+            Some((started, timeout)) => {
+                let described = async {
+                    started.await?;
+                    waiter.notified().await;
+                    Ok(())
+                };
+                match rt::timer::timeout(timeout, described).await {
+                    Ok(Err(refusal)) => return Err(refusal),
+                    Ok(Ok(())) => {}
+                    Err(_) => {
+                        let hub = self.hub(stream);
+                        let described = published_description(&hub.borrow());
+                        return described.ok_or(Refusal::NoMedia);
+                    }
+                }
+            }
+        }
         // The hub may have been replaced while waiting (ended and swept); ask the current one.
         let hub = self.hub(stream);
         let described = published_description(&hub.borrow());
@@ -391,6 +439,7 @@ pub async fn run(
     rtsp_addr: SocketAddr,
     ready: ReadySender,
     devices: Option<crate::device::DeviceWiring>,
+    streams: Option<crate::stream_conn::StreamWiring>,
 ) {
     let port = match ctx.join(&mesh).await {
         Ok(port) => Rc::new(port),
@@ -419,6 +468,14 @@ pub async fn run(
     };
     let flusher = rt::spawn_local(flush_handoffs(shard.clone(), port.clone()));
     let devices = devices.map(|d| d.start(ctx.id, ctx.count, ctx.shutdown.clone(), port.clone()));
+    let streams = streams.map(|wiring| {
+        crate::stream_conn::StreamShard::start(
+            &wiring,
+            shard.clone(),
+            devices.clone(),
+            port.clone(),
+        )
+    });
     let mut accept_loops = Vec::new();
     if ctx.id == 0 {
         match TcpListener::bind(rtsp_addr) {
@@ -459,6 +516,11 @@ pub async fn run(
             ShardMsg::Device(msg) => {
                 if let Some(devices) = &devices {
                     devices.on_message(from, msg);
+                }
+            }
+            ShardMsg::Stream(msg) => {
+                if let Some(streams) = &streams {
+                    streams.on_message(msg);
                 }
             }
             ShardMsg::RtspConnections(handoffs) => {

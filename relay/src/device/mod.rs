@@ -318,6 +318,68 @@ impl DeviceShard {
         self.outbox_notify.notify();
     }
 
+    // ----- device streams -----
+
+    /// Whether `uid` has a signalling link online on this shard.
+    pub fn is_signalling_online(&self, uid: &str) -> bool {
+        self.registry
+            .borrow()
+            .links(uid)
+            .is_some_and(|links| links.signalling.is_some())
+    }
+
+    /// Sends preview start 3 on `uid`'s signalling link; returns the stream id (the request
+    /// id) and where the device's reply arrives.
+    pub fn preview_start(
+        &self,
+        uid: &str,
+        channel: u32,
+        stream_type: signal::proto::body::StreamType,
+        mode: signal::proto::body::StreamMode,
+        port: u16,
+    ) -> Result<
+        (
+            RequestId,
+            rt::xchan::OneshotReceiver<Result<Reply, DeviceError>>,
+        ),
+        DeviceError,
+    > {
+        let (conn, id) = {
+            let mut registry = self.registry.borrow_mut();
+            let (conn, session) = registry
+                .link_mut(uid, LinkKind::Signalling)
+                .ok_or(DeviceError::Offline)?;
+            let id = session
+                .preview_start(channel, stream_type, mode, port, Instant::now())
+                .map_err(|e| DeviceError::BadReply(e.to_string()))?;
+            (conn, id)
+        };
+        let (reply, receiver) = rt::xchan::oneshot();
+        self.waiters.borrow_mut().insert((conn, id), reply);
+        if let Some(signal) = self.conns.borrow().get(&conn) {
+            signal.notify.notify();
+        }
+        Ok((id, receiver))
+    }
+
+    /// Sends preview stop 4 on `uid`'s signalling link (its reply is not waited for).
+    pub fn preview_stop(&self, uid: &str, channel: u32, stream_id: u32) -> Result<(), DeviceError> {
+        let conn = {
+            let mut registry = self.registry.borrow_mut();
+            let (conn, session) = registry
+                .link_mut(uid, LinkKind::Signalling)
+                .ok_or(DeviceError::Offline)?;
+            session
+                .preview_stop(channel, stream_id, Instant::now())
+                .map_err(|e| DeviceError::BadReply(e.to_string()))?;
+            conn
+        };
+        if let Some(signal) = self.conns.borrow().get(&conn) {
+            signal.notify.notify();
+        }
+        Ok(())
+    }
+
     // ----- sessions -----
 
     /// Admits the session of a connection served here; returns its id and wake-up handle.

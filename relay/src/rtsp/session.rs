@@ -140,6 +140,12 @@ pub enum Refusal {
     TooManyViewers,
     /// The stream ended while the request was handled (503).
     StreamEnded,
+    /// The device's signalling link could not carry preview start (503).
+    DeviceOffline,
+    /// The device refused preview start or did not answer it (503).
+    DeviceRefused,
+    /// The device accepted preview start but sent no keyframe in time (503).
+    NoMedia,
 }
 
 impl Refusal {
@@ -149,6 +155,9 @@ impl Refusal {
             Refusal::PublisherExists => (StatusCode::BAD_REQUEST, "Stream Already Published"),
             Refusal::TooManyViewers => (StatusCode::SERVICE_UNAVAILABLE, "Too Many Viewers"),
             Refusal::StreamEnded => (StatusCode::SERVICE_UNAVAILABLE, "Stream Ended"),
+            Refusal::DeviceOffline => (StatusCode::SERVICE_UNAVAILABLE, "Device Offline"),
+            Refusal::DeviceRefused => (StatusCode::SERVICE_UNAVAILABLE, "Device Refused Preview"),
+            Refusal::NoMedia => (StatusCode::SERVICE_UNAVAILABLE, "No Media From Device"),
         }
     }
 }

@@ -1,0 +1,454 @@
+//! Device stream connections on the shards: 61006 (mutual TLS) and 61007 (encryptTCP hello,
+//! then frames, encrypted or not), fed to [`crate::ingest::DeviceStreamIngest`] on the device's
+//! owner shard and published into the stream hub of the preview they answer; and the on-demand
+//! side: a DESCRIBE of a device stream without a publisher sends *preview start* to the device,
+//! and the last viewer gone for the linger time sends *preview stop*.
+//!
+//! ```text
+//!  RTSP DESCRIBE (owner shard) --Shard::wait_description--> StreamShard::start (OnDemand)
+//!     preview start 3 (stream id = request id, mode, port) on the signalling link
+//!     pending preview: stream id -> (StreamKey, mode)
+//!  device connects 61006/61007 (any shard) --route by cert CN / access key--> owner shard
+//!     ingest: hello, 458 handshake, first media packet names the stream id -> pending preview
+//!     first keyframe: StreamDescription -> Shard::publish (DESCRIBE completes), RTP -> hub
+//!  sweeper (1 s): previews unwatched for the linger time -> preview stop 4, connection closed;
+//!     previews the device never connected -> forgotten
+//! ```
+//!
+//! The preview table lives on the owner shard, where the signalling session, the stream
+//! connection and every viewer of the stream are, so it needs no lock.
+
+mod conn;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rt::{MeshPort, Shutdown};
+use signal::proto::body::{StreamMode, StreamType};
+use signal::secrets::DeviceKeys;
+use tracing::{debug, info, warn};
+
+use crate::device::DeviceShard;
+use crate::hub::{LocalNotify, StreamHub};
+use crate::ingest::IngestPolicy;
+use crate::rtsp::session::Refusal;
+use crate::shard::{OnDemand, Shard, ShardMsg};
+use crate::stream_key::{StreamKey, StreamKind};
+
+pub use conn::StreamHandoff;
+
+/// Settings of the stream ports, shared by every shard.
+#[derive(Clone)]
+pub struct StreamSettings {
+    /// 61006 listen address (mutual TLS).
+    pub tls: SocketAddr,
+    /// 61007 listen address (encryptTCP / TCP).
+    pub tcp: SocketAddr,
+    /// Mutual-TLS configuration of 61006 (CRL-checking verifier).
+    pub mtls: Arc<rustls::ServerConfig>,
+    /// Device keys that resolve the access key of a 61007 hello.
+    pub device_keys: Arc<DeviceKeys>,
+    /// Checks the platform's server does not make (HMAC, sequence, access key bound to UID).
+    pub policy: IngestPolicy,
+    /// The mode devices are asked for (the deployment's `stream_encrypt_mode`).
+    pub mode: StreamMode,
+    /// How long a DESCRIBE waits for the device's first keyframe after preview start.
+    pub start_timeout: Duration,
+    /// How long a stream nobody watches keeps flowing before preview stop.
+    pub linger: Duration,
+    /// A device has this long to send its hello / finish TLS and its handshake.
+    pub handshake_timeout: Duration,
+}
+
+impl std::fmt::Debug for StreamSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamSettings")
+            .field("tls", &self.tls)
+            .field("tcp", &self.tcp)
+            .field("mode", &self.mode)
+            .field("start_timeout", &self.start_timeout)
+            .field("linger", &self.linger)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The stream mode of the deployment's `stream_encrypt_mode`.
+pub fn stream_mode(mode: signal::config::StreamEncryptMode) -> StreamMode {
+    match mode {
+        signal::config::StreamEncryptMode::Tls => StreamMode::Tls,
+        signal::config::StreamEncryptMode::EncryptTcp => StreamMode::EncryptTcp,
+        signal::config::StreamEncryptMode::Tcp => StreamMode::Tcp,
+    }
+}
+
+/// Where each shard reports its bound (TLS, TCP) stream addresses, or why it could not bind.
+pub type ReadySender = std::sync::mpsc::Sender<Result<(SocketAddr, SocketAddr), String>>;
+
+/// What `server::start` hands every shard for its stream ports.
+#[derive(Clone, Debug)]
+pub struct StreamWiring {
+    /// Settings shared by every shard.
+    pub settings: StreamSettings,
+    /// Where shards report that they listen.
+    pub ready: ReadySender,
+}
+
+/// What a shard receives from other shards about stream connections.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StreamMsg {
+    /// From shard 0: the addresses it bound; bind the same (SO_REUSEPORT) and accept.
+    Listen {
+        /// 61006.
+        tls: SocketAddr,
+        /// 61007.
+        tcp: SocketAddr,
+    },
+    /// Stream connections of devices this shard owns.
+    Connections(Vec<StreamHandoff>),
+}
+
+/// A preview asked of a device, by stream id (the request id of its preview start).
+struct Preview {
+    key: StreamKey,
+    mode: StreamMode,
+    /// When preview start was sent.
+    started: Instant,
+    /// The hub once the device's stream connection published.
+    hub: Option<Rc<RefCell<StreamHub>>>,
+    /// Last time the stream had a viewer (or was started).
+    last_watched: Instant,
+    /// Raised to close the stream connection (preview stopped).
+    close: LocalNotify,
+    /// The stream connection is attached.
+    connected: bool,
+}
+
+/// Counters of one shard's stream connections.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StreamStats {
+    /// Connections accepted on 61006.
+    pub accepted_tls: u64,
+    /// Connections accepted on 61007.
+    pub accepted_tcp: u64,
+    /// Connections handed to their owner shard.
+    pub handed_off: u64,
+    /// TLS handshakes that failed, or certificates without a device UID.
+    pub tls_failures: u64,
+    /// Connections closed because no hello arrived in time.
+    pub hello_incomplete: u64,
+    /// Connections whose stream id names no preview of their device.
+    pub unknown_previews: u64,
+    /// Connections the ingest closed (rejections are in the ingest counters, logged).
+    pub ingest_failures: u64,
+    /// Previews started on demand.
+    pub previews_started: u64,
+    /// Previews the device refused or did not answer.
+    pub previews_refused: u64,
+    /// Previews stopped after the linger time.
+    pub previews_stopped: u64,
+    /// Previews forgotten because the device never connected.
+    pub previews_abandoned: u64,
+    /// Rejected encryptTCP frames with a bad HMAC, over all connections that ended.
+    pub bad_hmac: u64,
+    /// Rejected encryptTCP frames with a wrong sequence, over all connections that ended.
+    pub bad_sequence: u64,
+}
+
+/// The stream side of one shard. Lives in an `Rc` on its shard.
+pub struct StreamShard {
+    /// This shard's index.
+    pub id: usize,
+    /// Number of shards.
+    pub count: usize,
+    settings: StreamSettings,
+    shutdown: Shutdown,
+    shard: Rc<Shard>,
+    devices: Option<Rc<DeviceShard>>,
+    previews: RefCell<HashMap<u32, Preview>>,
+    /// Bound (TLS, TCP) ports, the ones preview start names.
+    ports: Cell<Option<(u16, u16)>>,
+    outbox: RefCell<Vec<Vec<StreamHandoff>>>,
+    outbox_notify: LocalNotify,
+    stats: Cell<StreamStats>,
+    ready: RefCell<Option<ReadySender>>,
+}
+
+impl std::fmt::Debug for StreamShard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamShard")
+            .field("id", &self.id)
+            .field("previews", &self.previews.borrow().len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn stream_type(kind: StreamKind) -> StreamType {
+    match kind {
+        StreamKind::Main => StreamType::Main,
+        StreamKind::Sub => StreamType::Sub,
+        StreamKind::Extern => StreamType::Extern,
+    }
+}
+
+impl StreamShard {
+    /// Starts the stream side of a shard: the sweeper, the handoff flusher, (on shard 0) the
+    /// listeners, and registers itself as the shard's on-demand starter.
+    pub fn start(
+        wiring: &StreamWiring,
+        shard: Rc<Shard>,
+        devices: Option<Rc<DeviceShard>>,
+        port: Rc<MeshPort<ShardMsg>>,
+    ) -> Rc<StreamShard> {
+        let this = Rc::new(StreamShard {
+            id: shard.id,
+            count: shard.count,
+            settings: wiring.settings.clone(),
+            shutdown: shard.shutdown.clone(),
+            devices,
+            previews: RefCell::new(HashMap::new()),
+            ports: Cell::new(None),
+            outbox: RefCell::new((0..shard.count).map(|_| Vec::new()).collect()),
+            outbox_notify: LocalNotify::new(),
+            stats: Cell::new(StreamStats::default()),
+            ready: RefCell::new(None),
+            shard: shard.clone(),
+        });
+        shard.set_on_demand(this.clone());
+        let sweeper = {
+            let weak = Rc::downgrade(&this);
+            rt::Sweeper::every(Duration::from_secs(1), move |now| {
+                if let Some(this) = weak.upgrade() {
+                    this.sweep(now);
+                }
+            })
+        };
+        let shutdown = this.shutdown.clone();
+        rt::spawn_detached(async move {
+            shutdown.wait().await;
+            sweeper.stop();
+        });
+        rt::spawn_detached(conn::flush_handoffs(this.clone(), port.clone()));
+        if this.id == 0 {
+            let ready = wiring.ready.clone();
+            let this = this.clone();
+            rt::spawn_detached(async move {
+                let (tls, tcp) = (this.settings.tls, this.settings.tcp);
+                match conn::spawn_listeners(&this, tls, tcp) {
+                    Ok((tls, tcp)) => {
+                        for to in 1..this.count {
+                            let msg = ShardMsg::Stream(StreamMsg::Listen { tls, tcp });
+                            if let Err(e) = port.send_to(to, msg).await {
+                                warn!("shard 0 could not tell shard {to} the stream ports: {e}");
+                            }
+                        }
+                        info!(%tls, %tcp, "device stream ports listening");
+                        let _ = ready.send(Ok((tls, tcp)));
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        this.shutdown.trigger();
+                    }
+                }
+            });
+        } else {
+            *this.ready.borrow_mut() = Some(wiring.ready.clone());
+        }
+        this
+    }
+
+    /// Handles a message from another shard.
+    pub fn on_message(self: &Rc<Self>, msg: StreamMsg) {
+        match msg {
+            StreamMsg::Listen { tls, tcp } => {
+                let result = conn::spawn_listeners(self, tls, tcp);
+                if let Some(ready) = self.ready.borrow_mut().take() {
+                    let _ = ready.send(result.map_err(|e| format!("shard {}: {e}", self.id)));
+                }
+            }
+            StreamMsg::Connections(handoffs) => {
+                for handoff in handoffs {
+                    conn::serve_handoff(self.clone(), handoff);
+                }
+            }
+        }
+    }
+
+    /// The shard's counters.
+    pub fn stats(&self) -> StreamStats {
+        self.stats.get()
+    }
+
+    fn count(&self, update: impl FnOnce(&mut StreamStats)) {
+        let mut stats = self.stats.get();
+        update(&mut stats);
+        self.stats.set(stats);
+    }
+
+    /// Registers a preview the device was asked for (also what tests use to start one without
+    /// signalling). A preview for the same stream already pending or live is replaced.
+    pub fn add_pending_preview(&self, stream_id: u32, key: StreamKey, mode: StreamMode) {
+        let now = Instant::now();
+        self.previews.borrow_mut().insert(
+            stream_id,
+            Preview {
+                key,
+                mode,
+                started: now,
+                hub: None,
+                last_watched: now,
+                close: LocalNotify::new(),
+                connected: false,
+            },
+        );
+    }
+
+    /// A stream connection of `uid` names `stream_id`: the preview's stream and the notify
+    /// that closes the connection; `None` when no such preview of that device exists.
+    fn attach(&self, stream_id: u32, uid: &str) -> Option<(StreamKey, LocalNotify)> {
+        let mut previews = self.previews.borrow_mut();
+        let preview = previews.get_mut(&stream_id)?;
+        if preview.key.uid() != uid || preview.connected {
+            return None;
+        }
+        preview.connected = true;
+        debug!(shard = self.id, stream_id, stream = %preview.key, mode = ?preview.mode, "stream connection attached");
+        Some((preview.key.clone(), preview.close.clone()))
+    }
+
+    /// The stream connection of `stream_id` published into `hub`.
+    fn published(&self, stream_id: u32, hub: Rc<RefCell<StreamHub>>) {
+        if let Some(preview) = self.previews.borrow_mut().get_mut(&stream_id) {
+            preview.hub = Some(hub);
+            preview.last_watched = Instant::now();
+        }
+    }
+
+    /// The stream connection of `stream_id` ended: the preview is over (a new DESCRIBE starts
+    /// another).
+    fn detached(&self, stream_id: u32) {
+        self.previews.borrow_mut().remove(&stream_id);
+    }
+
+    /// The port preview start names for `mode`.
+    fn port_for(&self, mode: StreamMode) -> Option<u16> {
+        let (tls, tcp) = self.ports.get()?;
+        Some(match mode {
+            StreamMode::Tls => tls,
+            _ => tcp,
+        })
+    }
+
+    /// Sends preview stop for a preview that ends (best effort: the device may be gone).
+    fn stop_preview(&self, stream_id: u32, key: &StreamKey) {
+        if let Some(devices) = &self.devices {
+            if let Err(e) = devices.preview_stop(key.uid(), u32::from(key.channel()), stream_id) {
+                debug!(shard = self.id, stream = %key, "preview stop not sent: {e}");
+            }
+        }
+    }
+
+    /// Stops previews nobody watched for the linger time; forgets previews the device never
+    /// connected for.
+    fn sweep(&self, now: Instant) {
+        let linger = self.settings.linger;
+        let abandon = self.settings.start_timeout + self.settings.handshake_timeout;
+        let mut ended = Vec::new();
+        self.previews.borrow_mut().retain(|&stream_id, preview| {
+            match &preview.hub {
+                Some(hub) => {
+                    if hub.borrow().viewer_count() > 0 {
+                        preview.last_watched = now;
+                        return true;
+                    }
+                    if now.saturating_duration_since(preview.last_watched) < linger {
+                        return true;
+                    }
+                    info!(shard = self.id, stream = %preview.key, stream_id, "no viewer for the linger time: preview stop");
+                    preview.close.notify();
+                    ended.push((stream_id, preview.key.clone(), true));
+                    false
+                }
+                None if !preview.connected
+                    && now.saturating_duration_since(preview.started) > abandon =>
+                {
+                    debug!(shard = self.id, stream = %preview.key, stream_id, "device never connected its stream");
+                    ended.push((stream_id, preview.key.clone(), false));
+                    false
+                }
+                None => true,
+            }
+        });
+        for (stream_id, key, stopped) in ended {
+            self.count(|s| {
+                if stopped {
+                    s.previews_stopped += 1
+                } else {
+                    s.previews_abandoned += 1
+                }
+            });
+            self.stop_preview(stream_id, &key);
+        }
+    }
+}
+
+impl OnDemand for StreamShard {
+    fn start(
+        self: Rc<Self>,
+        stream: &StreamKey,
+    ) -> Option<Pin<Box<dyn Future<Output = Result<(), Refusal>>>>> {
+        let devices = self.devices.as_ref()?;
+        if !devices.is_signalling_online(stream.uid()) {
+            return None;
+        }
+        let already = self.previews.borrow().values().any(|p| &p.key == stream);
+        if already {
+            // Another DESCRIBE started it: wait for the same description.
+            return Some(Box::pin(std::future::ready(Ok(()))));
+        }
+        let mode = self.settings.mode;
+        let Some(port) = self.port_for(mode) else {
+            return Some(Box::pin(std::future::ready(Err(Refusal::DeviceRefused))));
+        };
+        let sent = devices.preview_start(
+            stream.uid(),
+            u32::from(stream.channel()),
+            stream_type(stream.stream()),
+            mode,
+            port,
+        );
+        let (stream_id, reply) = match sent {
+            Ok(sent) => sent,
+            Err(e) => {
+                warn!(shard = self.id, %stream, "preview start not sent: {e}");
+                self.count(|s| s.previews_refused += 1);
+                return Some(Box::pin(std::future::ready(Err(Refusal::DeviceOffline))));
+            }
+        };
+        self.count(|s| s.previews_started += 1);
+        info!(shard = self.id, %stream, stream_id, mode = mode.as_str(), port, "preview start");
+        self.add_pending_preview(stream_id, stream.clone(), mode);
+        let key = stream.clone();
+        Some(Box::pin(async move {
+            let refused = match reply.await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "no answer".to_owned(),
+            };
+            warn!(shard = self.id, stream = %key, stream_id, "device refused preview start: {refused}");
+            self.count(|s| s.previews_refused += 1);
+            self.previews.borrow_mut().remove(&stream_id);
+            Err(Refusal::DeviceRefused)
+        }))
+    }
+
+    fn start_timeout(&self) -> Duration {
+        self.settings.start_timeout
+    }
+}
