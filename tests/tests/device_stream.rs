@@ -1,0 +1,456 @@
+//! Live video from a device to an RTSP viewer through a running server, over real sockets:
+//! a simulated camera provisions, opens its signalling link, and answers the preview start that
+//! a viewer's DESCRIBE triggers by opening a stream connection in the requested mode (61006
+//! mutual TLS, or 61007 encryptTCP with every frame encrypted) and streaming the real H.264 clip;
+//! ffprobe reads the stream back through the play URL. Once the viewer is gone for the linger
+//! time the server sends preview stop.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use loadgen::device::clip::{ClipPlayer, VideoClip};
+use loadgen::device::{preview_start_reply, EncryptPolicy, StreamDevice};
+use relay::proto::media::Codec;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConnection, StreamOwned};
+use serde_json::{json, Value};
+use signal::config::StreamEncryptMode;
+use signal::proto::access_key::AccessKeyPair;
+use signal::proto::body::{
+    BodyMessage, Capabilities, ChannelCapabilities, Handshake, PreviewStart, PreviewStartReply,
+    StreamMode, VideoCodecId,
+};
+use signal::proto::core_packet::{cmd, CorePacket};
+use signal::session::sim::SimDevice;
+use signal::tokens::{StreamGrant, TokenOp, TokenSigner};
+use tests::{run, TestServer};
+
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+const FPS: u32 = 25;
+
+fn exchange(stream: &mut impl ReadWriteAll, method: &str, path: &str, body: &Value) -> Value {
+    let body = body.to_string();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    stream.flush().unwrap();
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => response.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response head");
+    assert!(head.contains(" 200 "), "{head}\n{body}");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+trait ReadWriteAll: Read + Write {}
+impl<T: Read + Write> ReadWriteAll for T {}
+
+fn tls_connect(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> StreamOwned<ClientConnection, TcpStream> {
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let conn = ClientConnection::new(config, ServerName::try_from("localhost").unwrap()).unwrap();
+    StreamOwned::new(conn, tcp)
+}
+
+#[derive(Clone)]
+struct Device {
+    uid: String,
+    ca: String,
+    cert: String,
+    key: String,
+    keys: AccessKeyPair,
+}
+
+impl Device {
+    fn tls_config(&self) -> Arc<rustls::ClientConfig> {
+        pki::client_config_for_device(&self.ca, &self.cert, &self.key).unwrap()
+    }
+}
+
+fn provision(server: &TestServer, uid: &str) -> Device {
+    let mut api = TcpStream::connect(server.server.addrs.api).unwrap();
+    api.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let session = exchange(
+        &mut api,
+        "POST",
+        "/v1.0/devices/initialization-session",
+        &json!({ "uid": uid }),
+    );
+    let ca = server.server.pki.ca_pem().to_owned();
+    let trusting = pki::client_config_trusting(&ca).unwrap();
+    let credentials = exchange(
+        &mut tls_connect(server.server.addrs.credentials, trusting),
+        "POST",
+        "/v1.0/devices/credetials",
+        &json!({ "uid": uid, "code": session["code"] }),
+    );
+    let cert = credentials["cert"].as_str().unwrap().to_owned();
+    let key = credentials["key"].as_str().unwrap().to_owned();
+    let device_tls = pki::client_config_for_device(&ca, &cert, &key).unwrap();
+    let registration = exchange(
+        &mut tls_connect(server.server.addrs.registration, device_tls),
+        "POST",
+        "/v1.0/devices/registration",
+        &json!({ "uid": uid }),
+    );
+    Device {
+        uid: uid.to_owned(),
+        ca,
+        cert,
+        key,
+        keys: AccessKeyPair {
+            access_key: registration["accesskey"].as_str().unwrap().to_owned(),
+            secret: registration["secretAccesskey"].as_str().unwrap().to_owned(),
+        },
+    }
+}
+
+fn handshake(uid: &str) -> Handshake {
+    Handshake {
+        uid: uid.to_owned(),
+        family: None,
+        model: Some("RLC-810A".into()),
+        firmware: Some("v3.1.0.956".into()),
+        network_type: Some("wired".into()),
+        carrier: None,
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn play_url(server: &TestServer, uid: &str) -> String {
+    let secrets = signal::secrets::Secrets::open_or_create(server.data_dir()).unwrap();
+    let grant = StreamGrant {
+        uid: uid.into(),
+        channel: 0,
+        stream_type: "mainStream".into(),
+        op: TokenOp::Play,
+        exp: unix_now() + 600,
+    };
+    TokenSigner::new(secrets.token_key).sign_url(
+        "rtsp",
+        "127.0.0.1",
+        server.server.addrs.rtsp.port(),
+        &grant,
+    )
+}
+
+fn clip() -> Arc<VideoClip> {
+    let path = format!(
+        "{}/../loadgen/testdata/ropdev_h264_3s.264",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    Arc::new(VideoClip::from_annex_b(Codec::H264, Bytes::from(data)).unwrap())
+}
+
+/// What the simulated camera saw.
+#[derive(Debug)]
+enum DeviceEvent {
+    PreviewStart(PreviewStart),
+    StreamHandshakeOk,
+    PreviewStop { stream_id: u32 },
+}
+
+/// Writes the stream handshake and reads until the server's reply packet.
+fn stream_handshake(link: &mut impl ReadWriteAll, device: &mut StreamDevice, uid: &str) {
+    let bytes = device.handshake(&handshake(uid)).unwrap();
+    link.write_all(&bytes).unwrap();
+    link.flush().unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = link.read(&mut buf).expect("stream handshake reply");
+        assert!(
+            n > 0,
+            "server closed the stream connection at the handshake"
+        );
+        let packets = device.receive(&buf[..n]).unwrap();
+        if let Some(reply) = packets.first() {
+            assert_eq!(reply.header.command, cmd::HANDSHAKE);
+            assert_eq!(reply.header.response_code, 200);
+            return;
+        }
+    }
+}
+
+/// Streams the looping clip at its frame rate until `stop` or the server closes.
+fn stream_media(link: &mut impl ReadWriteAll, device: &mut StreamDevice, stop: &AtomicBool) {
+    let player = ClipPlayer::new(clip(), None, FPS, 1_000_000).looping();
+    let start = Instant::now();
+    for (index, frame) in player.enumerate() {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let bytes = device.media(&frame).unwrap();
+        if link.write_all(&bytes).and_then(|()| link.flush()).is_err() {
+            return;
+        }
+        let due = start + Duration::from_secs(1) * index as u32 / FPS;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+/// The camera: signalling link, then for each preview start a stream connection in the asked
+/// mode. Reports what it saw on `events`; ends when `stop` is set.
+fn run_camera(
+    server: (SocketAddr, SocketAddr, SocketAddr),
+    device: Device,
+    events: mpsc::Sender<DeviceEvent>,
+    stop: Arc<AtomicBool>,
+) {
+    let (signalling_addr, stream_tls, stream_tcp) = server;
+    let mut link = tls_connect(signalling_addr, device.tls_config());
+    link.sock
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut sim = SimDevice::signalling();
+    let hello = sim.handshake(&handshake(&device.uid), 1);
+    link.write_all(&hello).unwrap();
+    link.flush().unwrap();
+    let mut buf = [0u8; 16 * 1024];
+    let mut streams = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let packets: Vec<CorePacket> = match link.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => sim.receive(&buf[..n]).unwrap(),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(_) => break,
+        };
+        for packet in packets {
+            let id = packet.header.request_id;
+            match packet.header.command {
+                cmd::CAPABILITIES => {
+                    let capabilities = Capabilities {
+                        channels: vec![ChannelCapabilities {
+                            channel: 0,
+                            stream_mask: 3,
+                            ptz_type: 0,
+                            ptz_control: 0,
+                            wifi_mode: 0,
+                        }],
+                    };
+                    let reply = sim.reply_ok(cmd::CAPABILITIES, id, &capabilities);
+                    link.write_all(&reply).unwrap();
+                }
+                cmd::PREVIEW_START => {
+                    let start = PreviewStart::parse(&packet.body.to_contiguous()).unwrap();
+                    let reply = preview_start_reply(
+                        &mut sim,
+                        id,
+                        &PreviewStartReply {
+                            fps: FPS as u8,
+                            codec: VideoCodecId::H264,
+                        },
+                    );
+                    link.write_all(&reply).unwrap();
+                    link.flush().unwrap();
+                    let (device, events, stop) = (device.clone(), events.clone(), stop.clone());
+                    let _ = events.send(DeviceEvent::PreviewStart(start.clone()));
+                    streams.push(std::thread::spawn(move || {
+                        let mut addr = stream_tcp;
+                        addr.set_port(start.port);
+                        match start.mode {
+                            StreamMode::Tls => {
+                                let mut addr = stream_tls;
+                                addr.set_port(start.port);
+                                let mut stream = tls_connect(addr, device.tls_config());
+                                let mut sd = StreamDevice::tls(start.stream_id);
+                                stream_handshake(&mut stream, &mut sd, &device.uid);
+                                let _ = events.send(DeviceEvent::StreamHandshakeOk);
+                                stream_media(&mut stream, &mut sd, &stop);
+                            }
+                            mode => {
+                                let policy = match mode {
+                                    StreamMode::Tcp => EncryptPolicy::None,
+                                    _ => EncryptPolicy::All,
+                                };
+                                let mut stream = TcpStream::connect(addr).unwrap();
+                                stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                                let (mut sd, hello) = StreamDevice::encrypt_tcp(
+                                    &device.keys,
+                                    rand_nonce(),
+                                    start.stream_id,
+                                    policy,
+                                );
+                                stream.write_all(&hello).unwrap();
+                                let mut reply = [0u8; 100];
+                                stream.read_exact(&mut reply).unwrap();
+                                sd.receive(&reply).unwrap();
+                                assert_eq!(sd.hello_code(), Some(200));
+                                stream_handshake(&mut stream, &mut sd, &device.uid);
+                                let _ = events.send(DeviceEvent::StreamHandshakeOk);
+                                stream_media(&mut stream, &mut sd, &stop);
+                            }
+                        }
+                    }));
+                }
+                cmd::PREVIEW_STOP => {
+                    let stream_id = packet.body.to_contiguous();
+                    let text = String::from_utf8_lossy(&stream_id);
+                    let id_text = text
+                        .split("<attr002>")
+                        .nth(1)
+                        .and_then(|t| t.split('<').next())
+                        .and_then(|t| t.trim().parse().ok())
+                        .unwrap_or(0);
+                    let reply = sim.reply(cmd::PREVIEW_STOP, id, 200, b"");
+                    link.write_all(&reply).unwrap();
+                    let _ = events.send(DeviceEvent::PreviewStop { stream_id: id_text });
+                }
+                _ => {}
+            }
+        }
+        let _ = link.flush();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for stream in streams {
+        let _ = stream.join();
+    }
+}
+
+fn rand_nonce() -> [u8; 32] {
+    let mut nonce = [0u8; 32];
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    for (i, b) in nonce.iter_mut().enumerate() {
+        *b = (seed.wrapping_mul(2654435761).wrapping_add(i as u32 * 40503) >> 8) as u8;
+    }
+    nonce
+}
+
+/// Provisions a camera, starts it, and has ffprobe play its main stream on demand; returns
+/// ffprobe's `codec,width,height` line, the events, and the camera's stop flag.
+fn probe_device_stream(
+    mode: StreamEncryptMode,
+    uid: &str,
+) -> (
+    TestServer,
+    String,
+    mpsc::Receiver<DeviceEvent>,
+    Arc<AtomicBool>,
+) {
+    let server = TestServer::start_with(|c| {
+        c.stream_encrypt_mode = mode;
+        c.shards = Some(2);
+    });
+    let device = provision(&server, uid);
+    let (events_tx, events) = mpsc::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let addrs = (
+        server.server.addrs.signaling,
+        server.server.addrs.stream_tls,
+        server.server.addrs.stream_tcp,
+    );
+    {
+        let stop = stop.clone();
+        std::thread::spawn(move || run_camera(addrs, device, events_tx, stop));
+    }
+    // Wait until the signalling link is online (the camera handshakes at once).
+    std::thread::sleep(Duration::from_millis(500));
+    let url = play_url(&server, uid);
+    let out = run(
+        "timeout",
+        &[
+            "30",
+            "ffprobe",
+            "-v",
+            "error",
+            "-rtsp_transport",
+            "tcp",
+            "-show_entries",
+            "stream=codec_name,width,height",
+            "-of",
+            "csv=p=0",
+            &url,
+        ],
+    );
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        out.status.success(),
+        "ffprobe failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (server, line, events, stop)
+}
+
+fn expect_preview(events: &mpsc::Receiver<DeviceEvent>, mode: StreamMode) -> u32 {
+    match events.recv_timeout(Duration::from_secs(5)).unwrap() {
+        DeviceEvent::PreviewStart(start) => {
+            assert_eq!(start.mode, mode);
+            assert_eq!(start.channel, 0);
+            start.stream_id
+        }
+        other => panic!("expected preview start, got {other:?}"),
+    }
+}
+
+#[test]
+fn tls_stream_plays_on_demand_and_stops_after_the_linger() {
+    let (server, line, events, stop) =
+        probe_device_stream(StreamEncryptMode::Tls, "95270000STRMTLS1");
+    assert_eq!(line, "h264,320,240");
+    let stream_id = expect_preview(&events, StreamMode::Tls);
+    assert!(matches!(
+        events.recv_timeout(Duration::from_secs(5)).unwrap(),
+        DeviceEvent::StreamHandshakeOk
+    ));
+    // No viewer any more: preview stop after the linger (10 s) and a sweep.
+    match events.recv_timeout(Duration::from_secs(15)).unwrap() {
+        DeviceEvent::PreviewStop { stream_id: stopped } => assert_eq!(stopped, stream_id),
+        other => panic!("expected preview stop, got {other:?}"),
+    }
+    stop.store(true, Ordering::Relaxed);
+    drop(server);
+}
+
+#[test]
+fn encrypt_tcp_stream_with_every_frame_encrypted_plays_on_demand() {
+    let (server, line, events, stop) =
+        probe_device_stream(StreamEncryptMode::EncryptTcp, "95270000STRMETCP");
+    assert_eq!(line, "h264,320,240");
+    expect_preview(&events, StreamMode::EncryptTcp);
+    stop.store(true, Ordering::Relaxed);
+    drop(server);
+}
+
+#[test]
+fn plain_tcp_stream_plays_on_demand() {
+    let (server, line, events, stop) =
+        probe_device_stream(StreamEncryptMode::Tcp, "95270000STRMPTCP");
+    assert_eq!(line, "h264,320,240");
+    expect_preview(&events, StreamMode::Tcp);
+    stop.store(true, Ordering::Relaxed);
+    drop(server);
+}
