@@ -70,16 +70,16 @@ pub enum ShardMsg {
     Stream(crate::stream_conn::StreamMsg),
 }
 
+/// Resolves when the device accepted a preview start (`Ok`) or refused it.
+pub type PreviewStarted = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Refusal>>>>;
+
 /// Starts device streams when a viewer asks for one nobody publishes (set by
 /// [`crate::stream_conn::StreamShard`]).
 pub trait OnDemand {
     /// Asks the device of `stream` to start sending it. `None`: not a device online on this
     /// shard (wait for an RTSP publisher as usual). The future resolves when the device
     /// accepted (`Ok`) or refused.
-    fn start(
-        self: Rc<Self>,
-        stream: &StreamKey,
-    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Refusal>>>>>;
+    fn start(self: Rc<Self>, stream: &StreamKey) -> Option<PreviewStarted>;
     /// How long a viewer waits for the device's first keyframe.
     fn start_timeout(&self) -> Duration;
 }
@@ -431,6 +431,7 @@ pub type ReadySender = std::sync::mpsc::Sender<Result<SocketAddr, String>>;
 
 /// A shard's entry point: joins the mesh, binds the RTSP port (shard 0 first, then the others on
 /// the port it got), accepts and serves until `ctx.shutdown`.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     ctx: ShardContext,
     mesh: Mesh<ShardMsg>,

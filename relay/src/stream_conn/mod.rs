@@ -22,9 +22,7 @@ mod conn;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,7 +36,7 @@ use crate::device::DeviceShard;
 use crate::hub::{LocalNotify, StreamHub};
 use crate::ingest::IngestPolicy;
 use crate::rtsp::session::Refusal;
-use crate::shard::{OnDemand, Shard, ShardMsg};
+use crate::shard::{OnDemand, PreviewStarted, Shard, ShardMsg};
 use crate::stream_key::{StreamKey, StreamKind};
 
 pub use conn::StreamHandoff;
@@ -399,10 +397,7 @@ impl StreamShard {
 }
 
 impl OnDemand for StreamShard {
-    fn start(
-        self: Rc<Self>,
-        stream: &StreamKey,
-    ) -> Option<Pin<Box<dyn Future<Output = Result<(), Refusal>>>>> {
+    fn start(self: Rc<Self>, stream: &StreamKey) -> Option<PreviewStarted> {
         let devices = self.devices.as_ref()?;
         if !devices.is_signalling_online(stream.uid()) {
             return None;
