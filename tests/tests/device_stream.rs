@@ -275,7 +275,7 @@ fn run_camera(
                     link.write_all(&reply).unwrap();
                     link.flush().unwrap();
                     let (device, events, stop) = (device.clone(), events.clone(), stop.clone());
-                    let _ = events.send(DeviceEvent::PreviewStart(start.clone()));
+                    let _ = events.send(DeviceEvent::PreviewStart(start));
                     streams.push(std::thread::spawn(move || {
                         let mut addr = stream_tcp;
                         addr.set_port(start.port);
