@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Relay fan-out benchmark (issue 3): one publisher fanned out to 1, 10, 100 and 1000 RTSP viewers
-# over loopback, for two streams (the ~100 kbit/s H.264+AAC fixture and a 4 Mbit/s 720p30 H.264
-# stream encoded once up front), with the loopback TCP ceiling (iperf3) measured in the same run.
+# over loopback, for several streams (`clip`: the ~100 kbit/s H.264+AAC fixture; `hd4M`, `hd16M`...:
+# a 720p30 H.264 test pattern at that bitrate, encoded once up front and published with -c copy),
+# with the loopback TCP ceiling (iperf3) measured in the same run.
 #
 # For every row it records: relayed Gbit/s (bytes the viewers received per second, times 8),
 # the ratio to iperf3, relay CPU per shard (from /proc/PID/task/*/stat, sampled by loadgen),
@@ -11,7 +12,7 @@
 # payload copies in userspace".
 #
 # Usage: bench/fanout.sh [OUT_DIR]
-# Environment: VIEWERS="1 10 100 1000" DURATION=25s RAMP=200/s STREAMS="clip hd" HD_BITRATE=4M
+# Environment: VIEWERS="1 10 100 1000" DURATION=30s RAMP=200/s STREAMS="clip hd4M"
 #              SHARDS= (relay shards; default: all cores) LOADGEN_SHARDS=1
 #              CARGO_TARGET_DIR (default: <repo>/target) NO_BUILD=1 (use built binaries)
 set -euo pipefail
@@ -19,10 +20,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${1:-$ROOT/target/bench-fanout/$(date +%Y%m%d-%H%M%S)}
 VIEWERS=${VIEWERS:-"1 10 100 1000"}
-DURATION=${DURATION:-25s}
+DURATION=${DURATION:-30s}
 RAMP=${RAMP:-200/s}
-STREAMS=${STREAMS:-"clip hd"}
-HD_BITRATE=${HD_BITRATE:-4M}
+STREAMS=${STREAMS:-"clip hd4M"}
 LOADGEN_SHARDS=${LOADGEN_SHARDS:-1}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET_DIR/release
@@ -121,13 +121,14 @@ url() { "$BIN/relay" url "$1" --data "$DATA" --uid "$2" --config "$OUT/relay.tom
 stream_file() {
     case $1 in
     clip) echo "$ROOT/tests/testdata/clip_h264_aac.mp4" ;;
-    hd)
-        local file=$OUT/hd_$HD_BITRATE.mp4
+    hd*)
+        local bitrate=${1#hd}
+        local file=$OUT/hd_$bitrate.mp4
         if [ ! -s "$file" ]; then
-            log "encoding a 20 s 1280x720@30 H.264 test pattern at $HD_BITRATE"
+            log "encoding a 20 s 1280x720@30 H.264 test pattern at $bitrate"
             nice -n 10 ffmpeg -hide_banner -loglevel error -y -f lavfi -i testsrc2=size=1280x720:rate=30 \
-                -t 20 -c:v libx264 -preset veryfast -b:v "$HD_BITRATE" -maxrate "$HD_BITRATE" \
-                -bufsize "$HD_BITRATE" -g 30 -pix_fmt yuv420p "$file"
+                -t 20 -c:v libx264 -preset veryfast -b:v "$bitrate" -maxrate "$bitrate" \
+                -bufsize "$bitrate" -g 30 -pix_fmt yuv420p "$file"
         fi
         echo "$file"
         ;;
@@ -161,11 +162,49 @@ copy_share() {
     awk '/\[\.\]/ && tolower($0) ~ /(memcpy|memmove|memset)/ { gsub("%","",$1); s+=$1 } END { printf "%.2f\n", s+0 }' "$out.txt"
 }
 
+# Userspace bytes copied and zeroed: uprobes on glibc's memmove/memcpy and memset variants (all
+# one function family per CPU; memcpy is an alias of memmove), summing their length argument
+# over WINDOW seconds. Copies the compiler inlines (fixed small sizes such as the 4-byte
+# interleaved header) are not calls and are not counted; they are bounded per packet.
+UPROBES=()
+setup_uprobes() {
+    need perf || return 0
+    local libc
+    libc=$(ldd "$BIN/relay" | awk '/libc.so/{print $3}')
+    [ -n "$libc" ] || return 0
+    perf probe -q -d 'probe_libc:fanout_*' >/dev/null 2>&1 || true
+    local isa kind
+    for kind in memmove memset; do
+        for isa in sse2 avx avx2 evex avx512; do
+            if perf probe -q -x "$libc" --add "fanout_${kind}_$isa=__${kind}_${isa}_unaligned_erms len=%dx:u64" >/dev/null 2>&1; then
+                UPROBES+=("probe_libc:fanout_${kind}_$isa")
+            fi
+        done
+    done
+    log "uprobes: ${UPROBES[*]:-none}"
+}
+remove_uprobes() { [ ${#UPROBES[@]} -eq 0 ] || perf probe -q -d 'probe_libc:fanout_*' >/dev/null 2>&1 || true; }
+# Prints "memmove_bytes memset_bytes" for WINDOW seconds of the relay.
+copied_bytes() {
+    local out=$1
+    if [ ${#UPROBES[@]} -eq 0 ]; then echo "null null"; return; fi
+    local events
+    events=$(IFS=,; echo "${UPROBES[*]}")
+    perf record -q -e "$events" -p "$RELAY" -o "$out.data" -- sleep "$WINDOW" >/dev/null 2>&1 || { echo "null null"; return; }
+    perf script -i "$out.data" -F event,trace 2>/dev/null | awk '
+        { for (i = 1; i <= NF; i++) if ($i ~ /^len=/) { n = substr($i, 5) + 0 } }
+        /fanout_memmove/ { m += n } /fanout_memset/ { z += n }
+        END { printf "%d %d\n", m, z }'
+}
+setup_uprobes
+trap 'remove_uprobes; cleanup' EXIT
+
 ROWS=$OUT/rows.jsonl
 : >"$ROWS"
 for stream in $STREAMS; do
     file=$(stream_file "$stream")
     uid="BENCH${stream^^}"  # stream keys are ASCII alphanumeric
+    uid=${uid//[^A-Z0-9]/}
     publish=$(url publish "$uid")
     play=$(url play "$uid")
     log "publishing $file"
@@ -180,16 +219,19 @@ for stream in $STREAMS; do
             --shards "$LOADGEN_SHARDS" --server-pid "$RELAY" --report "$OUT/$tag.json" --svg "$OUT/$tag.svg" \
             --expect "loss=0,disconnects=0,failed=0" >"$OUT/$tag.txt" 2>"$OUT/$tag.progress" &
         loadgen=$!
-        # Measure in the steady state: after the ramp and the settling time.
+        # Measure in the steady state, after the ramp and the settling time: three windows of
+        # WINDOW seconds one after the other (syscalls, CPU profile, copied bytes).
         ramp_secs=$(awk -v n="$n" -v r="${RAMP%/s}" 'BEGIN { printf "%d", (n - 1) / r + 4 }')
         sleep "$ramp_secs"
         read -r sendmsg other < <(count_syscalls "$OUT/$tag.syscalls")
         copies=$(copy_share "$OUT/$tag.perf")
+        read -r memmove memset < <(copied_bytes "$OUT/$tag.uprobes")
         status=0
         wait "$loadgen" || status=$?
         cat "$OUT/$tag.txt" >&2
         jq -c --arg stream "$stream" --argjson n "$n" --argjson sendmsg "$sendmsg" --argjson other "$other" \
-            --argjson window "$WINDOW" --argjson copies "$copies" --argjson status "$status" '{
+            --argjson window "$WINDOW" --argjson copies "$copies" --argjson status "$status" \
+            --argjson memmove "$memmove" --argjson memset "$memset" '{
                 stream: $stream, viewers: $n, exit: $status,
                 gbps: .summary.steady_gbps, packets_per_sec: .summary.steady_packets_per_sec,
                 viewer_mbps_p50: .summary.viewer_mbps.p50,
@@ -200,7 +242,9 @@ for stream in $STREAMS; do
                 rss_mb: .summary.server.rss_mb_max, loadgen_cpu: .summary.loadgen_cpu_pct_mean,
                 sendmsg_per_packet: (if .summary.steady_packets_per_sec > 0 then $sendmsg / (.summary.steady_packets_per_sec * $window) else null end),
                 other_writes_per_packet: (if .summary.steady_packets_per_sec > 0 then $other / (.summary.steady_packets_per_sec * $window) else null end),
-                userspace_copy_cpu_pct: $copies
+                userspace_copy_cpu_pct: $copies,
+                memmove_bytes_per_byte: (if $memmove == null or .summary.steady_gbps == 0 then null else $memmove / (.summary.steady_gbps * 1e9 / 8 * $window) end),
+                memset_bytes_per_byte: (if $memset == null or .summary.steady_gbps == 0 then null else $memset / (.summary.steady_gbps * 1e9 / 8 * $window) end)
             }' "$OUT/$tag.json" >>"$ROWS"
     done
     kill "$publisher" 2>/dev/null || true
@@ -215,8 +259,8 @@ IPERF=$(awk -v a="$IPERF_BEFORE" -v b="$IPERF_AFTER" 'BEGIN { printf "%.2f", (a 
     echo "Machine: $(nproc) cores, $(awk '/model name/{$1=$2=$3="";print;exit}' /proc/cpuinfo | sed 's/^ *//'), kernel $(uname -r)"
     echo "iperf3 loopback: before $IPERF_BEFORE, after $IPERF_AFTER, mean $IPERF Gbit/s (single TCP stream)"
     echo
-    echo "| stream | viewers | relayed Gbit/s | vs iperf3 | relay CPU % per shard | sendmsg / packet | other writes / packet | userspace memcpy/memset % of relay CPU | loss | TTFK p50 / p99 ms | loadgen CPU % |"
-    echo "|---|---|---|---|---|---|---|---|---|---|---|"
+    echo "| stream | viewers | relayed Gbit/s | vs iperf3 | relay CPU % per shard | sendmsg / packet | other writes / packet | userspace memcpy/memset % of relay CPU | userspace bytes copied (zeroed) per relayed byte | loss | TTFK p50 / p99 ms | loadgen CPU % |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
     jq -r --argjson iperf "$IPERF" '[
         .stream, .viewers,
         (.gbps * 10000 | round / 10000),
@@ -225,6 +269,7 @@ IPERF=$(awk -v a="$IPERF_BEFORE" -v b="$IPERF_AFTER" 'BEGIN { printf "%.2f", (a 
         (if .sendmsg_per_packet == null then "-" else (.sendmsg_per_packet * 1000 | round / 1000) end),
         (if .other_writes_per_packet == null then "-" else (.other_writes_per_packet * 1000 | round / 1000) end),
         (.userspace_copy_cpu_pct // "-"),
+        (if .memmove_bytes_per_byte == null then "-" else "\(.memmove_bytes_per_byte * 10000 | round / 10000) (\(.memset_bytes_per_byte * 10000 | round / 10000))" end),
         "\(.lost) lost, \(.disconnects) disc.",
         "\(.ttfk_p50_ms | round) / \(.ttfk_p99_ms | round)",
         (.loadgen_cpu | round)

@@ -265,6 +265,11 @@ fn rtsp_command(args: RtspArgs) -> anyhow::Result<bool> {
         summary,
         samples: outcome.samples,
         errors: error_counts(&outcome.records, 16),
+        viewers: {
+            let mut records = outcome.records;
+            records.sort_by_key(|r| r.id);
+            records
+        },
     };
     drop(publisher);
     print!("{}", report.summary.render_text());

@@ -561,6 +561,8 @@ pub struct Report {
     pub samples: Vec<Sample>,
     /// The first few distinct failure and disconnect reasons, with counts.
     pub errors: BTreeMap<String, usize>,
+    /// Every viewer's record, by id (e.g. to see whether late starters set up slower).
+    pub viewers: Vec<ViewerRecord>,
 }
 
 impl Report {
