@@ -66,6 +66,8 @@ pub struct RunningServer {
     shutdown: Shutdown,
     control: Option<std::thread::JoinHandle<()>>,
     shards: Option<rt::shard::RunningShards<()>>,
+    /// Closed by `stop()`, so the data directory can be opened again at once.
+    store: Arc<signal::store::Store>,
 }
 
 impl std::fmt::Debug for RunningServer {
@@ -100,6 +102,7 @@ impl RunningServer {
             let _ = control.join();
         }
         self.join_shards();
+        self.store.close();
     }
 }
 
@@ -139,6 +142,7 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
     let store = signal::store::Store::open(data_dir)?;
     let pki = Arc::new(pki);
     let store = Arc::new(store);
+    let store_handle = store.clone();
     signal::provisioning::publish_crl(&pki, &store)?;
     warn_about_expiry(&pki);
 
@@ -271,6 +275,7 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
         shutdown,
         control: Some(control),
         shards: Some(shards),
+        store: store_handle,
     })
 }
 
@@ -446,7 +451,7 @@ async fn run_control_plane(
     let api_token =
         (config.api.auth == signal::config::ApiAuth::Token).then(|| secrets.api_token.clone());
     let alarm_metrics = Some(alarm_delivery.queue().metrics().clone());
-    rt::spawn_detached(alarm_delivery.run(shutdown.clone()));
+    let alarm_sender = rt::spawn_local(alarm_delivery.run(shutdown.clone()));
     let plane = Arc::new(ControlPlane {
         alarm_metrics,
         config,
@@ -522,6 +527,9 @@ async fn run_control_plane(
     for task in tasks {
         task.await;
     }
+    // The sender holds the store: it must be gone before `stop()` returns, so that the data
+    // directory can be opened again (a restart, `relay pki revoke`).
+    alarm_sender.await;
     watcher.cancel().await;
 }
 
@@ -535,6 +543,7 @@ async fn accept_http(
     shutdown: Shutdown,
 ) {
     let local = listener.local_addr().ok();
+    let open = Rc::new(OpenConnections::default());
     while let Some(accepted) = listener.accept_until(&shutdown).await {
         let stream = match accepted {
             Ok(stream) => stream,
@@ -546,7 +555,9 @@ async fn accept_http(
         };
         let (handler, tls, http, shutdown) =
             (handler.clone(), tls.clone(), http.clone(), shutdown.clone());
+        let guard = open.enter();
         rt::spawn_detached(async move {
+            let _guard = guard;
             let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
                 return;
             };
@@ -561,7 +572,11 @@ async fn accept_http(
                     serve_connection_until(stream, &*handler, info, &http, shutdown.wait()).await
                 }
                 Some(config) => {
-                    match rt::tls::accept(stream, config, TLS_HANDSHAKE_TIMEOUT).await {
+                    let handshake = rt::tls::accept(stream, config, TLS_HANDSHAKE_TIMEOUT);
+                    let Some(handshake) = shutdown.until(handshake).await else {
+                        return;
+                    };
+                    match handshake {
                         Ok(tls) => {
                             info.client_uid = tls.peer_certificates().and_then(pki::peer_uid);
                             serve_connection_until(tls, &*handler, info, &http, shutdown.wait())
@@ -578,6 +593,44 @@ async fn accept_http(
                 debug!(%peer, "HTTP connection ended: {e}");
             }
         });
+    }
+    // Every connection task ends on shutdown; wait for them so that none outlives the
+    // executor (a task left behind would keep the control plane, and the store, alive).
+    let _ = rt::timer::timeout(SHUTDOWN_DRAIN_TIMEOUT, open.drained()).await;
+}
+
+/// How long shutdown waits for connection tasks to finish their current request.
+const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Counts the connection tasks of one listener, so that shutdown can wait for them.
+#[derive(Default)]
+struct OpenConnections {
+    count: std::cell::Cell<usize>,
+    idle: crate::hub::LocalNotify,
+}
+
+/// Held by one connection task; leaving decrements the count.
+struct OpenConnection(Rc<OpenConnections>);
+
+impl OpenConnections {
+    fn enter(self: &Rc<Self>) -> OpenConnection {
+        self.count.set(self.count.get() + 1);
+        OpenConnection(self.clone())
+    }
+
+    async fn drained(&self) {
+        while self.count.get() > 0 {
+            self.idle.notified().await;
+        }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.count.set(self.0.count.get() - 1);
+        if self.0.count.get() == 0 {
+            self.0.idle.notify();
+        }
     }
 }
 

@@ -145,7 +145,7 @@ pub struct Shard {
     outbox: RefCell<Vec<Vec<Handoff>>>,
     outbox_notify: LocalNotify,
     stats: Cell<ShardStats>,
-    on_demand: RefCell<Option<Rc<dyn OnDemand>>>,
+    on_demand: RefCell<Option<std::rc::Weak<dyn OnDemand>>>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -184,9 +184,11 @@ impl Shard {
         }
     }
 
-    /// Sets who starts device streams on demand.
-    pub fn set_on_demand(&self, on_demand: Rc<dyn OnDemand>) {
-        *self.on_demand.borrow_mut() = Some(on_demand);
+    /// Sets who starts device streams on demand. The shard keeps only a weak reference: the
+    /// starter holds the shard, and a cycle would keep both (and the store behind them) alive
+    /// after shutdown.
+    pub fn set_on_demand(&self, on_demand: &Rc<dyn OnDemand>) {
+        *self.on_demand.borrow_mut() = Some(Rc::downgrade(on_demand));
     }
 
     /// The shard's counters.
@@ -249,7 +251,11 @@ impl Shard {
         if let Some(entry) = self.streams.borrow_mut().get_mut(stream) {
             entry.waiters.push(waiter.clone());
         }
-        let on_demand = self.on_demand.borrow().clone();
+        let on_demand = self
+            .on_demand
+            .borrow()
+            .as_ref()
+            .and_then(std::rc::Weak::upgrade);
         let started = on_demand.and_then(|d| {
             let timeout = d.start_timeout();
             d.start(stream).map(|started| (started, timeout))

@@ -25,6 +25,9 @@ pub enum StoreError {
         /// The store file.
         path: PathBuf,
     },
+    /// The store was closed (the server is stopping).
+    #[error("the store is closed")]
+    Closed,
     /// The database engine failed (disk full, corruption, I/O).
     #[error("store: {0}")]
     Database(String),
@@ -125,7 +128,20 @@ pub enum IssueOutcome<T, E> {
 /// The embedded store of one data directory.
 #[derive(Debug)]
 pub struct Store {
-    db: Database,
+    /// `None` once [`Store::close`] ran: the file lock is released even if something still
+    /// holds the `Store`.
+    db: std::sync::RwLock<Option<Database>>,
+}
+
+/// Read access to the open database; see [`Store::database`].
+pub(crate) struct DbGuard<'a>(std::sync::RwLockReadGuard<'a, Option<Database>>);
+
+impl std::ops::Deref for DbGuard<'_> {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        // `Store::database` only hands out guards over an open database.
+        self.0.as_ref().expect("checked open")
+    }
 }
 
 impl Store {
@@ -144,14 +160,34 @@ impl Store {
         txn.open_table(CODES)?;
         txn.open_table(REVOKED)?;
         txn.commit()?;
-        Ok(Self { db })
+        Ok(Self {
+            db: std::sync::RwLock::new(Some(db)),
+        })
     }
 
     /// The database itself, for modules that keep their own tables in the same file (the alarm
     /// queue, [`crate::alarms::AlarmQueue`]), so that one process holds one lock and one fsync
     /// path.
-    pub(crate) fn database(&self) -> &Database {
-        &self.db
+    pub(crate) fn database(&self) -> Result<DbGuard<'_>, StoreError> {
+        let guard = self
+            .db
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if guard.is_none() {
+            return Err(StoreError::Closed);
+        }
+        Ok(DbGuard(guard))
+    }
+
+    /// Closes the database and releases its file lock; every later operation fails with
+    /// [`StoreError::Closed`]. The server calls it when it stops, so that the data directory
+    /// can be opened again at once, whatever still holds the `Store`.
+    pub fn close(&self) {
+        let mut db = self
+            .db
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *db = None;
     }
 
     /// Records a new one-time code (by its hash); drops expired codes on the way.
@@ -161,7 +197,7 @@ impl Store {
         record: &CodeRecord,
         now: u64,
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.database()?.begin_write()?;
         {
             let mut codes = txn.open_table(CODES)?;
             let mut expired = Vec::new();
@@ -204,7 +240,7 @@ impl Store {
         now: u64,
         issue: impl FnOnce() -> Result<(T, IssuedCert), E>,
     ) -> Result<IssueOutcome<T, E>, StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.database()?.begin_write()?;
         let outcome = {
             let mut codes = txn.open_table(CODES)?;
             if let Some(hash) = code_hash {
@@ -270,7 +306,7 @@ impl Store {
     /// Revokes every certificate of `uid`; returns the serials newly revoked (empty if the
     /// device is unknown or was revoked already).
     pub fn revoke_device(&self, uid: &str, now: u64) -> Result<Option<Vec<String>>, StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.database()?.begin_write()?;
         let revoked = {
             let mut devices = txn.open_table(DEVICES)?;
             let mut device = match devices.get(uid)? {
@@ -295,7 +331,7 @@ impl Store {
 
     /// One device.
     pub fn device(&self, uid: &str) -> Result<Option<DeviceRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.database()?.begin_read()?;
         let devices = txn.open_table(DEVICES)?;
         let record = devices.get(uid)?;
         record
@@ -305,7 +341,7 @@ impl Store {
 
     /// Every device, in UID order.
     pub fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.database()?.begin_read()?;
         let devices = txn.open_table(DEVICES)?;
         let mut out = Vec::new();
         for entry in devices.iter()? {
@@ -317,7 +353,7 @@ impl Store {
 
     /// Every revoked serial with its revocation time, for the CRL.
     pub fn revoked_serials(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.database()?.begin_read()?;
         let table = txn.open_table(REVOKED)?;
         let mut out = Vec::new();
         for entry in table.iter()? {
@@ -333,7 +369,7 @@ impl Store {
         uid: &str,
         change: impl FnOnce(&mut DeviceRecord),
     ) -> Result<bool, StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.database()?.begin_write()?;
         let found = {
             let mut devices = txn.open_table(DEVICES)?;
             let record = match devices.get(uid)? {
@@ -491,6 +527,16 @@ mod tests {
         assert!(store.device(uid).unwrap().unwrap().revoked);
         assert_eq!(store.revoked_serials().unwrap().len(), 2);
         assert_eq!(store.revoke_device("ZZZZZZZZZZZZZZZZ", 5).unwrap(), None);
+    }
+
+    #[test]
+    fn close_releases_the_file_while_references_remain() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(Store::open(dir.path()).unwrap());
+        let still_held = store.clone();
+        store.close();
+        assert!(matches!(still_held.devices(), Err(StoreError::Closed)));
+        Store::open(dir.path()).unwrap();
     }
 
     #[test]

@@ -218,7 +218,8 @@ impl StreamShard {
             ready: RefCell::new(None),
             shard: shard.clone(),
         });
-        shard.set_on_demand(this.clone());
+        let on_demand: Rc<dyn crate::shard::OnDemand> = this.clone();
+        shard.set_on_demand(&on_demand);
         let sweeper = {
             let weak = Rc::downgrade(&this);
             rt::Sweeper::every(Duration::from_secs(1), move |now| {

@@ -101,7 +101,7 @@ impl AlarmQueue {
         settings: QueueSettings,
         metrics: Arc<AlarmMetrics>,
     ) -> Result<Self, StoreError> {
-        let txn = store.database().begin_write()?;
+        let txn = store.database()?.begin_write()?;
         {
             let queue = txn.open_table(QUEUE)?;
             txn.open_table(DEAD)?;
@@ -148,7 +148,7 @@ impl AlarmQueue {
         if events.is_empty() {
             return Ok(());
         }
-        let txn = self.store.database().begin_write()?;
+        let txn = self.store.database()?.begin_write()?;
         let dropped = {
             let mut queue = txn.open_table(QUEUE)?;
             let mut meta = txn.open_table(META)?;
@@ -194,7 +194,7 @@ impl AlarmQueue {
     /// Up to `limit` waiting alarms in arrival order, starting after `after` (from the start
     /// when `None`). Nothing is removed: see [`AlarmQueue::ack`].
     pub fn peek(&self, after: Option<u64>, limit: usize) -> Result<Vec<QueuedAlarm>, StoreError> {
-        let txn = self.store.database().begin_read()?;
+        let txn = self.store.database()?.begin_read()?;
         let queue = txn.open_table(QUEUE)?;
         let start = match after {
             Some(seq) => seq.saturating_add(1),
@@ -218,7 +218,7 @@ impl AlarmQueue {
     /// Removes alarm `seq` after the webhook acknowledged it. False if it was not there any
     /// more (dropped for backlog while in flight).
     pub fn ack(&self, seq: u64) -> Result<bool, StoreError> {
-        let txn = self.store.database().begin_write()?;
+        let txn = self.store.database()?.begin_write()?;
         let found = {
             let mut queue = txn.open_table(QUEUE)?;
             let found = queue.remove(seq)?.is_some();
@@ -233,7 +233,7 @@ impl AlarmQueue {
     /// Moves alarm `seq` to the dead-letter table, in one transaction. False if it was not in
     /// the queue.
     pub fn dead_letter(&self, seq: u64, reason: &str, now_ms: u64) -> Result<bool, StoreError> {
-        let txn = self.store.database().begin_write()?;
+        let txn = self.store.database()?.begin_write()?;
         let found = {
             let mut queue = txn.open_table(QUEUE)?;
             let Some(value) = queue.remove(seq)? else {
@@ -264,7 +264,7 @@ impl AlarmQueue {
 
     /// The most recent `limit` dead letters, newest first.
     pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
-        let txn = self.store.database().begin_read()?;
+        let txn = self.store.database()?.begin_read()?;
         let dead = txn.open_table(DEAD)?;
         let mut out = Vec::new();
         for entry in dead.iter()?.rev() {
@@ -279,7 +279,7 @@ impl AlarmQueue {
 
     /// Alarms waiting, read from the store.
     pub fn depth(&self) -> Result<u64, StoreError> {
-        let txn = self.store.database().begin_read()?;
+        let txn = self.store.database()?.begin_read()?;
         Ok(txn.open_table(QUEUE)?.len()?)
     }
 
