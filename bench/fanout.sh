@@ -135,18 +135,19 @@ stream_file() {
     esac
 }
 
-# Counts the relay's syscalls for WINDOW seconds; prints "sendmsg other" (other = sendto+write+writev).
+# Counts the relay's syscalls for WINDOW seconds; prints "sendmsg other" (other = sendto, write,
+# writev, recvfrom and io_uring_enter: everything else the data path may call).
 count_syscalls() {
     local out=$1
     case $SYSCALL_TOOL in
     perf)
         perf stat -x, -o "$out" -e syscalls:sys_enter_sendmsg,syscalls:sys_enter_sendto,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_recvfrom,syscalls:sys_enter_io_uring_enter \
             -p "$RELAY" -- sleep "$WINDOW" >/dev/null 2>&1
-        awk -F, '/sys_enter_sendmsg/{s=$1} /sys_enter_(sendto|write|writev)/{o+=$1} END{print s+0, o+0}' "$out"
+        awk -F, '/sys_enter_sendmsg/{s=$1} /sys_enter_(sendto|write|writev|recvfrom|io_uring_enter)/{o+=$1} END{print s+0, o+0}' "$out"
         ;;
     strace)
-        timeout "$WINDOW" strace -f -c -e trace=sendmsg,sendto,write,writev -p "$RELAY" -o "$out" >/dev/null 2>&1 || true
-        awk '$NF=="sendmsg"{s=$4} $NF~/^(sendto|write|writev)$/{o+=$4} END{print s+0, o+0}' "$out"
+        timeout "$WINDOW" strace -f -c -e trace=sendmsg,sendto,write,writev,recvfrom,io_uring_enter -p "$RELAY" -o "$out" >/dev/null 2>&1 || true
+        awk '$NF=="sendmsg"{s=$4} $NF~/^(sendto|write|writev|recvfrom|io_uring_enter)$/{o+=$4} END{print s+0, o+0}' "$out"
         ;;
     *) echo "0 0" ;;
     esac
@@ -173,12 +174,25 @@ setup_uprobes() {
     libc=$(ldd "$BIN/relay" | awk '/libc.so/{print $3}')
     [ -n "$libc" ] || return 0
     perf probe -q -d 'probe_libc:fanout_*' >/dev/null 2>&1 || true
-    local isa kind
+    local isa kind func offset event
     for kind in memmove memset; do
         for isa in sse2 avx avx2 evex avx512; do
-            if perf probe -q -x "$libc" --add "fanout_${kind}_$isa=__${kind}_${isa}_unaligned_erms len=%dx:u64" >/dev/null 2>&1; then
-                UPROBES+=("probe_libc:fanout_${kind}_$isa")
-            fi
+            func=__${kind}_${isa}_unaligned_erms
+            event=fanout_${kind}_$isa
+            # Uprobes refuse some VEX-encoded first instructions (memset's vmovd): then probe
+            # the second instruction, where the length is still in %rdx.
+            for offset in 0 $(gdb -batch -ex "disassemble $func" "$libc" 2>/dev/null | awk -F'[<>+]' 'NR == 3 { print $3 }'); do
+                perf probe -q -d "probe_libc:$event" >/dev/null 2>&1 || true
+                perf probe -q -x "$libc" --add "$event=$func+$offset len=%dx:u64" >/dev/null 2>&1 || break
+                # Validate on a running process: an unsupported probe point only fails when the
+                # probe is inserted into an existing mapping.
+                sleep 2 &
+                if perf record -q -e "probe_libc:$event" -p $! -o /dev/null -- sleep 0.1 >/dev/null 2>&1; then
+                    UPROBES+=("probe_libc:$event")
+                    break
+                fi
+                perf probe -q -d "probe_libc:$event" >/dev/null 2>&1 || true
+            done
         done
     done
     log "uprobes: ${UPROBES[*]:-none}"
@@ -259,7 +273,7 @@ IPERF=$(awk -v a="$IPERF_BEFORE" -v b="$IPERF_AFTER" 'BEGIN { printf "%.2f", (a 
     echo "Machine: $(nproc) cores, $(awk '/model name/{$1=$2=$3="";print;exit}' /proc/cpuinfo | sed 's/^ *//'), kernel $(uname -r)"
     echo "iperf3 loopback: before $IPERF_BEFORE, after $IPERF_AFTER, mean $IPERF Gbit/s (single TCP stream)"
     echo
-    echo "| stream | viewers | relayed Gbit/s | vs iperf3 | relay CPU % per shard | sendmsg / packet | other writes / packet | userspace memcpy/memset % of relay CPU | userspace bytes copied (zeroed) per relayed byte | loss | TTFK p50 / p99 ms | loadgen CPU % |"
+    echo "| stream | viewers | relayed Gbit/s | vs iperf3 | relay CPU % per shard | sendmsg / packet | other syscalls / packet | userspace memcpy/memset % of relay CPU | userspace bytes copied (zeroed) per relayed byte | loss | TTFK p50 / p99 ms | loadgen CPU % |"
     echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
     jq -r --argjson iperf "$IPERF" '[
         .stream, .viewers,
