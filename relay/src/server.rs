@@ -202,8 +202,10 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
     let (devices, directory, devices_ready) =
         crate::device::DeviceWiring::new(device_settings, shard_count);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let advertised = Arc::new(signal::api::AdvertisedPorts::default());
     let control = {
         let pki = pki.clone();
+        let advertised = advertised.clone();
         let shutdown = shutdown.clone();
         std::thread::Builder::new()
             .name("control".into())
@@ -217,6 +219,7 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
                             secrets,
                             directory,
                             alarm_delivery,
+                            advertised,
                         },
                         shutdown,
                         ready_tx,
@@ -250,6 +253,7 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
         }
     };
     addrs.rtsp = rtsp;
+    advertised.set_rtsp(rtsp.port());
     addrs.keepalive = keepalive;
     addrs.signaling = signaling;
     addrs.stream_tls = stream_tls;
@@ -382,6 +386,7 @@ struct ControlPlaneParts {
     secrets: signal::secrets::Secrets,
     directory: signal::devices::DeviceDirectory,
     alarm_delivery: signal::alarms::AlarmDelivery,
+    advertised: Arc<signal::api::AdvertisedPorts>,
 }
 
 async fn run_control_plane(
@@ -396,6 +401,7 @@ async fn run_control_plane(
         secrets,
         directory,
         alarm_delivery,
+        advertised,
     } = parts;
     let bind = |what: &str, addr: SocketAddr| {
         TcpListener::bind(addr).with_context(|| format!("binding the {what} listener on {addr}"))
@@ -472,6 +478,7 @@ async fn run_control_plane(
             })
         },
         devices: Some(directory),
+        advertised,
     });
     let http = Rc::new(HttpConfig::default());
     let server_tls = pki.server_config();

@@ -58,6 +58,30 @@ pub struct ControlPlane {
     pub devices: Option<crate::devices::DeviceDirectory>,
     /// Alarm delivery counters (received, queued, delivered, …) for `/metrics`.
     pub alarm_metrics: Option<Arc<crate::alarms::AlarmMetrics>>,
+    /// Ports of the data plane as bound (filled once the shards listen), for play URLs.
+    pub advertised: Arc<AdvertisedPorts>,
+}
+
+/// Data-plane ports the client API hands out, known only once the shards have bound them
+/// (a configured port 0 binds an ephemeral one). Unset: the configured port.
+#[derive(Debug, Default)]
+pub struct AdvertisedPorts {
+    rtsp: std::sync::atomic::AtomicU16,
+}
+
+impl AdvertisedPorts {
+    /// Records the RTSP port the shards listen on.
+    pub fn set_rtsp(&self, port: u16) {
+        self.rtsp.store(port, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The RTSP port for play URLs: the bound one, else `configured`.
+    pub fn rtsp_or(&self, configured: u16) -> u16 {
+        match self.rtsp.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => configured,
+            bound => bound,
+        }
+    }
 }
 
 impl std::fmt::Debug for ControlPlane {
