@@ -12,7 +12,7 @@
 # payload copies in userspace".
 #
 # Usage: bench/fanout.sh [OUT_DIR]
-# Environment: VIEWERS="1 10 100 1000" DURATION=30s RAMP=200/s STREAMS="clip hd4M"
+# Environment: VIEWERS="1 10 100 1000" RAMP=200/s DURATION= (default: ramp + 2 s + 6 s clean + 3 x 5 s traced) STREAMS="clip hd4M"
 #              SHARDS= (relay shards; default: all cores) LOADGEN_SHARDS=1
 #              CARGO_TARGET_DIR (default: <repo>/target) NO_BUILD=1 (use built binaries)
 set -euo pipefail
@@ -20,7 +20,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${1:-$ROOT/target/bench-fanout/$(date +%Y%m%d-%H%M%S)}
 VIEWERS=${VIEWERS:-"1 10 100 1000"}
-DURATION=${DURATION:-30s}
+DURATION=${DURATION:-}
+SETTLE=2
+CLEAN=6
 RAMP=${RAMP:-200/s}
 STREAMS=${STREAMS:-"clip hd4M"}
 LOADGEN_SHARDS=${LOADGEN_SHARDS:-1}
@@ -228,37 +230,61 @@ for stream in $STREAMS; do
     PIDS+=("$publisher")
     for n in $VIEWERS; do
         tag="$stream-$n"
-        log "$tag: $n viewers for $DURATION"
-        "$BIN/loadgen" rtsp --play-url "$play" --viewers "$n" --duration "$DURATION" --ramp "$RAMP" \
+        # Timeline from loadgen's start: ramp, SETTLE s, a CLEAN window (throughput and CPU with
+        # no tracing attached), then three WINDOW-second windows: syscall counts, CPU profile,
+        # copied bytes (each divides by the packets or bytes relayed in its own window).
+        clean_from=$(awk -v n="$n" -v r="${RAMP%/s}" -v s="$SETTLE" 'BEGIN { printf "%d", (n - 1) / r + s + 0.999 }')
+        clean_to=$((clean_from + CLEAN))
+        duration=${DURATION:-$((clean_to + 3 * WINDOW + 4))s}
+        log "$tag: $n viewers for $duration"
+        start=$(date +%s.%N)
+        "$BIN/loadgen" rtsp --play-url "$play" --viewers "$n" --duration "$duration" --ramp "$RAMP" \
             --shards "$LOADGEN_SHARDS" --server-pid "$RELAY" --report "$OUT/$tag.json" --svg "$OUT/$tag.svg" \
             --expect "loss=0,disconnects=0,failed=0" >"$OUT/$tag.txt" 2>"$OUT/$tag.progress" &
         loadgen=$!
-        # Measure in the steady state, after the ramp and the settling time: three windows of
-        # WINDOW seconds one after the other (syscalls, CPU profile, copied bytes).
-        ramp_secs=$(awk -v n="$n" -v r="${RAMP%/s}" 'BEGIN { printf "%d", (n - 1) / r + 4 }')
-        sleep "$ramp_secs"
+        since() { awk -v s="$start" -v now="$(date +%s.%N)" 'BEGIN { printf "%.2f", now - s }'; }
+        sleep "$((clean_to + 1))"
+        w1=$(since)
         read -r sendmsg other < <(count_syscalls "$OUT/$tag.syscalls")
         copies=$(copy_share "$OUT/$tag.perf")
+        w3=$(since)
         read -r memmove memset < <(copied_bytes "$OUT/$tag.uprobes")
         status=0
         wait "$loadgen" || status=$?
         cat "$OUT/$tag.txt" >&2
         jq -c --arg stream "$stream" --argjson n "$n" --argjson sendmsg "$sendmsg" --argjson other "$other" \
             --argjson window "$WINDOW" --argjson copies "$copies" --argjson status "$status" \
-            --argjson memmove "$memmove" --argjson memset "$memset" '{
+            --argjson memmove "$memmove" --argjson memset "$memset" \
+            --argjson clean_from "$clean_from" --argjson clean_to "$clean_to" --argjson w1 "$w1" --argjson w3 "$w3" '
+            def within($a; $b): [.samples[] | select(.t_secs > $a + 0.5 and .t_secs <= $b + 0.5)];
+            def mean(f): if length == 0 then null else (map(f) | add / length) end;
+            within($clean_from; $clean_to) as $clean
+            | within($w1; $w1 + $window) as $syscall_window
+            | within($w3; $w3 + $window) as $copy_window
+            | {
                 stream: $stream, viewers: $n, exit: $status,
-                gbps: .summary.steady_gbps, packets_per_sec: .summary.steady_packets_per_sec,
+                gbps: ($clean | mean(.rx_bits_per_sec) / 1e9),
+                packets_per_sec: ($clean | mean(.rx_packets_per_sec)),
+                gbps_whole_run: .summary.steady_gbps,
                 viewer_mbps_p50: .summary.viewer_mbps.p50,
                 lost: .summary.lost_packets, disconnects: .summary.disconnects, failed: .summary.viewers_failed,
                 ttfk_p50_ms: .summary.ttfk_ms.p50, ttfk_p99_ms: .summary.ttfk_ms.p99,
-                server_cpu: .summary.server.cpu_pct_mean,
-                shard_cpu: (.summary.server.threads_cpu_pct_mean | with_entries(select((.key | startswith("shard")) and (.key | contains("#") | not)))),
-                rss_mb: .summary.server.rss_mb_max, loadgen_cpu: .summary.loadgen_cpu_pct_mean,
-                sendmsg_per_packet: (if .summary.steady_packets_per_sec > 0 then $sendmsg / (.summary.steady_packets_per_sec * $window) else null end),
-                other_writes_per_packet: (if .summary.steady_packets_per_sec > 0 then $other / (.summary.steady_packets_per_sec * $window) else null end),
+                setup_p99_ms: .summary.setup_ms.p99,
+                server_cpu: ($clean | mean(.server.cpu_pct)),
+                shard_cpu: ([$clean[].server.threads | to_entries[]
+                    | select((.key | startswith("shard")) and (.key | contains("#") | not))]
+                    | group_by(.key) | map({key: .[0].key, value: (map(.value) | add / ($clean | length))}) | from_entries),
+                rss_mb: .summary.server.rss_mb_max,
+                loadgen_cpu: ($clean | mean(.loadgen_cpu_pct)),
+                sendmsg_per_packet: (($syscall_window | mean(.rx_packets_per_sec)) as $pps
+                    | if ($pps // 0) > 0 then $sendmsg / ($pps * $window) else null end),
+                other_syscalls_per_packet: (($syscall_window | mean(.rx_packets_per_sec)) as $pps
+                    | if ($pps // 0) > 0 then $other / ($pps * $window) else null end),
                 userspace_copy_cpu_pct: $copies,
-                memmove_bytes_per_byte: (if $memmove == null or .summary.steady_gbps == 0 then null else $memmove / (.summary.steady_gbps * 1e9 / 8 * $window) end),
-                memset_bytes_per_byte: (if $memset == null or .summary.steady_gbps == 0 then null else $memset / (.summary.steady_gbps * 1e9 / 8 * $window) end)
+                memmove_bytes_per_byte: (($copy_window | mean(.rx_bits_per_sec / 8)) as $bps
+                    | if $memmove == null or ($bps // 0) == 0 then null else $memmove / ($bps * $window) end),
+                memset_bytes_per_byte: (($copy_window | mean(.rx_bits_per_sec / 8)) as $bps
+                    | if $memset == null or ($bps // 0) == 0 then null else $memset / ($bps * $window) end)
             }' "$OUT/$tag.json" >>"$ROWS"
     done
     kill "$publisher" 2>/dev/null || true
@@ -271,6 +297,7 @@ IPERF=$(awk -v a="$IPERF_BEFORE" -v b="$IPERF_AFTER" 'BEGIN { printf "%.2f", (a 
 
 {
     echo "Machine: $(nproc) cores, $(awk '/model name/{$1=$2=$3="";print;exit}' /proc/cpuinfo | sed 's/^ *//'), kernel $(uname -r)"
+    echo "Tree: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown); relay shards: ${SHARDS:-all cores}; loadgen shards: $LOADGEN_SHARDS; ramp $RAMP"
     echo "iperf3 loopback: before $IPERF_BEFORE, after $IPERF_AFTER, mean $IPERF Gbit/s (single TCP stream)"
     echo
     echo "| stream | viewers | relayed Gbit/s | vs iperf3 | relay CPU % per shard | sendmsg / packet | other syscalls / packet | userspace memcpy/memset % of relay CPU | userspace bytes copied (zeroed) per relayed byte | loss | TTFK p50 / p99 ms | loadgen CPU % |"
@@ -281,7 +308,7 @@ IPERF=$(awk -v a="$IPERF_BEFORE" -v b="$IPERF_AFTER" 'BEGIN { printf "%.2f", (a 
         ((.gbps / $iperf * 10000 | round) / 100 | tostring + " %"),
         (.shard_cpu | to_entries | map("\(.key) \(.value | round)") | join(", ")),
         (if .sendmsg_per_packet == null then "-" else (.sendmsg_per_packet * 1000 | round / 1000) end),
-        (if .other_writes_per_packet == null then "-" else (.other_writes_per_packet * 1000 | round / 1000) end),
+        (if .other_syscalls_per_packet == null then "-" else (.other_syscalls_per_packet * 1000 | round / 1000) end),
         (.userspace_copy_cpu_pct // "-"),
         (if .memmove_bytes_per_byte == null then "-" else "\(.memmove_bytes_per_byte * 10000 | round / 10000) (\(.memset_bytes_per_byte * 10000 | round / 10000))" end),
         "\(.lost) lost, \(.disconnects) disc.",

@@ -25,7 +25,7 @@ const WIDTH: f64 = 960.0;
 const PANEL_HEIGHT: f64 = 190.0;
 const LEFT: f64 = 70.0;
 const RIGHT: f64 = 200.0;
-const TOP: f64 = 40.0;
+const TOP: f64 = 60.0;
 const GAP: f64 = 40.0;
 const COLORS: &[&str] = &[
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -65,16 +65,25 @@ fn label(value: f64) -> String {
     }
 }
 
+/// An axis from 0 with about `ticks` steps of 1, 2 or 5 times a power of ten: `(top, step)`,
+/// the top being the first step at or above `max`.
+pub fn axis(max: f64, ticks: u32) -> (f64, f64) {
+    let step = nice_ceiling(max / f64::from(ticks.max(1)));
+    let steps = (max / step - 1e-9).ceil().max(1.0);
+    (steps * step, step)
+}
+
 /// Renders the panels as a standalone SVG document; `x_label` names the shared x axis.
 pub fn render(title: &str, x_label: &str, panels: &[Panel]) -> String {
     let height = TOP + panels.len() as f64 * (PANEL_HEIGHT + GAP) + 20.0;
     let plot_width = WIDTH - LEFT - RIGHT;
-    let x_max = nice_ceiling(
+    let (x_max, x_step) = axis(
         panels
             .iter()
             .flat_map(|p| &p.series)
             .flat_map(|s| s.points.iter().map(|(x, _)| *x))
             .fold(0.0, f64::max),
+        6,
     );
     let mut out = String::new();
     let _ = writeln!(
@@ -89,12 +98,13 @@ pub fn render(title: &str, x_label: &str, panels: &[Panel]) -> String {
     for (index, panel) in panels.iter().enumerate() {
         let top = TOP + index as f64 * (PANEL_HEIGHT + GAP);
         let bottom = top + PANEL_HEIGHT;
-        let y_max = nice_ceiling(
+        let (y_max, y_step) = axis(
             panel
                 .series
                 .iter()
                 .flat_map(|s| s.points.iter().map(|(_, y)| *y))
                 .fold(0.0, f64::max),
+            4,
         );
         let to_x = |x: f64| LEFT + x / x_max * plot_width;
         let to_y = |y: f64| bottom - (y / y_max).clamp(0.0, 1.0) * PANEL_HEIGHT;
@@ -105,8 +115,8 @@ pub fn render(title: &str, x_label: &str, panels: &[Panel]) -> String {
             escape(&panel.title),
             escape(&panel.unit)
         );
-        for step in 0..=4 {
-            let value = y_max * f64::from(step) / 4.0;
+        for step in 0..=(y_max / y_step).round() as u32 {
+            let value = y_step * f64::from(step);
             let y = to_y(value);
             let _ = writeln!(
                 out,
@@ -117,8 +127,8 @@ pub fn render(title: &str, x_label: &str, panels: &[Panel]) -> String {
                 label(value)
             );
         }
-        for step in 0..=5 {
-            let value = x_max * f64::from(step) / 5.0;
+        for step in 0..=(x_max / x_step).round() as u32 {
+            let value = x_step * f64::from(step);
             let x = to_x(value);
             let _ = writeln!(
                 out,
@@ -181,6 +191,21 @@ mod tests {
         assert_eq!(nice_ceiling(3.9), 5.0);
         assert_eq!(nice_ceiling(612.0), 1000.0);
         assert_eq!(nice_ceiling(f64::NAN), 1.0);
+    }
+
+    #[test]
+    fn axes_end_on_a_step() {
+        let close = |(top, step): (f64, f64), want: (f64, f64)| {
+            assert!(
+                (top - want.0).abs() < 1e-9 && (step - want.1).abs() < 1e-9,
+                "{top} {step}"
+            );
+        };
+        close(axis(30.0, 6), (30.0, 5.0));
+        close(axis(19.7, 4), (20.0, 5.0));
+        close(axis(0.117, 4), (0.15, 0.05));
+        close(axis(1000.0, 4), (1000.0, 500.0));
+        close(axis(0.0, 4), (1.0, 1.0));
     }
 
     #[test]
