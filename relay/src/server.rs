@@ -479,6 +479,7 @@ async fn run_control_plane(
         },
         devices: Some(directory),
         advertised,
+        wifi_scans: Default::default(),
     });
     let http = Rc::new(HttpConfig::default());
     let server_tls = pki.server_config();

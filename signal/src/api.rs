@@ -60,6 +60,8 @@ pub struct ControlPlane {
     pub alarm_metrics: Option<Arc<crate::alarms::AlarmMetrics>>,
     /// Ports of the data plane as bound (filled once the shards listen), for play URLs.
     pub advertised: Arc<AdvertisedPorts>,
+    /// Wi-Fi scan sessions of the client API.
+    pub wifi_scans: crate::wifi_scan::WifiScans,
 }
 
 /// Data-plane ports the client API hands out, known only once the shards have bound them

@@ -49,6 +49,10 @@ impl ControlPlane {
                 }
                 _ => return None,
             },
+            ["openapi.json"] => match *method {
+                Method::GET | Method::HEAD => openapi(),
+                _ => method_not_allowed("GET, HEAD"),
+            },
             ["v1.0", "devices", uid, "settings", "alarm"] => {
                 if let Err(e) = pki::validate_uid(uid) {
                     return Some(invalid_parameter(&e.to_string()));
@@ -58,6 +62,12 @@ impl ControlPlane {
                     Method::PUT => self.put_alarm_switch(uid, req).await,
                     _ => method_not_allowed("GET, HEAD, PUT"),
                 }
+            }
+            ["v1.0", "devices", uid, rest @ ..] if !rest.is_empty() => {
+                if let Err(e) = pki::validate_uid(uid) {
+                    return Some(invalid_parameter(&e.to_string()));
+                }
+                return self.device_control_routes(uid, rest, req).await;
             }
             _ => return None,
         })
@@ -165,7 +175,7 @@ fn invalid_parameter(message: &str) -> Response {
     json_error(StatusCode::BAD_REQUEST, "invalid_parameter", message)
 }
 
-fn method_not_allowed(allow: &'static str) -> Response {
+pub(crate) fn method_not_allowed(allow: &'static str) -> Response {
     let mut response = json_error(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
@@ -174,5 +184,17 @@ fn method_not_allowed(allow: &'static str) -> Response {
     if let Ok(value) = http::HeaderValue::from_str(allow) {
         response.headers_mut().insert(http::header::ALLOW, value);
     }
+    response
+}
+
+/// The OpenAPI 3 document of every route of the client port (kept exact by a unit test).
+pub(crate) const OPENAPI: &str = include_str!("openapi.json");
+
+fn openapi() -> Response {
+    let mut response = http::Response::new(OPENAPI.as_bytes().to_vec());
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json; charset=utf-8"),
+    );
     response
 }

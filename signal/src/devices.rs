@@ -123,6 +123,13 @@ pub enum DeviceCall {
         /// Alarm push on the device.
         enabled: bool,
     },
+    /// Snapshot 109: answered with [`Reply::Snapshot`], the whole JPEG.
+    Snapshot {
+        /// Channel.
+        channel: u32,
+        /// Stream the picture is taken from.
+        stream_type: crate::proto::body::StreamType,
+    },
     /// Any other command with an XML body (PTZ, settings, Wi-Fi, records…).
     Command {
         /// Command id.
@@ -512,6 +519,53 @@ impl DeviceDirectory {
             Reply::AlarmSwitch(switch) => Ok(switch.enabled),
             other => Err(DeviceError::BadReply(format!(
                 "expected an alarm switch, got {other:?}"
+            ))),
+        }
+    }
+
+    /// A JPEG from the device's camera (109, received in chunks).
+    pub async fn snapshot(
+        &self,
+        uid: &str,
+        channel: u32,
+        stream_type: crate::proto::body::StreamType,
+    ) -> Result<bytes::Bytes, DeviceError> {
+        match self
+            .call(
+                uid,
+                DeviceCall::Snapshot {
+                    channel,
+                    stream_type,
+                },
+            )
+            .await?
+        {
+            Reply::Snapshot(picture) => Ok(picture),
+            other => Err(DeviceError::BadReply(format!(
+                "expected a snapshot, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Sends `command` with `body` and returns the device's XML answer (an empty reply is an
+    /// empty `<body/>`).
+    pub async fn command(
+        &self,
+        uid: &str,
+        command: u32,
+        body: Option<XmlBody>,
+        timeout: Option<Duration>,
+    ) -> Result<XmlBody, DeviceError> {
+        let call = DeviceCall::Command {
+            command,
+            body,
+            timeout,
+        };
+        match self.call(uid, call).await? {
+            Reply::Xml(body) => Ok(body),
+            Reply::Empty => Ok(XmlBody::new()),
+            other => Err(DeviceError::BadReply(format!(
+                "expected an XML body, got {other:?}"
             ))),
         }
     }

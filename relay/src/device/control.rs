@@ -144,6 +144,10 @@ impl DeviceShard {
                                 DeviceCall::AlarmSwitchSet { enabled } => {
                                     session.alarm_switch_set(enabled, now)
                                 }
+                                DeviceCall::Snapshot {
+                                    channel,
+                                    stream_type,
+                                } => session.snapshot(channel, stream_type, now),
                                 DeviceCall::Command {
                                     command,
                                     body,
