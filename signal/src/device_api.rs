@@ -63,7 +63,9 @@ impl ControlPlane {
                     _ => method_not_allowed("GET, HEAD, PUT"),
                 }
             }
-            ["v1.0", "devices", uid, rest @ ..] if !rest.is_empty() => {
+            ["v1.0", "devices", uid, rest @ ..]
+                if !rest.is_empty() && *uid != "initialization-session" =>
+            {
                 if let Err(e) = pki::validate_uid(uid) {
                     return Some(invalid_parameter(&e.to_string()));
                 }

@@ -1,0 +1,698 @@
+//! The client API routes that reach into a device, end to end over real sockets: a device is
+//! provisioned, connects its signalling link (mutual TLS) and is driven by the simulated
+//! device of `signal::session::sim` on its own thread, answering each command with the XML a
+//! camera sends. Request and response JSON follow the examples of interfaces-v1.0.txt.
+//! Also: unknown and offline devices, 405 with Allow, malformed bodies naming the field, and
+//! `/openapi.json` matching the served routes method by method.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConnection, StreamOwned};
+use serde_json::{json, Value};
+use signal::proto::body::{
+    BatteryState, Capabilities, ChannelCapabilities, Handshake, Heartbeat, XmlBody,
+};
+use signal::proto::core_packet::{cmd, CorePacket, CODE_LAST_CHUNK, CODE_OK, MAGIC_RESPONSE};
+use signal::session::sim::SimDevice;
+use tests::TestServer;
+
+const UID: &str = "952700000A5S348E";
+const OFFLINE_UID: &str = "95270000ZZZZZZZZ";
+
+// ----- HTTP -----
+
+struct Answer {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    }
+}
+
+fn exchange(stream: &mut (impl Read + Write), method: &str, path: &str, body: &[u8]) -> Answer {
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    stream.flush().unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("HTTP response head");
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    Answer {
+        status,
+        head,
+        body: response[split + 4..].to_vec(),
+    }
+}
+
+fn raw(server: &TestServer, method: &str, path: &str, body: &[u8]) -> Answer {
+    let mut stream = TcpStream::connect(server.server.addrs.api).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(40)))
+        .unwrap();
+    exchange(&mut stream, method, path, body)
+}
+
+fn api(server: &TestServer, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let answer = raw(server, method, path, body.as_bytes());
+    let json = if answer.body.is_empty() {
+        Value::Null
+    } else {
+        answer.json()
+    };
+    (answer.status, json)
+}
+
+fn tls_connect(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> StreamOwned<ClientConnection, TcpStream> {
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let conn = ClientConnection::new(config, ServerName::try_from("localhost").unwrap()).unwrap();
+    StreamOwned::new(conn, tcp)
+}
+
+// ----- the device -----
+
+/// Provisions `UID` and returns its signalling connection after the 458 handshake.
+fn connect_device(server: &TestServer) -> (StreamOwned<ClientConnection, TcpStream>, SimDevice) {
+    let (status, session) = api(
+        server,
+        "POST",
+        "/v1.0/devices/initialization-session",
+        Some(json!({ "uid": UID })),
+    );
+    assert_eq!(status, 200, "{session}");
+    let ca = server.server.pki.ca_pem().to_owned();
+    let mut stream = tls_connect(
+        server.server.addrs.credentials,
+        pki::client_config_trusting(&ca).unwrap(),
+    );
+    let body = json!({ "uid": UID, "code": session["code"] }).to_string();
+    let credentials = exchange(
+        &mut stream,
+        "POST",
+        "/v1.0/devices/credetials",
+        body.as_bytes(),
+    )
+    .json();
+    let cert = credentials["cert"].as_str().unwrap().to_owned();
+    let key = credentials["key"].as_str().unwrap().to_owned();
+    let config = pki::client_config_for_device(&ca, &cert, &key).unwrap();
+    let mut stream = tls_connect(server.server.addrs.signaling, config);
+    let mut sim = SimDevice::signalling();
+    let handshake = Handshake {
+        uid: UID.to_owned(),
+        family: Some("battery".into()),
+        model: Some("Argus 2".into()),
+        firmware: Some("Argus_2_200104_751".into()),
+        network_type: Some("wifi".into()),
+        carrier: None,
+    };
+    let hello = sim.handshake(&handshake, 1);
+    stream.write_all(&hello).unwrap();
+    let beat = Heartbeat {
+        no_reply: true,
+        battery: Some(BatteryState {
+            percent: Some(77),
+            charging: Some("1".into()),
+        }),
+    };
+    let beat = sim.heartbeat(&beat, 2);
+    stream.write_all(&beat).unwrap();
+    stream.flush().unwrap();
+    stream
+        .sock
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    (stream, sim)
+}
+
+/// What the device received: command and XML body.
+type Received = Arc<Mutex<Vec<(u32, Option<XmlBody>)>>>;
+
+const JPEG: &[u8] =
+    b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00picture\xff\xd9";
+
+/// The camera's XML answer to `command` (the body it received decides scans and current
+/// Wi-Fi configuration).
+fn answer_of(command: u32, body: Option<&XmlBody>) -> String {
+    let xml =
+        |inner: &str| format!("<?xml version=\"1.0\" encoding=\"UTF-8\" ?>\n<body>{inner}</body>");
+    match command {
+        cmd::GENERAL_CONFIG_GET => xml(
+            "<Param007><attr001>0</attr001><attr012>front yard</attr012><attr013>1</attr013></Param007>",
+        ),
+        cmd::PIR_CONFIG_GET => {
+            xml("<Param016><attr001>1</attr001><attr002>1</attr002><attr003>21</attr003></Param016>")
+        }
+        cmd::WIFI_GET if body.and_then(|b| b.text_at(&["Param019", "attr008"])) == Some("0") => xml(
+            "<Param019><attr003>\
+             <attr001><attr001>NETGEAR36</attr001><attr002>-35</attr002><attr003>1</attr003></attr001>\
+             <attr001><attr001></attr001><attr002>-90</attr002><attr003>1</attr003></attr001>\
+             <attr001><attr001>Open Cafe</attr001><attr002>-70</attr002><attr003>0</attr003></attr001>\
+             </attr003></Param019>",
+        ),
+        cmd::WIFI_GET => xml(
+            "<Param019><attr002>station</attr002><attr004>NETGEAR36</attr004><attr006>1</attr006><attr007>US</attr007></Param019>",
+        ),
+        cmd::RECORD_CALENDAR => xml(
+            "<Param009><attr003><attr001><attr001>0</attr001><attr002>\
+             <attr001><attr001>18</attr001></attr001><attr001><attr001>19</attr001></attr001>\
+             </attr002></attr001></attr003></Param009>",
+        ),
+        cmd::RECORD_SEARCH => {
+            let file = |n: u32, from: u32| {
+                format!(
+                    "<attr001><attr001>0</attr001><attr002>mainStream</attr002>\
+                     <attr007>/mnt/sda/Mp4Record/2022-01-01/RecS02_DST2022010{n}_000107_000310_2B14808_3F6F88.mp4</attr007>\
+                     <attr012><attr001>2022</attr001><attr002>1</attr002><attr003>1</attr003><attr004>{from}</attr004><attr005>0</attr005><attr006>10</attr006></attr012>\
+                     <attr013><attr001>2022</attr001><attr002>1</attr002><attr003>1</attr003><attr004>{}</attr004><attr005>0</attr005><attr006>10</attr006></attr013></attr001>",
+                    from + 1
+                )
+            };
+            xml(&format!(
+                "<attr002>2</attr002><Param006>{}{}</Param006>",
+                file(2, 1),
+                file(3, 2)
+            ))
+        }
+        _ => String::new(),
+    }
+}
+
+/// Runs the device: answers every request until the link closes or `stop` is set.
+fn run_device(
+    mut stream: StreamOwned<ClientConnection, TcpStream>,
+    mut sim: SimDevice,
+    received: Received,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut buf = [0u8; 16 * 1024];
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let packets: Vec<CorePacket> = match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => sim.receive(&buf[..n]).unwrap(),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(_) => return,
+        };
+        for packet in packets {
+            if packet.header.magic == MAGIC_RESPONSE {
+                continue;
+            }
+            let command = packet.header.command;
+            let id = packet.header.request_id;
+            let body = packet.body.to_contiguous();
+            let xml = XmlBody::parse(&body).ok();
+            let mut out = Vec::new();
+            match command {
+                cmd::HANDSHAKE => continue,
+                cmd::CAPABILITIES => {
+                    let capabilities = Capabilities {
+                        channels: vec![ChannelCapabilities {
+                            channel: 0,
+                            stream_mask: 3,
+                            ptz_type: 5,
+                            ptz_control: 2,
+                            wifi_mode: 1,
+                        }],
+                    };
+                    out.extend_from_slice(&sim.reply_ok(command, id, &capabilities));
+                }
+                cmd::SNAPSHOT => {
+                    // Acknowledgement, then the JPEG in two chunks, the last with 201.
+                    out.extend_from_slice(&sim.reply(command, id, CODE_OK, b""));
+                    out.extend_from_slice(&sim.reply(command, id, CODE_OK, &JPEG[..10]));
+                    out.extend_from_slice(&sim.reply(command, id, CODE_LAST_CHUNK, &JPEG[10..]));
+                }
+                _ => {
+                    let answer = answer_of(command, xml.as_ref());
+                    out.extend_from_slice(&sim.reply(command, id, CODE_OK, answer.as_bytes()));
+                }
+            }
+            received.lock().unwrap().push((command, xml));
+            stream.write_all(&out).unwrap();
+            stream.flush().unwrap();
+        }
+    }
+}
+
+fn last_request(received: &Received, command: u32) -> XmlBody {
+    received
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|(c, _)| *c == command)
+        .and_then(|(_, body)| body.clone())
+        .unwrap_or_else(|| panic!("the device received no {command} with a body"))
+}
+
+fn wait_online(server: &TestServer) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = api(server, "GET", &format!("/v1.0/devices/{UID}"), None);
+        if status == 200
+            && body["online"] == true
+            && !body["presence"]["capabilities"].is_null()
+            && !body["presence"]["batteryPercent"].is_null()
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "device online: {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn ok_message(answer: (u16, Value)) {
+    assert_eq!(answer, (200, json!({ "message": "ok" })));
+}
+
+#[test]
+fn device_routes_against_a_simulated_camera() {
+    let server = TestServer::start_with(|c| c.shards = Some(2));
+    let (stream, sim) = connect_device(&server);
+    let received: Received = Default::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let device = {
+        let received = received.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || run_device(stream, sim, received, stop))
+    };
+    wait_online(&server);
+    let base = format!("/v1.0/devices/{UID}");
+
+    // Live play session.
+    let (status, body) = api(
+        &server,
+        "POST",
+        &format!("{base}/live/play-session"),
+        Some(json!({ "channel": 0, "streamType": "mainStream" })),
+    );
+    assert_eq!(status, 200, "{body}");
+    let url = body["playURL"].as_str().unwrap();
+    let prefix = format!(
+        "rtsp://localhost:{}/v1.0/live/",
+        server.server.addrs.rtsp.port()
+    );
+    assert!(url.starts_with(&prefix), "{url}");
+    assert_eq!(body["expiredIn"], 30);
+    let (status, body) = api(
+        &server,
+        "POST",
+        &format!("{base}/live/play-session"),
+        Some(json!({ "channel": 0, "streamType": "externStream" })),
+    );
+    assert_eq!(
+        (status, &body["error"]["symbol"]),
+        (400, &json!("stream_type_not_support"))
+    );
+    let (status, body) = api(
+        &server,
+        "POST",
+        &format!("{base}/live/play-session"),
+        Some(json!({ "channel": 3, "streamType": "subStream" })),
+    );
+    assert_eq!(
+        (status, &body["error"]["symbol"]),
+        (404, &json!("device_channel_not_found"))
+    );
+    let (status, body) = api(
+        &server,
+        "POST",
+        &format!("{base}/live/play-session"),
+        Some(json!({ "channel": 0, "streamType": "bestStream" })),
+    );
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["symbol"], "invalid_parameter");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("streamType"));
+
+    // Display name 104/105.
+    let path = format!("{base}/settings/general-config");
+    assert_eq!(
+        api(&server, "GET", &path, None),
+        (200, json!({ "deviceName": "front yard" }))
+    );
+    ok_message(api(
+        &server,
+        "PUT",
+        &path,
+        Some(json!({ "deviceName": "back door" })),
+    ));
+    let sent = last_request(&received, cmd::GENERAL_CONFIG_SET);
+    assert_eq!(sent.text_at(&["Param007", "attr012"]), Some("back door"));
+    let (status, body) = api(&server, "PUT", &path, Some(json!({ "deviceName": " x" })));
+    assert_eq!(status, 400);
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("deviceName"));
+
+    // PIR 212/213: the API's sensitivity is 101 - the device's.
+    let path = format!("{base}/settings/pir-config");
+    assert_eq!(
+        api(&server, "GET", &path, None),
+        (
+            200,
+            json!({ "enabled": true, "sensitivity": 80, "reduceMistakes": true })
+        )
+    );
+    ok_message(api(
+        &server,
+        "PUT",
+        &path,
+        Some(json!({ "enabled": true, "sensitivity": 20, "reduceMistakes": false })),
+    ));
+    let sent = last_request(&received, cmd::PIR_CONFIG_SET);
+    assert_eq!(sent.text_at(&["Param016", "attr002"]), Some("1"));
+    assert_eq!(sent.text_at(&["Param016", "attr003"]), Some("81"));
+    assert_eq!(sent.text_at(&["Param016", "attr001"]), Some("0"));
+    let (status, body) = api(
+        &server,
+        "PUT",
+        &path,
+        Some(json!({ "enabled": "yes", "sensitivity": 20, "reduceMistakes": true })),
+    );
+    assert_eq!(status, 400);
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("enabled"));
+    let answer = raw(&server, "PUT", &path, b"{\"enabled\": tru");
+    assert_eq!(answer.status, 400);
+    assert_eq!(answer.json()["error"]["symbol"], "invalid_parameter");
+
+    // PTZ 18.
+    ok_message(api(
+        &server,
+        "PATCH",
+        &format!("{base}/ptz/zoom"),
+        Some(json!({ "channel": 0, "action": "inc" })),
+    ));
+    let sent = last_request(&received, cmd::PTZ);
+    assert_eq!(sent.text_at(&["Param017", "attr002"]), Some("zoomInc"));
+    ok_message(api(
+        &server,
+        "PATCH",
+        &format!("{base}/ptz/focus"),
+        Some(json!({ "channel": 0, "action": "dec" })),
+    ));
+    assert_eq!(
+        last_request(&received, cmd::PTZ).text_at(&["Param017", "attr002"]),
+        Some("focusDec")
+    );
+    ok_message(api(
+        &server,
+        "POST",
+        &format!("{base}/ptz/rotate"),
+        Some(json!({ "channel": 0, "direction": "left", "speed": 10 })),
+    ));
+    let sent = last_request(&received, cmd::PTZ);
+    assert_eq!(sent.text_at(&["Param017", "attr002"]), Some("left"));
+    assert_eq!(sent.text_at(&["Param017", "speed"]), Some("10"));
+    // Four directions only (control bit 2).
+    let (status, body) = api(
+        &server,
+        "POST",
+        &format!("{base}/ptz/rotate"),
+        Some(json!({ "channel": 0, "direction": "leftUp", "speed": 10 })),
+    );
+    assert_eq!(
+        (status, &body["error"]["symbol"]),
+        (400, &json!("direction_not_support"))
+    );
+
+    // Battery from the heartbeat.
+    assert_eq!(
+        api(&server, "GET", &format!("{base}/states/battery"), None),
+        (200, json!({ "percent": 77, "chargeStatus": "charging" }))
+    );
+
+    // Wi-Fi 116/117/200 and the scan session.
+    let path = format!("{base}/settings/wifi-config");
+    assert_eq!(
+        api(&server, "GET", &path, None),
+        (
+            200,
+            json!({ "ssid": "NETGEAR36", "channel": 1, "countryCode": "US" })
+        )
+    );
+    let network = json!({ "ssid": "TP-LINK_JIN", "key": "88888888", "countryCode": "US" });
+    ok_message(api(&server, "PUT", &path, Some(network.clone())));
+    let sent = last_request(&received, cmd::WIFI_SET);
+    assert_eq!(sent.text_at(&["Param019", "attr004"]), Some("TP-LINK_JIN"));
+    assert_eq!(sent.text_at(&["Param019", "attr005"]), Some("88888888"));
+    assert_eq!(sent.text_at(&["Param019", "attr002"]), Some("station"));
+    assert_eq!(
+        api(&server, "POST", &format!("{base}/wifi/test"), Some(network)),
+        (200, json!({ "status": "success" }))
+    );
+    let (status, task) = api(&server, "POST", &format!("{base}/wifi/scan-task"), None);
+    assert_eq!(status, 200, "{task}");
+    let session = task["sessionId"].as_str().unwrap().to_owned();
+    assert_eq!(session.len(), 32);
+    assert!(task["expiringAt"].as_u64().unwrap() > 1_600_000_000_000);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let scan = loop {
+        let (status, scan) = api(&server, "GET", &format!("{base}/wifi/scan/{session}"), None);
+        assert_eq!(status, 200, "{scan}");
+        if scan["status"] != "scanning" {
+            break scan;
+        }
+        assert!(Instant::now() < deadline, "scan finished");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        scan,
+        json!({ "status": "success", "wifiList": [
+            { "ssid": "NETGEAR36", "signal": -35, "encryptMode": "auto" },
+            { "ssid": "Open Cafe", "signal": -70, "encryptMode": "none" },
+        ]})
+    );
+    let (status, body) = api(
+        &server,
+        "GET",
+        &format!("{base}/wifi/scan/{}", "x".repeat(32)),
+        None,
+    );
+    assert_eq!(
+        (status, &body["error"]["symbol"]),
+        (404, &json!("session_not_found"))
+    );
+
+    // Records calendar 142 (the device counts days from 0) and search 459.
+    assert_eq!(
+        api(
+            &server,
+            "GET",
+            &format!("{base}/records/calendar/?channel=0&year=2022&month=12"),
+            None
+        ),
+        (
+            200,
+            json!({"totalRows":2,"items":[{"channel":0,"date":19},{"channel":0,"date":20}]})
+        )
+    );
+    let sent = last_request(&received, cmd::RECORD_CALENDAR);
+    assert_eq!(
+        sent.text_at(&["Param009", "attr002", "attr003"]),
+        Some("31")
+    );
+    let (status, body) = api(
+        &server,
+        "GET",
+        &format!("{base}/records?channel=0&stream_type=mainStream&record_date=2022-01-01&start_at=00%3A00%3A00&end_at=23%3A59%3A59"),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["totalRows"], 2);
+    assert!(body.get("nextToken").is_none());
+    assert_eq!(
+        body["items"][0],
+        json!({
+            "channel": 0,
+            "streamType": "mainStream",
+            "startTime": "2022-01-01 01:00:10",
+            "endTime": "2022-01-01 02:00:10",
+            "fileName": "/mnt/sda/Mp4Record/2022-01-01/RecS02_DST20220102_000107_000310_2B14808_3F6F88.mp4"
+        })
+    );
+    let sent = last_request(&received, cmd::RECORD_SEARCH);
+    assert_eq!(
+        sent.text_at(&["Param006", "attr001", "attr013", "attr004"]),
+        Some("23")
+    );
+    let (status, body) = api(
+        &server,
+        "GET",
+        &format!("{base}/records?channel=0&stream_type=mainStream&record_date=2022-01-01&start_at=10%3A00%3A00&end_at=09%3A00%3A00"),
+        None,
+    );
+    assert_eq!(status, 400, "{body}");
+
+    // Snapshot 109 in chunks.
+    let answer = raw(
+        &server,
+        "GET",
+        &format!("{base}/snap/snapshot.jpg?channel=0&stream_type=mainStream"),
+        b"",
+    );
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("content-type").as_deref(), Some("image/jpeg"));
+    assert_eq!(answer.body, JPEG);
+
+    // 405 with Allow.
+    let answer = raw(
+        &server,
+        "DELETE",
+        &format!("{base}/settings/pir-config"),
+        b"",
+    );
+    assert_eq!(answer.status, 405);
+    assert_eq!(answer.header("allow").as_deref(), Some("GET, HEAD, PUT"));
+    assert_eq!(answer.json()["error"]["symbol"], "method_not_allowed");
+
+    // Unknown and offline devices, malformed UIDs.
+    let (status, body) = api(
+        &server,
+        "GET",
+        &format!("/v1.0/devices/{OFFLINE_UID}/settings/general-config"),
+        None,
+    );
+    assert_eq!(
+        (status, &body["error"]["symbol"]),
+        (404, &json!("device_offline"))
+    );
+    let (status, body) = api(
+        &server,
+        "POST",
+        &format!("/v1.0/devices/{OFFLINE_UID}/live/play-session"),
+        Some(json!({ "channel": 0, "streamType": "mainStream" })),
+    );
+    assert_eq!(
+        (status, &body["error"]["symbol"]),
+        (404, &json!("device_offline"))
+    );
+    let (status, body) = api(
+        &server,
+        "GET",
+        &format!("/v1.0/devices/{OFFLINE_UID}/states/battery"),
+        None,
+    );
+    assert_eq!(
+        (status, &body["error"]["symbol"]),
+        (404, &json!("device_offline"))
+    );
+    let (status, body) = api(&server, "GET", "/v1.0/devices/bad-uid/states/battery", None);
+    assert_eq!(
+        (status, &body["error"]["symbol"]),
+        (400, &json!("invalid_parameter"))
+    );
+    let (status, body) = api(&server, "GET", &format!("{base}/nothing/here"), None);
+    assert_eq!(
+        (status, &body["error"]["symbol"]),
+        (404, &json!("url_not_found"))
+    );
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    device.join().unwrap();
+}
+
+/// Every documented path answers every documented method (no 405, no `url_not_found`), and
+/// every other method with 405 whose Allow lists exactly the documented ones.
+#[test]
+fn openapi_document_matches_the_served_routes() {
+    let server = TestServer::start();
+    let answer = raw(&server, "GET", "/openapi.json", b"");
+    assert_eq!(answer.status, 200);
+    let doc = answer.json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 20);
+    let methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"];
+    for (template, operations) in paths {
+        let path = template
+            .replace("{uid}", OFFLINE_UID)
+            .replace("{sessionId}", &"a".repeat(32));
+        let documented: BTreeSet<String> = operations
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|m| m.to_uppercase())
+            .collect();
+        for method in methods {
+            let answer = raw(&server, method, &path, b"");
+            if documented.contains(method) {
+                assert_ne!(answer.status, 405, "{method} {template}");
+                if method != "HEAD" && !answer.body.is_empty() && answer.status == 404 {
+                    let body = answer.json();
+                    assert_ne!(
+                        body["error"]["symbol"], "url_not_found",
+                        "{method} {template}"
+                    );
+                }
+            } else {
+                assert_eq!(
+                    answer.status, 405,
+                    "{method} {template} is served but not documented"
+                );
+                let allow: BTreeSet<String> = answer
+                    .header("allow")
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(|m| m.trim().to_owned())
+                    .collect();
+                assert_eq!(allow, documented, "Allow of {template}");
+            }
+        }
+        // One more segment is no route (below /v1.0/devices it names a device).
+        if template == "/v1.0/devices" {
+            continue;
+        }
+        let answer = raw(&server, "GET", &format!("{path}/extra"), b"");
+        assert_eq!(answer.status, 404, "{template}/extra");
+    }
+}
