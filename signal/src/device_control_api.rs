@@ -9,6 +9,9 @@
 //! after its handshake (199), as the platform's `SupportSignal` does; a device that never
 //! sent them is asked anyway.
 
+// Refusals are whole responses, built once per request and off any hot path.
+#![allow(clippy::result_large_err)]
+
 use std::time::Duration;
 
 use http::{header, HeaderValue, Method, StatusCode};
