@@ -985,3 +985,53 @@ pub(crate) fn scanned_networks(reply: &XmlBody) -> Vec<Value> {
         .take(64)
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_times_parse_format_and_roll_over() {
+        let t = LocalTime::parse("2022-01-01", "23:59:59").unwrap();
+        assert_eq!(t.format(), "2022-01-01 23:59:59");
+        assert_eq!(t.plus_one_second().format(), "2022-01-02 00:00:00");
+        assert_eq!(
+            LocalTime::parse_joined("2022-12-31 01:02:03")
+                .unwrap()
+                .format(),
+            "2022-12-31 01:02:03"
+        );
+        assert!(LocalTime::parse("2022-02-30", "00:00:00").is_none());
+        assert!(LocalTime::parse("2022-01-01", "24:00:00").is_none());
+        let element = t.element("attr012");
+        assert_eq!(LocalTime::from_element(&element), Some(t));
+    }
+
+    #[test]
+    fn scan_reply_skips_unnamed_networks() {
+        let reply = XmlBody::parse(
+            b"<body><Param019><attr003><attr001><attr001>A</attr001><attr002>-40</attr002>\
+              <attr003>0</attr003></attr001><attr001><attr001/><attr002>-80</attr002></attr001>\
+              </attr003></Param019></body>",
+        )
+        .unwrap();
+        assert_eq!(
+            scanned_networks(&reply),
+            vec![json!({ "ssid": "A", "signal": -40, "encryptMode": "none" })]
+        );
+    }
+
+    #[test]
+    fn openapi_document_is_openapi_3() {
+        let doc: Value = serde_json::from_str(crate::device_api::OPENAPI).unwrap();
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3.0"));
+        let paths = doc["paths"].as_object().unwrap();
+        for path in [
+            "/v1.0/devices/{uid}/live/play-session",
+            "/v1.0/devices/{uid}/snap/snapshot.jpg",
+            "/openapi.json",
+        ] {
+            assert!(paths.contains_key(path), "{path}");
+        }
+    }
+}
