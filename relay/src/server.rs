@@ -324,58 +324,38 @@ fn start_shards(
             )
         })
         .context("starting the shards")?;
+    let ready = (|| {
+        let bound = await_shards(&ready_rx, count, "the RTSP port")?;
+        let device_addrs = await_shards(&devices_ready, count, "the device ports")?;
+        let stream_addrs = await_shards(&streams_ready, count, "the stream ports")?;
+        anyhow::Ok((bound, device_addrs, stream_addrs))
+    })();
+    match ready {
+        Ok((bound, device_addrs, stream_addrs)) => Ok((running, bound, device_addrs, stream_addrs)),
+        Err(e) => {
+            shutdown.trigger();
+            let _ = running.join();
+            Err(e)
+        }
+    }
+}
+
+/// Waits until each of `count` shards reported that it listens on `what`; returns the address
+/// the last one reported (they all bind the same).
+fn await_shards<T, E: std::fmt::Display>(
+    ready: &std::sync::mpsc::Receiver<Result<T, E>>,
+    count: usize,
+    what: &str,
+) -> anyhow::Result<T> {
     let mut bound = None;
     for _ in 0..count {
-        match ready_rx.recv_timeout(Duration::from_secs(30)) {
+        match ready.recv_timeout(Duration::from_secs(30)) {
             Ok(Ok(addr)) => bound = Some(addr),
-            Ok(Err(e)) => {
-                shutdown.trigger();
-                let _ = running.join();
-                anyhow::bail!(e);
-            }
-            Err(_) => {
-                shutdown.trigger();
-                let _ = running.join();
-                anyhow::bail!("the shards did not start listening on the RTSP port");
-            }
+            Ok(Err(e)) => anyhow::bail!("{e}"),
+            Err(_) => anyhow::bail!("the shards did not start listening on {what}"),
         }
     }
-    let bound = bound.context("no shard reported its RTSP address")?;
-    let mut device_addrs = None;
-    for _ in 0..count {
-        match devices_ready.recv_timeout(Duration::from_secs(30)) {
-            Ok(Ok(addrs)) => device_addrs = Some(addrs),
-            Ok(Err(e)) => {
-                shutdown.trigger();
-                let _ = running.join();
-                anyhow::bail!(e);
-            }
-            Err(_) => {
-                shutdown.trigger();
-                let _ = running.join();
-                anyhow::bail!("the shards did not start listening on the device ports");
-            }
-        }
-    }
-    let device_addrs = device_addrs.context("no shard reported its device ports")?;
-    let mut stream_addrs = None;
-    for _ in 0..count {
-        match streams_ready.recv_timeout(Duration::from_secs(30)) {
-            Ok(Ok(addrs)) => stream_addrs = Some(addrs),
-            Ok(Err(e)) => {
-                shutdown.trigger();
-                let _ = running.join();
-                anyhow::bail!(e);
-            }
-            Err(_) => {
-                shutdown.trigger();
-                let _ = running.join();
-                anyhow::bail!("the shards did not start listening on the stream ports");
-            }
-        }
-    }
-    let stream_addrs = stream_addrs.context("no shard reported its stream ports")?;
-    Ok((running, bound, device_addrs, stream_addrs))
+    bound.with_context(|| format!("no shard reported its address for {what}"))
 }
 
 /// What the control plane thread is built from.
