@@ -15,6 +15,8 @@
 # Environment: VIEWERS="1 10 100 1000" RAMP=200/s DURATION= (default: ramp + 2 s + 6 s clean + 3 x 5 s traced) STREAMS="clip hd4M"
 #              SHARDS= (relay shards; default: all cores) LOADGEN_SHARDS=1
 #              CARGO_TARGET_DIR (default: <repo>/target) NO_BUILD=1 (use built binaries)
+#              TRACE=0: no perf/strace windows (they perturb the relay: the uprobes trap on every
+#              memcpy call, which at 1000 viewers halves the relay's throughput while attached)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -44,7 +46,9 @@ for tool in ffmpeg jq iperf3; do
     need "$tool" || { echo "fanout: $tool is required" >&2; exit 1; }
 done
 SYSCALL_TOOL=none
-if need perf && perf stat -e syscalls:sys_enter_sendmsg -- true >/dev/null 2>&1; then
+if [ "${TRACE:-1}" = 0 ]; then
+    : # no tracing at all: clean throughput and CPU figures and charts
+elif need perf && perf stat -e syscalls:sys_enter_sendmsg -- true >/dev/null 2>&1; then
     SYSCALL_TOOL=perf
 elif need strace; then
     SYSCALL_TOOL=strace
@@ -158,7 +162,7 @@ count_syscalls() {
 # Share of the relay's CPU samples in userspace memcpy/memmove/memset during WINDOW seconds.
 copy_share() {
     local out=$1
-    need perf || { echo null; return; }
+    if [ "${TRACE:-1}" = 0 ] || ! need perf; then echo null; return; fi
     perf record -q -e cpu-clock -F 999 -p "$RELAY" -o "$out.data" -- sleep "$WINDOW" >/dev/null 2>&1 || { echo null; return; }
     perf report -q -i "$out.data" --stdio --sort sym --percent-limit 0 2>/dev/null >"$out.txt" || { echo null; return; }
     # User-space symbols are marked [.]; kernel ones [k].
@@ -171,7 +175,7 @@ copy_share() {
 # interleaved header) are not calls and are not counted; they are bounded per packet.
 UPROBES=()
 setup_uprobes() {
-    need perf || return 0
+    if [ "${TRACE:-1}" = 0 ] || ! need perf; then return 0; fi
     local libc
     libc=$(ldd "$BIN/relay" | awk '/libc.so/{print $3}')
     [ -n "$libc" ] || return 0
@@ -235,7 +239,9 @@ for stream in $STREAMS; do
         # copied bytes (each divides by the packets or bytes relayed in its own window).
         clean_from=$(awk -v n="$n" -v r="${RAMP%/s}" -v s="$SETTLE" 'BEGIN { printf "%d", (n - 1) / r + s + 0.999 }')
         clean_to=$((clean_from + CLEAN))
-        duration=${DURATION:-$((clean_to + 3 * WINDOW + 4))s}
+        traced=$((3 * WINDOW))
+        [ "${TRACE:-1}" = 0 ] && traced=0
+        duration=${DURATION:-$((clean_to + traced + 4))s}
         log "$tag: $n viewers for $duration"
         start=$(date +%s.%N)
         "$BIN/loadgen" rtsp --play-url "$play" --viewers "$n" --duration "$duration" --ramp "$RAMP" \
@@ -245,10 +251,14 @@ for stream in $STREAMS; do
         since() { awk -v s="$start" -v now="$(date +%s.%N)" 'BEGIN { printf "%.2f", now - s }'; }
         sleep "$((clean_to + 1))"
         w1=$(since)
-        read -r sendmsg other < <(count_syscalls "$OUT/$tag.syscalls")
-        copies=$(copy_share "$OUT/$tag.perf")
-        w3=$(since)
-        read -r memmove memset < <(copied_bytes "$OUT/$tag.uprobes")
+        if [ "${TRACE:-1}" = 0 ]; then
+            sendmsg=0 other=0 copies=null w3=$w1 memmove=null memset=null
+        else
+            read -r sendmsg other < <(count_syscalls "$OUT/$tag.syscalls")
+            copies=$(copy_share "$OUT/$tag.perf")
+            w3=$(since)
+            read -r memmove memset < <(copied_bytes "$OUT/$tag.uprobes")
+        fi
         status=0
         wait "$loadgen" || status=$?
         cat "$OUT/$tag.txt" >&2
@@ -277,9 +287,9 @@ for stream in $STREAMS; do
                 rss_mb: .summary.server.rss_mb_max,
                 loadgen_cpu: ($clean | mean(.loadgen_cpu_pct)),
                 sendmsg_per_packet: (($syscall_window | mean(.rx_packets_per_sec)) as $pps
-                    | if ($pps // 0) > 0 then $sendmsg / ($pps * $window) else null end),
+                    | if ($pps // 0) > 0 and ($sendmsg + $other) > 0 then $sendmsg / ($pps * $window) else null end),
                 other_syscalls_per_packet: (($syscall_window | mean(.rx_packets_per_sec)) as $pps
-                    | if ($pps // 0) > 0 then $other / ($pps * $window) else null end),
+                    | if ($pps // 0) > 0 and ($sendmsg + $other) > 0 then $other / ($pps * $window) else null end),
                 userspace_copy_cpu_pct: $copies,
                 memmove_bytes_per_byte: (($copy_window | mean(.rx_bits_per_sec / 8)) as $bps
                     | if $memmove == null or ($bps // 0) == 0 then null else $memmove / ($bps * $window) end),
