@@ -12,7 +12,7 @@
 # payload copies in userspace".
 #
 # Usage: bench/fanout.sh [OUT_DIR]
-# Environment: VIEWERS="1 10 100 1000" RAMP=200/s DURATION= (default: ramp + 2 s + 6 s clean + 3 x 5 s traced) STREAMS="clip hd4M"
+# Environment: VIEWERS="1 10 100 1000" RAMP=200/s DURATION= (default: ramp + 4 s + 4 s clean + 3 x 5 s traced) STREAMS="clip hd4M"
 #              SHARDS= (relay shards; default: all cores) LOADGEN_SHARDS=1
 #              CARGO_TARGET_DIR (default: <repo>/target) NO_BUILD=1 (use built binaries)
 #              TRACE=0: no perf/strace windows (they perturb the relay: the uprobes trap on every
@@ -23,8 +23,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${1:-$ROOT/target/bench-fanout/$(date +%Y%m%d-%H%M%S)}
 VIEWERS=${VIEWERS:-"1 10 100 1000"}
 DURATION=${DURATION:-}
-SETTLE=2
-CLEAN=6
+# After the last viewer joins, the viewers catch up on the cached GOP for a few seconds.
+SETTLE=4
+CLEAN=4
 RAMP=${RAMP:-200/s}
 STREAMS=${STREAMS:-"clip hd4M"}
 LOADGEN_SHARDS=${LOADGEN_SHARDS:-1}
