@@ -78,6 +78,8 @@ pub struct ViewerRecord {
     pub lost: u64,
     /// Packets that arrived with an older sequence number than one already seen.
     pub late: u64,
+    /// Times a track's numbering started again (the publisher restarted with a new SSRC).
+    pub restarts: u64,
     /// Time from the PLAY response to the end of the session.
     pub playing_secs: f64,
     pub end: ViewerEnd,
@@ -131,6 +133,8 @@ pub struct Summary {
     pub packets: u64,
     pub lost_packets: u64,
     pub late_packets: u64,
+    /// Sequence restarts seen by all viewers together (publisher restarts times viewers).
+    pub sequence_restarts: u64,
     /// lost / (received + lost).
     pub loss_ratio: f64,
     /// Seconds (from the start) after which every viewer had been started, plus a settling
@@ -162,12 +166,14 @@ impl Summary {
         let mut kbps =
             Histogram::<u64>::new_with_bounds(1, 100_000_000, 3).expect("static bounds are valid");
         let (mut bytes, mut packets, mut lost, mut late) = (0u64, 0u64, 0u64, 0u64);
+        let mut restarts = 0u64;
         let (mut played, mut failed, mut with_keyframe, mut disconnects) = (0, 0, 0, 0);
         for record in records {
             bytes += record.bytes;
             packets += record.packets;
             lost += record.lost;
             late += record.late;
+            restarts += record.restarts;
             if let Some(us) = record.setup_us {
                 played += 1;
                 setup.saturating_record(us.max(1));
@@ -253,6 +259,7 @@ impl Summary {
             packets,
             lost_packets: lost,
             late_packets: late,
+            sequence_restarts: restarts,
             loss_ratio: if packets + lost == 0 {
                 0.0
             } else {
@@ -290,11 +297,12 @@ impl Summary {
         let _ = writeln!(out, "viewer Mbit/s:       {}", p(&self.viewer_mbps));
         let _ = writeln!(
             out,
-            "received: {} packets, {} lost ({:.4}%), {} late; steady {:.3} Gbit/s ({:.0} packets/s), peak {:.3} Gbit/s",
+            "received: {} packets, {} lost ({:.4}%), {} late, {} sequence restarts; steady {:.3} Gbit/s ({:.0} packets/s), peak {:.3} Gbit/s",
             self.packets,
             self.lost_packets,
             self.loss_ratio * 100.0,
             self.late_packets,
+            self.sequence_restarts,
             self.steady_gbps,
             self.steady_packets_per_sec,
             self.peak_gbps
@@ -604,6 +612,7 @@ mod tests {
             packets: 1000,
             lost,
             late: 0,
+            restarts: 0,
             playing_secs: 8.0,
             end,
         }

@@ -33,43 +33,51 @@ use crate::report::{Sample, ViewerEnd, ViewerRecord};
 
 // ----- measuring, sans-IO -----
 
-/// What one RTP sequence number tells about the stream.
+/// What one RTP packet's SSRC and sequence number tell about the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SequenceEvent {
     First,
     InOrder,
     /// This many packets before this one never arrived.
     Gap(u16),
-    /// Older than the newest seen (reordered or duplicated); not counted as received twice.
+    /// Slightly older than the newest seen (reordered or duplicated); not counted as received.
     Late,
+    /// A new source (SSRC changed: the publisher came back) or a jump too large to be loss
+    /// (RFC 3550 A.1: more than 3000 ahead or 100 behind): counting starts again here.
+    Restart,
 }
 
-/// Follows one track's 16-bit RTP sequence numbers across wrap-around.
+/// A forward jump larger than this is a restarted source, not loss (RFC 3550 `MAX_DROPOUT`).
+const MAX_DROPOUT: u16 = 3000;
+/// A packet further behind than this is a restarted source, not reordering (`MAX_MISORDER`).
+const MAX_MISORDER: u16 = 100;
+
+/// Follows one track's SSRC and 16-bit RTP sequence numbers across wrap-around.
 #[derive(Debug, Clone, Default)]
 pub struct SequenceTracker {
-    newest: Option<u16>,
+    newest: Option<(u32, u16)>,
 }
 
 impl SequenceTracker {
-    pub fn observe(&mut self, sequence: u16) -> SequenceEvent {
-        let Some(newest) = self.newest else {
-            self.newest = Some(sequence);
+    pub fn observe(&mut self, ssrc: u32, sequence: u16) -> SequenceEvent {
+        let Some((current_ssrc, newest)) = self.newest else {
+            self.newest = Some((ssrc, sequence));
             return SequenceEvent::First;
         };
-        let ahead = sequence.wrapping_sub(newest);
-        match ahead {
-            0 => SequenceEvent::Late,
-            1 => {
-                self.newest = Some(sequence);
-                SequenceEvent::InOrder
-            }
-            // Less than half the sequence space ahead: the packets between were lost.
-            2..0x8000 => {
-                self.newest = Some(sequence);
-                SequenceEvent::Gap(ahead - 1)
-            }
-            _ => SequenceEvent::Late,
+        if ssrc != current_ssrc {
+            self.newest = Some((ssrc, sequence));
+            return SequenceEvent::Restart;
         }
+        let ahead = sequence.wrapping_sub(newest);
+        let behind = newest.wrapping_sub(sequence);
+        let event = match ahead {
+            1 => SequenceEvent::InOrder,
+            2..=MAX_DROPOUT => SequenceEvent::Gap(ahead - 1),
+            _ if behind <= MAX_MISORDER => return SequenceEvent::Late,
+            _ => SequenceEvent::Restart,
+        };
+        self.newest = Some((ssrc, sequence));
+        event
     }
 }
 
@@ -140,6 +148,8 @@ pub struct ViewerMeter {
     pub packets: u64,
     pub lost: u64,
     pub late: u64,
+    /// Times a track's numbering started again (publisher restarted, SSRC changed).
+    pub restarts: u64,
     /// Frames on channels no track was set up on, or RTP that does not parse.
     pub unexpected: u64,
     pub rtcp: u64,
@@ -157,6 +167,7 @@ impl ViewerMeter {
             packets: 0,
             lost: 0,
             late: 0,
+            restarts: 0,
             unexpected: 0,
             rtcp: 0,
             seen_keyframe: false,
@@ -185,12 +196,13 @@ impl ViewerMeter {
             self.unexpected += 1;
             return false;
         };
-        match sequence.observe(header.sequence) {
+        match sequence.observe(header.ssrc, header.sequence) {
             SequenceEvent::Late => {
                 self.late += 1;
                 return false;
             }
             SequenceEvent::Gap(n) => self.lost += u64::from(n),
+            SequenceEvent::Restart => self.restarts += 1,
             SequenceEvent::First | SequenceEvent::InOrder => {}
         }
         self.packets += 1;
@@ -588,6 +600,7 @@ async fn receive(
         record.packets = meter.packets;
         record.lost = meter.lost;
         record.late = meter.late;
+        record.restarts = meter.restarts;
         record.playing_secs = playing_since.elapsed().as_secs_f64();
         let n = match client.buf.fill(&client.stream).await {
             Ok(0) => return ViewerError::Closed,
@@ -825,6 +838,7 @@ async fn shard_viewers(
                 packets: 0,
                 lost: 0,
                 late: 0,
+                restarts: 0,
                 playing_secs: 0.0,
                 end: ViewerEnd::RunEnded,
             };
@@ -858,18 +872,34 @@ mod tests {
     #[test]
     fn sequence_gaps_wrap_around() {
         let mut tracker = SequenceTracker::default();
-        assert_eq!(tracker.observe(65534), SequenceEvent::First);
-        assert_eq!(tracker.observe(65535), SequenceEvent::InOrder);
-        assert_eq!(tracker.observe(0), SequenceEvent::InOrder);
-        assert_eq!(tracker.observe(3), SequenceEvent::Gap(2));
-        assert_eq!(tracker.observe(2), SequenceEvent::Late);
-        assert_eq!(tracker.observe(3), SequenceEvent::Late);
-        assert_eq!(tracker.observe(4), SequenceEvent::InOrder);
-        // Half the space behind is "late", not 32k lost.
+        assert_eq!(tracker.observe(7, 65534), SequenceEvent::First);
+        assert_eq!(tracker.observe(7, 65535), SequenceEvent::InOrder);
+        assert_eq!(tracker.observe(7, 0), SequenceEvent::InOrder);
+        assert_eq!(tracker.observe(7, 3), SequenceEvent::Gap(2));
+        assert_eq!(tracker.observe(7, 2), SequenceEvent::Late);
+        assert_eq!(tracker.observe(7, 3), SequenceEvent::Late);
+        assert_eq!(tracker.observe(7, 4), SequenceEvent::InOrder);
+        assert_eq!(tracker.observe(7, 4 + 3000), SequenceEvent::Gap(2999));
+    }
+
+    #[test]
+    fn restarted_sources_are_not_loss() {
+        let mut tracker = SequenceTracker::default();
+        assert_eq!(tracker.observe(7, 100), SequenceEvent::First);
+        // A new SSRC (the publisher came back) starts over, wherever its numbers are.
+        assert_eq!(tracker.observe(9, 50), SequenceEvent::Restart);
+        assert_eq!(tracker.observe(9, 51), SequenceEvent::InOrder);
+        // Same SSRC, far behind or far ahead: a restart, not 65,000 late or lost packets.
         assert_eq!(
-            tracker.observe(4u16.wrapping_add(0x8000)),
-            SequenceEvent::Late
+            tracker.observe(9, 51u16.wrapping_sub(101)),
+            SequenceEvent::Restart
         );
+        assert_eq!(
+            tracker.observe(9, 51u16.wrapping_sub(100)),
+            SequenceEvent::InOrder
+        );
+        assert_eq!(tracker.observe(9, 20_000), SequenceEvent::Restart);
+        assert_eq!(tracker.observe(9, 19_950), SequenceEvent::Late);
     }
 
     #[test]
@@ -897,7 +927,12 @@ mod tests {
         assert!(!meter.on_frame(1, &[0x80, 0xc8, 0, 6]));
         assert!(!meter.on_frame(7, &rtp(1, &[])));
         assert!(!meter.on_frame(0, &[0x00, 0x01]));
-        assert_eq!(meter.packets, 5);
+        // The publisher comes back with a new SSRC and other numbers: no loss.
+        let mut restarted = RtpHeader::new(96, 40_000, 0, 2, false).write().to_vec();
+        restarted.extend_from_slice(&[0x41, 0x9a]);
+        assert!(!meter.on_frame(0, &restarted));
+        assert_eq!(meter.restarts, 1);
+        assert_eq!(meter.packets, 6);
         assert_eq!(meter.lost, 2);
         assert_eq!(meter.rtcp, 1);
         assert_eq!(meter.unexpected, 2);
