@@ -306,7 +306,11 @@ impl<'a> Batch<'a> {
             // Cannot truncate: RtpPacket::new bounds the length by MAX_PACKET_LEN.
             entry[2..4].copy_from_slice(&(packet.len() as u16).to_be_bytes());
             let prefix = packet.prefix();
-            entry[INTERLEAVED_HEADER_LEN..][..prefix.len()].copy_from_slice(prefix);
+            // Relayed (passthrough) packets have no prefix: skip the call, it runs per packet
+            // per viewer.
+            if !prefix.is_empty() {
+                entry[INTERLEAVED_HEADER_LEN..][..prefix.len()].copy_from_slice(prefix);
+            }
             wire_len += wire;
             packets += 1;
             seq += 1;
