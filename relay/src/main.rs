@@ -249,19 +249,13 @@ fn pki_command(cmd: PkiCommand) -> anyhow::Result<()> {
 
 fn url_command(args: UrlArgs) -> anyhow::Result<()> {
     let config = signal::config::Config::load(args.config.as_deref())?;
-    pki::validate_uid(&args.uid).or_else(|e| {
-        // Pulled sources have ids of their own; only device UIDs are checked strictly.
-        if args.uid.len() <= 64
-            && args
-                .uid
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            Ok(())
-        } else {
-            Err(e)
-        }
-    })?;
+    // The same check the RTSP server applies to the stream a URL names.
+    let kind: relay::stream_key::StreamKind = args
+        .stream
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--stream: {e:?}"))?;
+    relay::stream_key::StreamKey::new(args.uid.clone(), args.channel, kind)
+        .map_err(|e| anyhow::anyhow!("not a stream this server can serve: {e}"))?;
     let secrets = signal::secrets::Secrets::open_or_create(&args.data.data)?;
     let signer = signal::tokens::TokenSigner::new(secrets.token_key);
     let op = if args.op == "play" {
