@@ -218,6 +218,7 @@ fn stream_media(link: &mut impl ReadWriteAll, device: &mut StreamDevice, stop: &
 fn run_camera(
     server: (SocketAddr, SocketAddr, SocketAddr),
     device: Device,
+    encrypted: EncryptPolicy,
     events: mpsc::Sender<DeviceEvent>,
     stop: Arc<AtomicBool>,
 ) {
@@ -292,7 +293,7 @@ fn run_camera(
                             mode => {
                                 let policy = match mode {
                                     StreamMode::Tcp => EncryptPolicy::None,
-                                    _ => EncryptPolicy::All,
+                                    _ => encrypted,
                                 };
                                 let mut stream = TcpStream::connect(addr).unwrap();
                                 stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
@@ -354,6 +355,7 @@ fn rand_nonce() -> [u8; 32] {
 /// ffprobe's `codec,width,height` line, the events, and the camera's stop flag.
 fn probe_device_stream(
     mode: StreamEncryptMode,
+    encrypted: EncryptPolicy,
     uid: &str,
 ) -> (
     TestServer,
@@ -375,7 +377,7 @@ fn probe_device_stream(
     );
     {
         let stop = stop.clone();
-        std::thread::spawn(move || run_camera(addrs, device, events_tx, stop));
+        std::thread::spawn(move || run_camera(addrs, device, encrypted, events_tx, stop));
     }
     // Wait until the signalling link is online (the camera handshakes at once).
     std::thread::sleep(Duration::from_millis(500));
@@ -418,8 +420,11 @@ fn expect_preview(events: &mpsc::Receiver<DeviceEvent>, mode: StreamMode) -> u32
 
 #[test]
 fn tls_stream_plays_on_demand_and_stops_after_the_linger() {
-    let (server, line, events, stop) =
-        probe_device_stream(StreamEncryptMode::Tls, "95270000STRMTLS1");
+    let (server, line, events, stop) = probe_device_stream(
+        StreamEncryptMode::Tls,
+        EncryptPolicy::All,
+        "95270000STRMTLS1",
+    );
     assert_eq!(line, "h264,320,240");
     let stream_id = expect_preview(&events, StreamMode::Tls);
     assert!(matches!(
@@ -437,8 +442,11 @@ fn tls_stream_plays_on_demand_and_stops_after_the_linger() {
 
 #[test]
 fn encrypt_tcp_stream_with_every_frame_encrypted_plays_on_demand() {
-    let (server, line, events, stop) =
-        probe_device_stream(StreamEncryptMode::EncryptTcp, "95270000STRMETCP");
+    let (server, line, events, stop) = probe_device_stream(
+        StreamEncryptMode::EncryptTcp,
+        EncryptPolicy::All,
+        "95270000STRMETCP",
+    );
     assert_eq!(line, "h264,320,240");
     expect_preview(&events, StreamMode::EncryptTcp);
     stop.store(true, Ordering::Relaxed);
@@ -447,10 +455,27 @@ fn encrypt_tcp_stream_with_every_frame_encrypted_plays_on_demand() {
 
 #[test]
 fn plain_tcp_stream_plays_on_demand() {
-    let (server, line, events, stop) =
-        probe_device_stream(StreamEncryptMode::Tcp, "95270000STRMPTCP");
+    let (server, line, events, stop) = probe_device_stream(
+        StreamEncryptMode::Tcp,
+        EncryptPolicy::None,
+        "95270000STRMPTCP",
+    );
     assert_eq!(line, "h264,320,240");
     expect_preview(&events, StreamMode::Tcp);
+    stop.store(true, Ordering::Relaxed);
+    drop(server);
+}
+
+#[test]
+fn selective_encryption_keyframes_only_plays_on_demand() {
+    // The platform's selective encryption: the device encrypts only its keyframes.
+    let (server, line, events, stop) = probe_device_stream(
+        StreamEncryptMode::EncryptTcp,
+        EncryptPolicy::Keyframes,
+        "95270000STRMSEL1",
+    );
+    assert_eq!(line, "h264,320,240");
+    expect_preview(&events, StreamMode::EncryptTcp);
     stop.store(true, Ordering::Relaxed);
     drop(server);
 }
