@@ -812,7 +812,8 @@ impl DeviceStreamIngest {
                 self.lose_core_sync();
             }
         }
-        if !chunk.is_empty() {
+        // A packet may have failed the connection (wrong UID, media before handshake).
+        if !chunk.is_empty() && self.failure.is_none() {
             self.chunk = chunk;
         }
     }
@@ -936,7 +937,8 @@ impl DeviceStreamIngest {
                 self.lose_media_sync();
             }
         }
-        if !part.is_empty() {
+        // After a failure (too many resyncs) nothing more is read: keep no leftover.
+        if !part.is_empty() && self.failure.is_none() {
             self.media_parts.push_front(part);
         }
     }
