@@ -173,12 +173,3 @@ fn fuzz_entry_point_on_valid_and_mutated_streams() {
         fuzzing::ingest(&mutated[..(x as usize) % mutated.len()]);
     }
 }
-
-/// fuzz/regressions/device_ingest: an ingest that failed on too many resyncs kept the rest of
-/// the part it was demuxing (the fuzz target checks nothing is left over once polled dry).
-#[test]
-fn fuzz_regression_failure_after_resyncs_keeps_no_leftover() {
-    let input =
-        include_bytes!("../../../fuzz/regressions/device_ingest/too_many_resyncs_leftover.bin");
-    super::fuzzing::ingest(input);
-}

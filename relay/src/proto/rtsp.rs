@@ -677,6 +677,8 @@ fn parse_message(buf: &[u8], limits: &Limits) -> Result<Parsed<RtspMessage>, Rts
         check_partial_start_line(rest, skip)?;
         return Ok(Parsed::Incomplete);
     };
+    // The same check first on a whole head, so that how the bytes arrived never changes the error.
+    check_partial_start_line(&rest[..head_len], skip)?;
     let head = std::str::from_utf8(&rest[..head_len]).map_err(|e| RtspError::Malformed {
         offset: skip + e.valid_up_to(),
         rule: "UTF-8 text in the header section",
