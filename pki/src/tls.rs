@@ -274,10 +274,14 @@ pub(crate) fn server_config(
     resolver: Arc<ServerCertResolver>,
     provider: Arc<CryptoProvider>,
 ) -> Result<ServerConfig, PkiError> {
-    Ok(ServerConfig::builder_with_provider(provider)
+    let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(PROTOCOL_VERSIONS)?
         .with_no_client_auth()
-        .with_cert_resolver(resolver))
+        .with_cert_resolver(resolver);
+    // Our order (strongest first), not the client's: a client preferring a weaker suite of the
+    // list does not get it when both support a stronger one.
+    config.ignore_client_order = true;
+    Ok(config)
 }
 
 /// Server configuration requiring a device certificate. Session resumption is off: a resumed
@@ -293,6 +297,7 @@ pub(crate) fn mtls_server_config(
         .with_cert_resolver(resolver);
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
+    config.ignore_client_order = true;
     Ok(config)
 }
 
