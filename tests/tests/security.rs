@@ -1,0 +1,495 @@
+//! Who gets in, over real sockets against a running server: the device ports refuse a device
+//! that presents its own certificate but claims another provisioned device's UID (signalling
+//! 61005, streams 61006; registration 61002 is in `provisioning.rs`), and the encryptTCP ports
+//! (keep-alive 61003, streams 61007) refuse unknown and forged access keys, a session replayed
+//! byte for byte, and a frame whose HMAC was tampered with; the keep-alive refusals are counted
+//! on `/metrics`. Missing, foreign, expired and revoked certificates are in `provisioning.rs`;
+//! the sans-IO ingest checks (replayed frames, flipped bits) in `ingest_pipeline.rs`.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use loadgen::device::{EncryptPolicy, StreamDevice};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConnection, StreamOwned};
+use serde_json::{json, Value};
+use signal::proto::access_key::AccessKeyPair;
+use signal::proto::body::{BodyMessage, Handshake, Heartbeat};
+use signal::proto::core_packet::{cmd, CoreHeader, CODE_OK};
+use signal::proto::encrypt_tcp::Hello;
+use signal::session::sim::SimDevice;
+use tests::TestServer;
+
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+const UID_A: &str = "95270000SECURA01";
+const UID_B: &str = "95270000SECURB02";
+
+// ----- HTTP(S) and provisioning -----
+
+fn exchange(
+    stream: &mut (impl Read + Write),
+    method: &str,
+    path: &str,
+    body: &Value,
+) -> (u16, String) {
+    let body = body.to_string();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    stream.flush().unwrap();
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => response.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response head");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    (status, body.to_owned())
+}
+
+fn api(server: &TestServer, method: &str, path: &str, body: &Value) -> (u16, String) {
+    let mut stream = TcpStream::connect(server.server.addrs.api).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    exchange(&mut stream, method, path, body)
+}
+
+fn tls_connect(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> StreamOwned<ClientConnection, TcpStream> {
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let conn = ClientConnection::new(config, ServerName::try_from("localhost").unwrap()).unwrap();
+    StreamOwned::new(conn, tcp)
+}
+
+struct Device {
+    ca: String,
+    cert: String,
+    key: String,
+    keys: AccessKeyPair,
+}
+
+impl Device {
+    fn tls(&self) -> Arc<rustls::ClientConfig> {
+        pki::client_config_for_device(&self.ca, &self.cert, &self.key).unwrap()
+    }
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+fn provision(server: &TestServer, uid: &str) -> Device {
+    let (status, session) = api(
+        server,
+        "POST",
+        "/v1.0/devices/initialization-session",
+        &json!({ "uid": uid }),
+    );
+    assert_eq!(status, 200, "{session}");
+    let session = json(&session);
+    let ca = server.server.pki.ca_pem().to_owned();
+    let mut stream = tls_connect(
+        server.server.addrs.credentials,
+        pki::client_config_trusting(&ca).unwrap(),
+    );
+    let (status, credentials) = exchange(
+        &mut stream,
+        "POST",
+        "/v1.0/devices/credetials",
+        &json!({ "uid": uid, "code": session["code"] }),
+    );
+    assert_eq!(status, 200, "{credentials}");
+    let credentials = json(&credentials);
+    let cert = credentials["cert"].as_str().unwrap().to_owned();
+    let key = credentials["key"].as_str().unwrap().to_owned();
+    let tls = pki::client_config_for_device(&ca, &cert, &key).unwrap();
+    let mut stream = tls_connect(server.server.addrs.registration, tls);
+    let (status, registration) = exchange(
+        &mut stream,
+        "POST",
+        "/v1.0/devices/registration",
+        &json!({ "uid": uid }),
+    );
+    assert_eq!(status, 200, "{registration}");
+    let registration = json(&registration);
+    Device {
+        ca,
+        cert,
+        key,
+        keys: AccessKeyPair {
+            access_key: registration["accesskey"].as_str().unwrap().to_owned(),
+            secret: registration["secretAccesskey"].as_str().unwrap().to_owned(),
+        },
+    }
+}
+
+/// The value of one `/metrics` sample (0 when absent).
+fn metric(server: &TestServer, sample: &str) -> u64 {
+    let (status, text) = api(server, "GET", "/metrics", &Value::Null);
+    assert_eq!(status, 200);
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn online(server: &TestServer, uid: &str) -> bool {
+    let (status, body) = api(server, "GET", &format!("/v1.0/devices/{uid}"), &Value::Null);
+    status == 200 && json(&body)["online"] == true
+}
+
+fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what} within {IO_TIMEOUT:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn handshake(uid: &str) -> Handshake {
+    Handshake {
+        uid: uid.to_owned(),
+        family: Some("battery".into()),
+        model: Some("Argus 2".into()),
+        firmware: Some("Argus_2_200104_751".into()),
+        network_type: Some("wifi".into()),
+        carrier: None,
+    }
+}
+
+/// Everything the server sends until it closes the connection (or `within` passes); `true`
+/// when it closed.
+fn drain(stream: &mut impl Read, within: Duration) -> (Vec<u8>, bool) {
+    let deadline = Instant::now() + within;
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) => return (received, true),
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return (received, true),
+        }
+    }
+    (received, false)
+}
+
+fn short_reads(stream: &TcpStream) {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+}
+
+// ----- mutual TLS: another device's certificate -----
+
+#[test]
+fn signalling_refuses_a_certificate_claiming_another_provisioned_device() {
+    let server = TestServer::start_with(|c| c.shards = Some(2));
+    let a = provision(&server, UID_A);
+    let b = provision(&server, UID_B);
+
+    // B is online with its own certificate.
+    let mut b_link = tls_connect(server.server.addrs.signaling, b.tls());
+    let mut b_sim = SimDevice::signalling();
+    b_link
+        .write_all(&b_sim.handshake(&handshake(UID_B), 1))
+        .unwrap();
+    b_link.flush().unwrap();
+    wait_until("B online", || online(&server, UID_B));
+
+    // A's certificate, B's UID in the handshake: closed, counted, B undisturbed.
+    let before = metric(
+        &server,
+        "rop_device_links_closed_total{reason=\"uid_mismatch\"}",
+    );
+    let mut impostor = tls_connect(server.server.addrs.signaling, a.tls());
+    short_reads(&impostor.sock);
+    let mut sim = SimDevice::signalling();
+    impostor
+        .write_all(&sim.handshake(&handshake(UID_B), 1))
+        .unwrap();
+    impostor.flush().unwrap();
+    let (reply, closed) = drain(&mut impostor, Duration::from_secs(5));
+    assert!(closed, "the impostor's link is closed");
+    assert!(
+        sim.receive(&reply).unwrap_or_default().is_empty(),
+        "no handshake reply to the impostor"
+    );
+    assert_eq!(
+        metric(
+            &server,
+            "rop_device_links_closed_total{reason=\"uid_mismatch\"}"
+        ),
+        before + 1
+    );
+    assert!(online(&server, UID_B), "the real B is still online");
+    assert!(!online(&server, UID_A));
+}
+
+/// A stream connection on 61006 with `device`'s certificate and a handshake naming `uid`;
+/// returns the handshake reply's code, `None` when the server closed without one.
+fn stream_tls_handshake(server: &TestServer, device: &Device, uid: &str) -> Option<u32> {
+    let mut link = tls_connect(server.server.addrs.stream_tls, device.tls());
+    short_reads(&link.sock);
+    let mut stream_device = StreamDevice::tls(77);
+    let bytes = stream_device.handshake(&handshake(uid)).unwrap();
+    link.write_all(&bytes).unwrap();
+    link.flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match link.read(&mut buf) {
+            Ok(0) => return None,
+            Ok(n) => {
+                let packets = stream_device.receive(&buf[..n]).ok()?;
+                if let Some(reply) = packets.first() {
+                    assert_eq!(reply.header.command, cmd::HANDSHAKE);
+                    return Some(reply.header.response_code);
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return None,
+        }
+    }
+    panic!("neither a handshake reply nor a close within 5 s");
+}
+
+#[test]
+fn stream_tls_refuses_a_certificate_claiming_another_provisioned_device() {
+    let server = TestServer::start_with(|c| c.shards = Some(2));
+    let a = provision(&server, UID_A);
+    provision(&server, UID_B);
+    // The control: A's certificate and A's UID get the handshake reply.
+    assert_eq!(stream_tls_handshake(&server, &a, UID_A), Some(CODE_OK));
+    // A's certificate with B's UID: closed without a reply.
+    assert_eq!(stream_tls_handshake(&server, &a, UID_B), None);
+}
+
+// ----- encryptTCP: access keys, replay, HMAC -----
+
+/// A hello for `access_key` signed with `secret`.
+fn hello(access_key: &str, secret: &str) -> [u8; 100] {
+    let mut key = [0u8; 32];
+    key.copy_from_slice(access_key.as_bytes());
+    Hello {
+        code: 0,
+        access_key: key,
+        nonce: [9; 32],
+    }
+    .encode(secret.as_bytes())
+}
+
+/// Sends `bytes` as the first thing on a new connection to `addr`; what comes back before the
+/// server closes (or 3 s pass), and whether it closed.
+fn send_raw(addr: SocketAddr, bytes: &[u8]) -> (Vec<u8>, bool) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    short_reads(&stream);
+    stream.write_all(bytes).unwrap();
+    drain(&mut stream, Duration::from_secs(3))
+}
+
+#[test]
+fn keep_alive_refuses_unknown_and_forged_access_keys_and_counts_them() {
+    let server = TestServer::start();
+    let device = provision(&server, UID_A);
+    let addr = server.server.addrs.keepalive;
+    let unknown_before = metric(
+        &server,
+        "rop_device_links_closed_total{reason=\"unknown_key_index\"}",
+    );
+    let forged_before = metric(
+        &server,
+        "rop_device_links_closed_total{reason=\"bad_hello\"}",
+    );
+
+    // A key index the server never issued (the UID hash part is the device's).
+    let unknown = format!("unknownKeyIdx001{}", &device.keys.access_key[16..]);
+    let (reply, closed) = send_raw(addr, &hello(&unknown, &device.keys.secret));
+    assert!(
+        closed && reply.is_empty(),
+        "unknown key: {} bytes",
+        reply.len()
+    );
+
+    // The device's access key signed with a guessed secret.
+    let (reply, closed) = send_raw(
+        addr,
+        &hello(&device.keys.access_key, "not the secret of this accesskey"),
+    );
+    assert!(closed && reply.is_empty(), "forged: {} bytes", reply.len());
+
+    wait_until("both refusals counted", || {
+        metric(
+            &server,
+            "rop_device_links_closed_total{reason=\"unknown_key_index\"}",
+        ) == unknown_before + 1
+            && metric(
+                &server,
+                "rop_device_links_closed_total{reason=\"bad_hello\"}",
+            ) == forged_before + 1
+    });
+    assert!(!online(&server, UID_A));
+}
+
+/// Closed-link counts of the reasons a tampered or replayed encryptTCP stream ends with.
+fn tamper_refusals(server: &TestServer) -> u64 {
+    ["bad_frame", "bad_packet", "bad_handshake"]
+        .iter()
+        .map(|reason| {
+            metric(
+                server,
+                &format!("rop_device_links_closed_total{{reason=\"{reason}\"}}"),
+            )
+        })
+        .sum()
+}
+
+#[test]
+fn keep_alive_refuses_a_replayed_session() {
+    let server = TestServer::start();
+    let device = provision(&server, UID_A);
+    let addr = server.server.addrs.keepalive;
+
+    // A real session, recorded: hello, handshake, heartbeat.
+    let (mut sim, hello) = SimDevice::keep_alive(&device.keys, [3; 32]);
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.write_all(&hello).unwrap();
+    let mut reply = [0u8; 100];
+    stream.read_exact(&mut reply).unwrap();
+    sim.receive(&reply).unwrap();
+    assert_eq!(sim.hello_code(), Some(200));
+    let mut recorded = hello.to_vec();
+    for bytes in [
+        sim.handshake(&handshake(UID_A), 1),
+        sim.heartbeat(&Heartbeat::default(), 2),
+    ] {
+        stream.write_all(&bytes).unwrap();
+        recorded.extend_from_slice(&bytes);
+    }
+    wait_until("the recorded session online", || online(&server, UID_A));
+    drop(stream);
+    wait_until("offline after the close", || !online(&server, UID_A));
+
+    // The same bytes again: the hello is answered (with a new server nonce), the frames,
+    // encrypted under the old session's key, are refused and the link closed.
+    let before = tamper_refusals(&server);
+    let (reply, closed) = send_raw(addr, &recorded);
+    assert!(closed, "the replayed session is closed");
+    assert_eq!(reply.len(), 100, "only the hello reply");
+    assert!(!online(&server, UID_A));
+    wait_until("the replay counted", || {
+        tamper_refusals(&server) == before + 1
+    });
+}
+
+#[test]
+fn keep_alive_closes_a_link_on_a_frame_with_a_bad_hmac() {
+    let server = TestServer::start();
+    let device = provision(&server, UID_A);
+    let (mut sim, hello) = SimDevice::keep_alive(&device.keys, [4; 32]);
+    let mut stream = TcpStream::connect(server.server.addrs.keepalive).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.write_all(&hello).unwrap();
+    let mut reply = [0u8; 100];
+    stream.read_exact(&mut reply).unwrap();
+    sim.receive(&reply).unwrap();
+    stream
+        .write_all(&sim.handshake(&handshake(UID_A), 1))
+        .unwrap();
+    wait_until("online", || online(&server, UID_A));
+
+    let before = metric(
+        &server,
+        "rop_device_links_closed_total{reason=\"bad_frame\"}",
+    );
+    let mut heartbeat = sim
+        .packet(
+            CoreHeader::request(cmd::HEARTBEAT, 2),
+            Heartbeat::default().encode().as_bytes(),
+        )
+        .to_vec();
+    *heartbeat.last_mut().unwrap() ^= 0x01;
+    stream.write_all(&heartbeat).unwrap();
+    short_reads(&stream);
+    let (_, closed) = drain(&mut stream, Duration::from_secs(5));
+    assert!(closed, "the link is closed on the bad HMAC");
+    wait_until("counted", || {
+        metric(
+            &server,
+            "rop_device_links_closed_total{reason=\"bad_frame\"}",
+        ) == before + 1
+    });
+    wait_until("offline", || !online(&server, UID_A));
+}
+
+#[test]
+fn stream_tcp_refuses_unknown_and_forged_access_keys_and_replays() {
+    let server = TestServer::start_with(|c| c.shards = Some(2));
+    let device = provision(&server, UID_A);
+    let addr = server.server.addrs.stream_tcp;
+
+    let unknown = format!("unknownKeyIdx001{}", &device.keys.access_key[16..]);
+    let (reply, closed) = send_raw(addr, &hello(&unknown, &device.keys.secret));
+    assert!(
+        closed && reply.is_empty(),
+        "unknown key: {} bytes",
+        reply.len()
+    );
+    let (reply, closed) = send_raw(
+        addr,
+        &hello(&device.keys.access_key, "not the secret of this accesskey"),
+    );
+    assert!(closed && reply.is_empty(), "forged: {} bytes", reply.len());
+
+    // A real stream connection up to the handshake reply, recorded.
+    let (mut stream_device, hello) =
+        StreamDevice::encrypt_tcp(&device.keys, [5; 32], 77, EncryptPolicy::All);
+    let mut stream = TcpStream::connect(addr).unwrap();
+    short_reads(&stream);
+    stream.write_all(&hello).unwrap();
+    let mut recorded = hello.to_vec();
+    let mut reply = [0u8; 100];
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.read_exact(&mut reply).unwrap();
+    short_reads(&stream);
+    assert!(stream_device.receive(&reply).unwrap().is_empty());
+    assert_eq!(stream_device.hello_code(), Some(200));
+    let handshake_bytes = stream_device.handshake(&handshake(UID_A)).unwrap();
+    stream.write_all(&handshake_bytes).unwrap();
+    recorded.extend_from_slice(&handshake_bytes);
+    let (reply, _) = drain(&mut stream, Duration::from_millis(600));
+    let packets = stream_device.receive(&reply).unwrap();
+    assert_eq!(packets.len(), 1, "the handshake reply to the real device");
+    assert_eq!(packets[0].header.response_code, CODE_OK);
+    drop(stream);
+
+    // Replayed: the hello is answered, the handshake (under the old key) is not.
+    let mut replay = TcpStream::connect(addr).unwrap();
+    short_reads(&replay);
+    replay.write_all(&recorded).unwrap();
+    let (reply, _) = drain(&mut replay, Duration::from_secs(2));
+    assert_eq!(reply.len(), 100, "only the hello reply to the replay");
+}
