@@ -265,6 +265,8 @@ pub struct Config {
     pub provisioning: ProvisioningConfig,
     /// Device sessions.
     pub device: DeviceConfig,
+    /// Connection limits and guessing protection (`[limits]`).
+    pub limits: crate::limits::LimitsConfig,
 }
 
 impl Default for Config {
@@ -282,6 +284,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             provisioning: ProvisioningConfig::default(),
             device: DeviceConfig::default(),
+            limits: crate::limits::LimitsConfig::default(),
         }
     }
 }

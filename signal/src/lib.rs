@@ -11,6 +11,7 @@ mod device_api;
 mod device_control_api;
 pub mod devices;
 pub mod http_server;
+pub mod limits;
 pub mod proto;
 pub mod provisioning;
 pub mod secrets;
