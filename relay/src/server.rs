@@ -203,28 +203,34 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
         crate::device::DeviceWiring::new(device_settings, shard_count);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let advertised = Arc::new(signal::api::AdvertisedPorts::default());
+    // One set of connection limits for every port of every thread (installed per thread).
+    let limits = signal::limits::ConnectionLimits::new(config.limits.clone());
     let control = {
         let pki = pki.clone();
         let advertised = advertised.clone();
         let shutdown = shutdown.clone();
+        let limits = limits.clone();
         std::thread::Builder::new()
             .name("control".into())
             .spawn(move || {
-                let result = rt::block_on_shard(move || async move {
-                    run_control_plane(
-                        ControlPlaneParts {
-                            config,
-                            pki,
-                            store,
-                            secrets,
-                            directory,
-                            alarm_delivery,
-                            advertised,
-                        },
-                        shutdown,
-                        ready_tx,
-                    )
-                    .await
+                let result = rt::block_on_shard(move || {
+                    signal::limits::install(limits);
+                    async move {
+                        run_control_plane(
+                            ControlPlaneParts {
+                                config,
+                                pki,
+                                store,
+                                secrets,
+                                directory,
+                                alarm_delivery,
+                                advertised,
+                            },
+                            shutdown,
+                            ready_tx,
+                        )
+                        .await
+                    }
                 });
                 if let Err(e) = result {
                     tracing::error!("control plane stopped: {e}");
@@ -243,6 +249,7 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
         devices_ready,
         (streams, streams_ready),
         &shutdown,
+        limits,
     );
     let (shards, rtsp, (keepalive, signaling), (stream_tls, stream_tcp)) = match started {
         Ok(started) => started,
@@ -287,6 +294,7 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
 type DeviceAddrs = (SocketAddr, SocketAddr);
 
 /// Starts the data-plane shards and waits until each listens on the RTSP and device ports.
+#[allow(clippy::too_many_arguments)]
 fn start_shards(
     count: usize,
     rtsp_listen: SocketAddr,
@@ -298,6 +306,7 @@ fn start_shards(
         std::sync::mpsc::Receiver<Result<DeviceAddrs, String>>,
     ),
     shutdown: &Shutdown,
+    limits: Arc<signal::limits::ConnectionLimits>,
 ) -> anyhow::Result<(
     rt::shard::RunningShards<()>,
     SocketAddr,
@@ -312,6 +321,7 @@ fn start_shards(
         .name("shard")
         .with_shutdown(shutdown.clone())
         .start(move |ctx| {
+            signal::limits::install(limits.clone());
             crate::shard::run(
                 ctx,
                 mesh.clone(),
@@ -541,11 +551,21 @@ async fn accept_http(
                 continue;
             }
         };
+        let listener = if tls.is_some() { "https" } else { "http" };
+        let admitted = match stream.peer_addr() {
+            Ok(peer) => signal::limits::admit(listener, peer.ip()),
+            Err(_) => Ok(None),
+        };
+        // Refused: counted by the limits; dropping the stream closes it.
+        let Ok(permit) = admitted else {
+            continue;
+        };
         let (handler, tls, http, shutdown) =
             (handler.clone(), tls.clone(), http.clone(), shutdown.clone());
         let guard = open.enter();
         rt::spawn_detached(async move {
             let _guard = guard;
+            let _permit = permit;
             let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
                 return;
             };

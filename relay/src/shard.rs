@@ -536,11 +536,13 @@ pub async fn run(
                     let peer = handoff.peer;
                     match handoff.into_tcp() {
                         Ok(stream) => {
-                            rt::spawn_detached(crate::rtsp::conn::serve(
-                                shard.clone(),
-                                stream,
-                                peer,
-                            ));
+                            // Admitted by the accepting shard; counted here from now on.
+                            let permit = signal::limits::adopt(peer.ip());
+                            let serve = crate::rtsp::conn::serve(shard.clone(), stream, peer);
+                            rt::spawn_detached(async move {
+                                let _permit = permit;
+                                serve.await
+                            });
                         }
                         Err(e) => {
                             warn!(shard = ctx.id, from, %peer, "handed-off RTSP connection lost: {e}")
@@ -565,7 +567,15 @@ async fn accept_rtsp(shard: Rc<Shard>, listener: TcpListener) {
                 let Ok(peer) = stream.peer_addr() else {
                     continue;
                 };
-                rt::spawn_detached(crate::rtsp::conn::serve(shard.clone(), stream, peer));
+                // Refused: counted by the limits; dropping the stream closes it.
+                let Ok(permit) = signal::limits::admit("rtsp", peer.ip()) else {
+                    continue;
+                };
+                let serve = crate::rtsp::conn::serve(shard.clone(), stream, peer);
+                rt::spawn_detached(async move {
+                    let _permit = permit;
+                    serve.await
+                });
             }
             Err(e) => {
                 warn!(shard = shard.id, "RTSP accept failed: {e}");

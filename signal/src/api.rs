@@ -105,6 +105,11 @@ impl Handler for PortHandler {
     async fn handle(&self, request: Request, conn: &ConnInfo) -> Response {
         if self.port == Port::Client {
             if let Some(refusal) = self.plane.check_api_auth(&request) {
+                crate::limits::record_failure(
+                    "http",
+                    crate::limits::Failure::ApiToken,
+                    conn.peer.ip(),
+                );
                 return refusal;
             }
             if let Some(response) = self.plane.device_routes(&request).await {
@@ -126,7 +131,7 @@ impl ControlPlane {
                 _ => url_not_found(),
             },
             Port::Credentials => match (path, req.method()) {
-                ("/v1.0/devices/credetials", &Method::POST) => self.post_credentials(req),
+                ("/v1.0/devices/credetials", &Method::POST) => self.post_credentials(req, conn),
                 ("/v1.0/devices/credetials", _) => method_not_allowed("POST"),
                 _ => url_not_found(),
             },
@@ -245,6 +250,9 @@ impl ControlPlane {
         if let Some(alarms) = &self.alarm_metrics {
             alarms.render_prometheus(crate::alarms::unix_now_ms(), &mut out);
         }
+        if let Some(limits) = crate::limits::current() {
+            limits.render_prometheus(&mut out);
+        }
         let mut response = http::Response::new(out.into_bytes());
         response.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -260,7 +268,7 @@ impl ControlPlane {
         json_response(StatusCode::OK, &self.provisioning.ca(unix_now()))
     }
 
-    fn post_credentials(&self, req: &Request) -> Response {
+    fn post_credentials(&self, req: &Request, conn: &ConnInfo) -> Response {
         let request = if content_type_is(req, PKCS10_MEDIA_TYPE) {
             let query = query_pairs(req);
             let field = |name: &str| {
@@ -295,7 +303,17 @@ impl ControlPlane {
                 response
             }
             Ok(credentials) => json_response(StatusCode::OK, &credentials),
-            Err(e) => provisioning_error(&e),
+            Err(e) => {
+                if matches!(e, crate::provisioning::ProvisioningError::CodeInvalid(_)) {
+                    // Codes are short: guessing them is counted and boxed per address.
+                    crate::limits::record_failure(
+                        "credentials",
+                        crate::limits::Failure::Code,
+                        conn.peer.ip(),
+                    );
+                }
+                provisioning_error(&e)
+            }
         }
     }
 

@@ -271,6 +271,18 @@ impl ConnectionLimits {
         Ok(())
     }
 
+    /// A permit for a connection admitted on another shard and handed to this one (its
+    /// accepting shard's permit ends with the handoff): counted, never refused.
+    pub fn adopt(self: &Arc<Self>, peer: IpAddr) -> ConnectionPermit {
+        let key = PeerKey::of(peer);
+        lock(&self.peers).entry(key).or_default().open += 1;
+        self.open.fetch_add(1, Ordering::Relaxed);
+        ConnectionPermit {
+            limits: self.clone(),
+            peer: key,
+        }
+    }
+
     fn release(&self, key: PeerKey) {
         self.open.fetch_sub(1, Ordering::Relaxed);
         let mut peers = lock(&self.peers);
@@ -427,6 +439,33 @@ pub fn admit(listener: &'static str, peer: IpAddr) -> Result<Option<ConnectionPe
     }
 }
 
+/// [`ConnectionLimits::adopt`] under this thread's limits.
+pub fn adopt(peer: IpAddr) -> Option<ConnectionPermit> {
+    current().map(|limits| limits.adopt(peer))
+}
+
+/// True when `hello` (a keep-alive or stream hello) names a device key this server has and is
+/// signed with the secret of its access key: what a guesser cannot produce. Checked at the
+/// door to count guesses per address; the session checks the hello again in full.
+pub fn hello_is_authentic(hello: &[u8], keys: &crate::secrets::DeviceKeys) -> bool {
+    use crate::proto::access_key::{secret_for, split_access_key};
+    use crate::proto::encrypt_tcp::Hello;
+    let Ok(parsed) = Hello::parse(hello) else {
+        return false;
+    };
+    let Some((index, uid_hash)) = parsed.access_key_str().and_then(split_access_key) else {
+        return false;
+    };
+    let Some(device_key) = keys.key(index) else {
+        return false;
+    };
+    Hello::verify(
+        hello,
+        secret_for(device_key.as_bytes(), uid_hash).as_bytes(),
+    )
+    .is_ok()
+}
+
 /// Reports an authentication failure under this thread's limits (see
 /// [`ConnectionLimits::record_failure`]); false when none are installed.
 pub fn record_failure(listener: &'static str, failure: Failure, peer: IpAddr) -> bool {
@@ -553,6 +592,47 @@ mod tests {
             assert!(!limits.record_failure("rtsp", Failure::PlayToken, ip("::1")));
         }
         assert!(limits.admit("rtsp", ip("::1")).is_ok());
+    }
+
+    #[test]
+    fn adopted_connections_count_without_being_refused() {
+        let limits = limits(1, 1);
+        let _a = limits.admit("rtsp", ip("203.0.113.20")).unwrap();
+        let _b = limits.adopt(ip("203.0.113.20"));
+        assert_eq!(limits.open_connections(), 2);
+        assert_eq!(
+            limits.admit("rtsp", ip("203.0.113.21")).unwrap_err(),
+            Refusal::Global
+        );
+    }
+
+    #[test]
+    fn hello_authenticity_needs_a_known_key_index_and_the_right_secret() {
+        use crate::proto::access_key::AccessKeyPair;
+        use crate::proto::encrypt_tcp::Hello;
+        let keys = crate::secrets::DeviceKeys {
+            current_index: "keyIndex00000001".into(),
+            keys: [("keyIndex00000001".into(), "k".repeat(32))].into(),
+        };
+        let hello = |pair: &AccessKeyPair, secret: &str| {
+            let mut access_key = [0u8; 32];
+            access_key.copy_from_slice(pair.access_key.as_bytes());
+            Hello {
+                code: 0,
+                access_key,
+                nonce: [1; 32],
+            }
+            .encode(secret.as_bytes())
+        };
+        let good = AccessKeyPair::derive("keyIndex00000001", "k".repeat(32).as_bytes(), "UID");
+        assert!(hello_is_authentic(&hello(&good, &good.secret), &keys));
+        assert!(!hello_is_authentic(&hello(&good, "guess"), &keys));
+        let unknown = AccessKeyPair::derive("keyIndex00000002", b"other", "UID");
+        assert!(!hello_is_authentic(
+            &hello(&unknown, &unknown.secret),
+            &keys
+        ));
+        assert!(!hello_is_authentic(&[0u8; 10], &keys));
     }
 
     #[test]

@@ -88,6 +88,13 @@ async fn accept_loop(shard: Rc<DeviceShard>, listener: TcpListener, link: LinkKi
     while let Some(accepted) = listener.accept_until(&shard.shutdown).await {
         match accepted {
             Ok(stream) => {
+                let listener = match link {
+                    LinkKind::KeepAlive => "keepalive",
+                    LinkKind::Signalling => "signalling",
+                };
+                let Ok(permit) = admit_peer(listener, &stream) else {
+                    continue;
+                };
                 match link {
                     LinkKind::KeepAlive => shard.count(|s| s.accepted_keepalive += 1),
                     LinkKind::Signalling => shard.count(|s| s.accepted_signalling += 1),
@@ -95,6 +102,8 @@ async fn accept_loop(shard: Rc<DeviceShard>, listener: TcpListener, link: LinkKi
                 let _ = stream.set_nodelay(true);
                 let shard = shard.clone();
                 rt::spawn_detached(async move {
+                    // Held while the connection is on this shard; the owner adopts it.
+                    let _permit = permit;
                     match link {
                         LinkKind::KeepAlive => route_keepalive(shard, stream).await,
                         LinkKind::Signalling => route_signalling(shard, stream).await,
@@ -106,6 +115,18 @@ async fn accept_loop(shard: Rc<DeviceShard>, listener: TcpListener, link: LinkKi
                 rt::timer::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// Admits a new connection under the server's connection limits; refused connections are
+/// counted there and closed by the caller dropping the stream.
+fn admit_peer(
+    listener: &'static str,
+    stream: &TcpStream,
+) -> Result<Option<signal::limits::ConnectionPermit>, signal::limits::Refusal> {
+    match stream.peer_addr() {
+        Ok(peer) => signal::limits::admit(listener, peer.ip()),
+        Err(_) => Ok(None),
     }
 }
 
@@ -206,6 +227,15 @@ async fn route_keepalive(shard: Rc<DeviceShard>, mut stream: TcpStream) {
             return;
         }
     }
+    if !signal::limits::hello_is_authentic(&hello, &shard.settings.device_keys) {
+        if let Ok(peer) = stream.peer_addr() {
+            signal::limits::record_failure(
+                "keepalive",
+                signal::limits::Failure::AccessKey,
+                peer.ip(),
+            );
+        }
+    }
     // A malformed key names no shard: any shard can refuse the hello, this one does.
     let owner = hello
         .get(4..36)
@@ -245,6 +275,7 @@ async fn route_keepalive(shard: Rc<DeviceShard>, mut stream: TcpStream) {
 pub(super) fn serve_handoff(shard: Rc<DeviceShard>, handoff: DeviceHandoff) {
     rt::spawn_detached(async move {
         let peer = handoff.handoff.peer;
+        let _permit = signal::limits::adopt(peer.ip());
         let stream = match handoff.link {
             LinkKind::Signalling => TlsStream::from_handoff(handoff.handoff)
                 .map(MaybeTls::from)

@@ -393,6 +393,10 @@ async fn handle_request(
         close,
     } = reply;
     debug!(conn = conn.id, method = %request.method, status = response.status.0, "RTSP request");
+    // 401/403: a play or publish token that does not verify (guessing is counted per address).
+    if matches!(response.status.0, 401 | 403) {
+        signal::limits::record_failure("rtsp", signal::limits::Failure::PlayToken, conn.peer.ip());
+    }
     queue_response(conn, &response);
     match effect {
         Effect::None => {}

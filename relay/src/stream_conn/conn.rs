@@ -65,6 +65,15 @@ async fn accept_loop(shard: Rc<StreamShard>, listener: TcpListener, tls: bool) {
     while let Some(accepted) = listener.accept_until(&shard.shutdown).await {
         match accepted {
             Ok(stream) => {
+                let listener = if tls { "stream_tls" } else { "stream_tcp" };
+                let admitted = match stream.peer_addr() {
+                    Ok(peer) => signal::limits::admit(listener, peer.ip()),
+                    Err(_) => Ok(None),
+                };
+                // Refused: counted by the limits; dropping the stream closes it.
+                let Ok(permit) = admitted else {
+                    continue;
+                };
                 shard.count(|s| {
                     if tls {
                         s.accepted_tls += 1
@@ -75,6 +84,8 @@ async fn accept_loop(shard: Rc<StreamShard>, listener: TcpListener, tls: bool) {
                 let _ = stream.set_nodelay(true);
                 let shard = shard.clone();
                 rt::spawn_detached(async move {
+                    // Held while the connection is on this shard; the owner adopts it.
+                    let _permit = permit;
                     if tls {
                         route_tls(shard, stream).await
                     } else {
@@ -135,6 +146,15 @@ async fn route_tcp(shard: Rc<StreamShard>, mut stream: TcpStream) {
             return;
         }
     }
+    if !signal::limits::hello_is_authentic(&hello, &shard.settings.device_keys) {
+        if let Ok(peer) = stream.peer_addr() {
+            signal::limits::record_failure(
+                "stream_tcp",
+                signal::limits::Failure::AccessKey,
+                peer.ip(),
+            );
+        }
+    }
     // A malformed key names no shard: the ingest here refuses the hello.
     let owner = hello
         .get(4..36)
@@ -173,6 +193,7 @@ impl StreamShard {
 pub(super) fn serve_handoff(shard: Rc<StreamShard>, handoff: StreamHandoff) {
     rt::spawn_detached(async move {
         let peer = handoff.handoff.peer;
+        let _permit = signal::limits::adopt(peer.ip());
         let (stream, mode) = if handoff.tls {
             (
                 TlsStream::from_handoff(handoff.handoff)
