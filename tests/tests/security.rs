@@ -4,7 +4,9 @@
 //! (keep-alive 61003, streams 61007) refuse unknown and forged access keys, a session replayed
 //! byte for byte, and a frame whose HMAC was tampered with; the keep-alive refusals are counted
 //! on `/metrics`. Missing, foreign, expired and revoked certificates are in `provisioning.rs`;
-//! the sans-IO ingest checks (replayed frames, flipped bits) in `ingest_pipeline.rs`.
+//! the sans-IO ingest checks (replayed frames, flipped bits) in `ingest_pipeline.rs`. Then the
+//! connection limits (`[limits]`): a connection over the per-address limit is closed at once,
+//! and an address that keeps presenting bad play tokens is refused for a while; both counted.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -492,4 +494,138 @@ fn stream_tcp_refuses_unknown_and_forged_access_keys_and_replays() {
     replay.write_all(&recorded).unwrap();
     let (reply, _) = drain(&mut replay, Duration::from_secs(2));
     assert_eq!(reply.len(), 100, "only the hello reply to the replay");
+}
+
+// ----- connection limits and guessing -----
+
+/// `/metrics`, or `None` while the server refuses this address.
+fn try_metrics(server: &TestServer) -> Option<String> {
+    let mut stream = TcpStream::connect(server.server.addrs.api).ok()?;
+    stream.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    text.starts_with("HTTP/1.1 200").then_some(text)
+}
+
+fn sample(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// True when the server closes a fresh connection to `addr` without a word.
+fn closed_at_once(addr: SocketAddr) -> bool {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    short_reads(&stream);
+    let (received, closed) = drain(&mut stream, Duration::from_secs(3));
+    closed && received.is_empty()
+}
+
+#[test]
+fn connection_over_the_per_address_limit_is_closed_at_once_and_counted() {
+    let server = TestServer::start_with(|c| {
+        c.shards = Some(2);
+        c.limits.exempt_loopback = false;
+        c.limits.max_connections_per_ip = 3;
+    });
+    let rtsp = server.server.addrs.rtsp;
+    // Three connections are held, each known to be admitted (it was answered)...
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut stream = TcpStream::connect(rtsp).unwrap();
+            stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+            stream
+                .write_all(b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n\r\n")
+                .unwrap();
+            let mut buf = [0u8; 512];
+            let n = stream.read(&mut buf).unwrap();
+            assert!(buf[..n].starts_with(b"RTSP/1.0 200"), "admitted");
+            stream
+        })
+        .collect();
+    let mut probe = TcpStream::connect(rtsp).unwrap();
+    short_reads(&probe);
+    // ...the fourth is closed without a byte, whatever the port.
+    let (received, closed) = drain(&mut probe, Duration::from_secs(3));
+    assert!(
+        closed && received.is_empty(),
+        "the fourth connection is refused"
+    );
+    assert!(closed_at_once(server.server.addrs.keepalive));
+    drop(held);
+    let mut metrics = String::new();
+    wait_until("metrics once the held connections closed", || {
+        try_metrics(&server).is_some_and(|text| {
+            metrics = text;
+            true
+        })
+    });
+    assert_eq!(
+        sample(
+            &metrics,
+            "rop_connections_refused_total{listener=\"rtsp\",reason=\"per_ip_limit\"}"
+        ),
+        1,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "rop_connections_refused_total{listener=\"keepalive\",reason=\"per_ip_limit\"}"
+        ),
+        1
+    );
+}
+
+#[test]
+fn an_address_guessing_play_tokens_is_refused_for_a_while() {
+    let server = TestServer::start_with(|c| {
+        c.limits.exempt_loopback = false;
+        c.limits.max_failures_per_ip = 3;
+        c.limits.block_secs = 2;
+    });
+    let rtsp = server.server.addrs.rtsp;
+    let mut stream = TcpStream::connect(rtsp).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    for cseq in 1..=3 {
+        let request = format!(
+            "DESCRIBE rtsp://{rtsp}/v1.0/live/guess{cseq:04}AAAAAAAAAAAAAAAAAAAAAAAA RTSP/1.0\r\n\
+             CSeq: {cseq}\r\nAccept: application/sdp\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut buf = [0u8; 1024];
+        let n = stream.read(&mut buf).unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]);
+        assert!(head.starts_with("RTSP/1.0 401"), "{head}");
+    }
+    // Boxed: every port refuses this address at accept.
+    assert!(closed_at_once(rtsp), "refused after the third bad token");
+    assert!(closed_at_once(server.server.addrs.api));
+    // Released after the block time; the refusals were counted.
+    let mut metrics = String::new();
+    wait_until("the address released", || {
+        try_metrics(&server).is_some_and(|text| {
+            metrics = text;
+            true
+        })
+    });
+    assert_eq!(sample(&metrics, "rop_auth_blocks_total"), 1, "{metrics}");
+    assert_eq!(
+        sample(
+            &metrics,
+            "rop_auth_failures_total{listener=\"rtsp\",failure=\"play_token\"}"
+        ),
+        3
+    );
+    assert!(
+        sample(
+            &metrics,
+            "rop_connections_refused_total{listener=\"rtsp\",reason=\"auth_failures\"}"
+        ) >= 1
+    );
 }
