@@ -636,6 +636,13 @@ mod tests {
     }
 
     #[test]
+    fn sample_configuration_documents_the_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../relay.sample.toml");
+        let config = crate::config::Config::from_file(&path).unwrap();
+        assert_eq!(config.limits, LimitsConfig::default());
+    }
+
+    #[test]
     fn idle_peers_are_forgotten() {
         let limits = limits(100, 100);
         let permit = limits.admit("rtsp", ip("203.0.113.12")).unwrap();
