@@ -393,10 +393,14 @@ async fn handle_request(
         close,
     } = reply;
     debug!(conn = conn.id, method = %request.method, status = response.status.0, "RTSP request");
-    // 401/403: a play or publish token that does not verify (guessing is counted per address).
-    if matches!(response.status.0, 401 | 403) {
-        signal::limits::record_failure("rtsp", signal::limits::Failure::PlayToken, conn.peer.ip());
-    }
+    // 401/403: a play or publish token that does not verify (guessing is counted per address;
+    // an address boxed for it loses this connection too, after the answer).
+    let boxed = matches!(response.status.0, 401 | 403)
+        && signal::limits::record_failure(
+            "rtsp",
+            signal::limits::Failure::PlayToken,
+            conn.peer.ip(),
+        );
     queue_response(conn, &response);
     match effect {
         Effect::None => {}
@@ -419,7 +423,7 @@ async fn handle_request(
         ))),
     };
     conn.watch.idle_limit.set(limit);
-    close
+    close || boxed
 }
 
 async fn perform(conn: &Conn, need: Need) -> Answer {
