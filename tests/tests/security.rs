@@ -633,3 +633,66 @@ fn an_address_guessing_play_tokens_is_refused_for_a_while() {
         ) >= 1
     );
 }
+
+/// Sends `bytes` one at a time, 200 ms apart, until the server closes the connection; true
+/// when it closed before everything was sent (or within `IO_TIMEOUT` after).
+fn closes_a_slow_sender(addr: SocketAddr, bytes: &[u8]) -> bool {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    for byte in bytes {
+        if stream.write_all(&[*byte]).is_err() {
+            return true;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
+    drain(&mut stream, IO_TIMEOUT).1
+}
+
+#[test]
+fn slow_senders_on_the_device_ports_are_closed_after_the_handshake_timeout() {
+    let server = TestServer::start_with(|c| c.device.handshake_timeout_secs = 1);
+    let addrs = &server.server.addrs;
+    // 100 bytes at 5 per second would take 20 s; the hello must be whole within 1 s.
+    let hello = [0x64u8; 100];
+    // A TLS ClientHello record header announcing 512 bytes, then a trickle of them.
+    let client_hello: Vec<u8> = [
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ]
+    .into_iter()
+    .chain(std::iter::repeat_n(0u8, 89))
+    .collect();
+    let before = metric(&server, "rop_device_hello_incomplete_total");
+    assert!(closes_a_slow_sender(addrs.keepalive, &hello), "keep-alive");
+    assert!(closes_a_slow_sender(addrs.stream_tcp, &hello), "stream TCP");
+    assert!(
+        closes_a_slow_sender(addrs.signaling, &client_hello),
+        "signalling"
+    );
+    assert!(
+        closes_a_slow_sender(addrs.stream_tls, &client_hello),
+        "stream TLS"
+    );
+    assert_eq!(
+        metric(&server, "rop_device_hello_incomplete_total"),
+        before + 1
+    );
+    assert_eq!(
+        metric(
+            &server,
+            "rop_device_tls_handshake_failures_total{reason=\"timeout\"}"
+        ),
+        1
+    );
+}
