@@ -342,6 +342,14 @@ fn keep_alive_refuses_unknown_and_forged_access_keys_and_counts_them() {
     );
     assert!(closed && reply.is_empty(), "forged: {} bytes", reply.len());
 
+    assert_eq!(
+        metric(
+            &server,
+            "rop_auth_failures_total{listener=\"keepalive\",failure=\"access_key\"}"
+        ),
+        2,
+        "both bad hellos counted as guesses"
+    );
     wait_until("both refusals counted", || {
         metric(
             &server,
@@ -465,6 +473,14 @@ fn stream_tcp_refuses_unknown_and_forged_access_keys_and_replays() {
         &hello(&device.keys.access_key, "not the secret of this accesskey"),
     );
     assert!(closed && reply.is_empty(), "forged: {} bytes", reply.len());
+    assert_eq!(
+        metric(
+            &server,
+            "rop_auth_failures_total{listener=\"stream_tcp\",failure=\"access_key\"}"
+        ),
+        2,
+        "both bad hellos counted as guesses"
+    );
 
     // A real stream connection up to the handshake reply, recorded.
     let (mut stream_device, hello) =
