@@ -45,6 +45,8 @@ pub struct BoundAddrs {
     pub api_tls: Option<SocketAddr>,
     /// RTSP (61008), bound by every shard.
     pub rtsp: SocketAddr,
+    /// RTSPS (61004, server TLS with the server certificate), bound by every shard.
+    pub rtsps: SocketAddr,
     /// Device keep-alive, encryptTCP (61003), bound by every shard.
     pub keepalive: SocketAddr,
     /// Device signalling, mutual TLS (61005), bound by every shard.
@@ -153,7 +155,14 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
             .unwrap_or(1)
             .max(1)
     });
-    let rtsp_listen = config.listen.rtsp;
+    let rtsp_listen = crate::shard::RtspListen {
+        addrs: crate::shard::RtspAddrs {
+            rtsp: config.listen.rtsp,
+            rtsps: Some(config.listen.rtsps),
+        },
+        tls: Some(pki.server_config()),
+        tls_handshake_timeout: TLS_HANDSHAKE_TIMEOUT,
+    };
     // One alarm queue for the whole process: the device shards enqueue into it and the webhook
     // sender must use this same instance (its wake-up and metrics live in it).
     let alarm_queue = signal::alarms::AlarmQueue::open(
@@ -259,14 +268,19 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
             return Err(e);
         }
     };
-    addrs.rtsp = rtsp;
-    advertised.set_rtsp(rtsp.port());
+    addrs.rtsp = rtsp.rtsp;
+    advertised.set_rtsp(rtsp.rtsp.port());
+    if let Some(rtsps) = rtsp.rtsps {
+        addrs.rtsps = rtsps;
+        advertised.set_rtsps(rtsps.port());
+    }
     addrs.keepalive = keepalive;
     addrs.signaling = signaling;
     addrs.stream_tls = stream_tls;
     addrs.stream_tcp = stream_tcp;
     info!(
         rtsp = %addrs.rtsp,
+        rtsps = %addrs.rtsps,
         keepalive = %addrs.keepalive,
         signaling = %addrs.signaling,
         stream_tls = %addrs.stream_tls,
@@ -297,7 +311,7 @@ type DeviceAddrs = (SocketAddr, SocketAddr);
 #[allow(clippy::too_many_arguments)]
 fn start_shards(
     count: usize,
-    rtsp_listen: SocketAddr,
+    rtsp_listen: crate::shard::RtspListen,
     token_key: [u8; 32],
     devices: crate::device::DeviceWiring,
     devices_ready: std::sync::mpsc::Receiver<Result<DeviceAddrs, String>>,
@@ -309,7 +323,7 @@ fn start_shards(
     limits: Arc<signal::limits::ConnectionLimits>,
 ) -> anyhow::Result<(
     rt::shard::RunningShards<()>,
-    SocketAddr,
+    crate::shard::RtspAddrs,
     DeviceAddrs,
     DeviceAddrs,
 )> {
@@ -327,7 +341,7 @@ fn start_shards(
                 mesh.clone(),
                 settings,
                 signer.clone(),
-                rtsp_listen,
+                rtsp_listen.clone(),
                 ready_tx.clone(),
                 Some(devices.clone()),
                 Some(streams.clone()),
@@ -335,7 +349,7 @@ fn start_shards(
         })
         .context("starting the shards")?;
     let ready = (|| {
-        let bound = await_shards(&ready_rx, count, "the RTSP port")?;
+        let bound = await_shards(&ready_rx, count, "the RTSP ports")?;
         let device_addrs = await_shards(&devices_ready, count, "the device ports")?;
         let stream_addrs = await_shards(&streams_ready, count, "the stream ports")?;
         anyhow::Ok((bound, device_addrs, stream_addrs))
@@ -424,6 +438,7 @@ async fn run_control_plane(
         api_tls: api_tls.as_ref().map(local),
         // Filled in by `start` once the shards listen.
         rtsp: config.listen.rtsp,
+        rtsps: config.listen.rtsps,
         keepalive: config.listen.keepalive,
         signaling: config.listen.signaling,
         stream_tls: config.listen.stream_tls,

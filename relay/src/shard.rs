@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use rt::{Handoff, Mesh, MeshPort, ShardContext, Shutdown, TcpListener};
+use rt::{MaybeTls, Mesh, MeshPort, ShardContext, Shutdown, TcpListener};
 use signal::tokens::TokenSigner;
 use tracing::{debug, info, warn};
 
@@ -31,6 +31,7 @@ use crate::hub::{
     ChannelMap, HubConfig, HubError, LocalNotify, PublisherId, PublisherState, StreamDescription,
     StreamHub, ViewerId,
 };
+use crate::rtsp::conn::RtspHandoff;
 use crate::rtsp::session::Refusal;
 use crate::rtsp::RtspSettings;
 use crate::stream_key::StreamKey;
@@ -60,14 +61,35 @@ impl Default for ShardSettings {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum ShardMsg {
-    /// From shard 0: the RTSP address it bound; bind the same (SO_REUSEPORT) and accept.
-    ListenRtsp(SocketAddr),
-    /// RTSP connections whose stream this shard owns, with the bytes already read.
-    RtspConnections(Vec<Handoff>),
+    /// From shard 0: the RTSP and RTSPS addresses it bound; bind the same (SO_REUSEPORT) and
+    /// accept.
+    ListenRtsp(RtspAddrs),
+    /// RTSP and RTSPS connections whose stream this shard owns, with the bytes already read.
+    RtspConnections(Vec<RtspHandoff>),
     /// Device links (keep-alive, signalling): listen addresses and connections to serve.
     Device(crate::device::DeviceMsg),
     /// Device streams (61006, 61007): listen addresses and connections to serve.
     Stream(crate::stream_conn::StreamMsg),
+}
+
+/// The client ports of the RTSP server, as configured or as bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RtspAddrs {
+    /// Plain RTSP (61008).
+    pub rtsp: SocketAddr,
+    /// RTSPS (61004), when served.
+    pub rtsps: Option<SocketAddr>,
+}
+
+/// The RTSP server's listeners of one shard: where, and the TLS configuration of RTSPS.
+#[derive(Debug, Clone)]
+pub struct RtspListen {
+    /// Addresses to bind.
+    pub addrs: RtspAddrs,
+    /// Server certificate for RTSPS (required when `addrs.rtsps` is set).
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// How long an RTSPS client has to finish its TLS handshake.
+    pub tls_handshake_timeout: Duration,
 }
 
 /// Resolves when the device accepted a preview start (`Ok`) or refused it.
@@ -142,7 +164,7 @@ pub struct Shard {
     conns: RefCell<HashMap<u64, Rc<ConnWatch>>>,
     next_conn: Cell<u64>,
     /// Connections waiting to be sent to each shard, flushed together.
-    outbox: RefCell<Vec<Vec<Handoff>>>,
+    outbox: RefCell<Vec<Vec<RtspHandoff>>>,
     outbox_notify: LocalNotify,
     stats: Cell<ShardStats>,
     on_demand: RefCell<Option<std::rc::Weak<dyn OnDemand>>>,
@@ -360,7 +382,7 @@ impl Shard {
     }
 
     /// Queues a connection for shard `to`; connections queued in the same burst travel together.
-    pub fn hand_off(&self, to: usize, handoff: Handoff) {
+    pub fn hand_off(&self, to: usize, handoff: RtspHandoff) {
         if let Some(queue) = self.outbox.borrow_mut().get_mut(to) {
             queue.push(handoff);
             self.count_stat(|s| s.handed_off += 1);
@@ -433,17 +455,50 @@ fn published_description(hub: &StreamHub) -> Option<Rc<StreamDescription>> {
 }
 
 /// Reports of shards that started listening, for [`crate::server::start`].
-pub type ReadySender = std::sync::mpsc::Sender<Result<SocketAddr, String>>;
+pub type ReadySender = std::sync::mpsc::Sender<Result<RtspAddrs, String>>;
 
-/// A shard's entry point: joins the mesh, binds the RTSP port (shard 0 first, then the others on
-/// the port it got), accepts and serves until `ctx.shutdown`.
+/// Binds the RTSP (and RTSPS) listeners at `addrs` and starts accepting on this shard.
+fn listen_rtsp(
+    shard: &Rc<Shard>,
+    listen: &RtspListen,
+    addrs: RtspAddrs,
+    accept_loops: &mut Vec<rt::Task<()>>,
+) -> Result<RtspAddrs, String> {
+    let plain = TcpListener::bind(addrs.rtsp)
+        .map_err(|e| format!("binding the RTSP listener on {}: {e}", addrs.rtsp))?;
+    let tls = match (addrs.rtsps, listen.tls.clone()) {
+        (Some(at), Some(config)) => {
+            let listener = TcpListener::bind(at)
+                .map_err(|e| format!("binding the RTSPS listener on {at}: {e}"))?;
+            Some((listener, config))
+        }
+        (Some(_), None) => return Err("RTSPS needs a server certificate".into()),
+        (None, _) => None,
+    };
+    let bound = RtspAddrs {
+        rtsp: plain.local_addr().unwrap_or(addrs.rtsp),
+        rtsps: tls
+            .as_ref()
+            .map(|(l, _)| l.local_addr().ok().or(addrs.rtsps))
+            .unwrap_or(addrs.rtsps),
+    };
+    accept_loops.push(rt::spawn_local(accept_rtsp(shard.clone(), plain, None)));
+    if let Some((listener, config)) = tls {
+        let tls = Some((config, listen.tls_handshake_timeout));
+        accept_loops.push(rt::spawn_local(accept_rtsp(shard.clone(), listener, tls)));
+    }
+    Ok(bound)
+}
+
+/// A shard's entry point: joins the mesh, binds the RTSP and RTSPS ports (shard 0 first, then
+/// the others on the ports it got), accepts and serves until `ctx.shutdown`.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     ctx: ShardContext,
     mesh: Mesh<ShardMsg>,
     settings: ShardSettings,
     signer: TokenSigner,
-    rtsp_addr: SocketAddr,
+    listen: RtspListen,
     ready: ReadySender,
     devices: Option<crate::device::DeviceWiring>,
     streams: Option<crate::stream_conn::StreamWiring>,
@@ -485,41 +540,35 @@ pub async fn run(
     });
     let mut accept_loops = Vec::new();
     if ctx.id == 0 {
-        match TcpListener::bind(rtsp_addr) {
-            Ok(listener) => {
-                let bound = listener.local_addr().unwrap_or(rtsp_addr);
+        match listen_rtsp(&shard, &listen, listen.addrs, &mut accept_loops) {
+            Ok(bound) => {
                 for to in 1..ctx.count {
                     if let Err(e) = port.send_to(to, ShardMsg::ListenRtsp(bound)).await {
-                        warn!("shard 0 could not tell shard {to} the RTSP port: {e}");
+                        warn!("shard 0 could not tell shard {to} the RTSP ports: {e}");
                     }
                 }
-                info!(shard = 0, %bound, "RTSP listening");
+                info!(shard = 0, rtsp = %bound.rtsp, rtsps = ?bound.rtsps, "RTSP listening");
                 let _ = ready.send(Ok(bound));
-                accept_loops.push(rt::spawn_local(accept_rtsp(shard.clone(), listener)));
             }
             Err(e) => {
-                let _ = ready.send(Err(format!(
-                    "binding the RTSP listener on {rtsp_addr}: {e}"
-                )));
+                let _ = ready.send(Err(e));
                 ctx.shutdown.trigger();
             }
         }
     }
     while let Some(Some((from, msg))) = ctx.shutdown.until(port.recv()).await {
         match msg {
-            ShardMsg::ListenRtsp(addr) => match TcpListener::bind(addr) {
-                Ok(listener) => {
-                    debug!(shard = ctx.id, %addr, "RTSP listening");
-                    let _ = ready.send(Ok(addr));
-                    accept_loops.push(rt::spawn_local(accept_rtsp(shard.clone(), listener)));
+            ShardMsg::ListenRtsp(addrs) => {
+                match listen_rtsp(&shard, &listen, addrs, &mut accept_loops) {
+                    Ok(bound) => {
+                        debug!(shard = ctx.id, rtsp = %bound.rtsp, rtsps = ?bound.rtsps, "RTSP listening");
+                        let _ = ready.send(Ok(bound));
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(format!("shard {}: {e}", ctx.id)));
+                    }
                 }
-                Err(e) => {
-                    let _ = ready.send(Err(format!(
-                        "shard {} binding the RTSP listener on {addr}: {e}",
-                        ctx.id
-                    )));
-                }
-            },
+            }
             ShardMsg::Device(msg) => {
                 if let Some(devices) = &devices {
                     devices.on_message(from, msg);
@@ -533,12 +582,13 @@ pub async fn run(
             ShardMsg::RtspConnections(handoffs) => {
                 for handoff in handoffs {
                     shard.count_stat(|s| s.received += 1);
-                    let peer = handoff.peer;
-                    match handoff.into_tcp() {
-                        Ok(stream) => {
+                    let peer = handoff.handoff.peer;
+                    match handoff.into_transport() {
+                        Ok((transport, plaintext)) => {
                             // Admitted by the accepting shard; counted here from now on.
                             let permit = signal::limits::adopt(peer.ip());
-                            let serve = crate::rtsp::conn::serve(shard.clone(), stream, peer);
+                            let serve =
+                                crate::rtsp::conn::serve(shard.clone(), transport, peer, plaintext);
                             rt::spawn_detached(async move {
                                 let _permit = permit;
                                 serve.await
@@ -559,7 +609,14 @@ pub async fn run(
     port.close();
 }
 
-async fn accept_rtsp(shard: Rc<Shard>, listener: TcpListener) {
+/// Accepts RTSP (`tls` None) or RTSPS connections: RTSPS runs the TLS handshake on the
+/// accepting shard (within the timeout; failures are counted), then serves the same RTSP.
+async fn accept_rtsp(
+    shard: Rc<Shard>,
+    listener: TcpListener,
+    tls: Option<(std::sync::Arc<rustls::ServerConfig>, Duration)>,
+) {
+    let name = if tls.is_some() { "rtsps" } else { "rtsp" };
     while let Some(accepted) = listener.accept_until(&shard.shutdown).await {
         match accepted {
             Ok(stream) => {
@@ -568,17 +625,34 @@ async fn accept_rtsp(shard: Rc<Shard>, listener: TcpListener) {
                     continue;
                 };
                 // Refused: counted by the limits; dropping the stream closes it.
-                let Ok(permit) = signal::limits::admit("rtsp", peer.ip()) else {
+                let Ok(permit) = signal::limits::admit(name, peer.ip()) else {
                     continue;
                 };
-                let serve = crate::rtsp::conn::serve(shard.clone(), stream, peer);
+                let shard = shard.clone();
+                let tls = tls.clone();
                 rt::spawn_detached(async move {
                     let _permit = permit;
-                    serve.await
+                    let transport = match tls {
+                        None => MaybeTls::from(stream),
+                        Some((config, timeout)) => {
+                            let handshake = rt::tls::accept(stream, config, timeout);
+                            match shard.shutdown.until(handshake).await {
+                                None => return,
+                                Some(Ok(tls)) => MaybeTls::from(tls),
+                                Some(Err(e)) => {
+                                    let reason = crate::device::tls_failure_label(&e);
+                                    signal::limits::record_tls_failure("rtsps", reason);
+                                    debug!(shard = shard.id, %peer, reason, "RTSPS handshake failed: {e}");
+                                    return;
+                                }
+                            }
+                        }
+                    };
+                    crate::rtsp::conn::serve(shard, transport, peer, Vec::new()).await
                 });
             }
             Err(e) => {
-                warn!(shard = shard.id, "RTSP accept failed: {e}");
+                warn!(shard = shard.id, listener = name, "RTSP accept failed: {e}");
                 rt::timer::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -589,7 +663,7 @@ async fn accept_rtsp(shard: Rc<Shard>, listener: TcpListener) {
 async fn flush_handoffs(shard: Rc<Shard>, port: Rc<MeshPort<ShardMsg>>) {
     loop {
         shard.outbox_notify.notified().await;
-        let batches: Vec<(usize, Vec<Handoff>)> = shard
+        let batches: Vec<(usize, Vec<RtspHandoff>)> = shard
             .outbox
             .borrow_mut()
             .iter_mut()

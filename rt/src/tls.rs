@@ -9,7 +9,8 @@
 //! Reads receive up to 32 KiB per `recv` into a per-shard scratch buffer, feed it to rustls,
 //! and hand out plaintext; a per-connection buffer is used only for ciphertext rustls cannot
 //! take yet (its plaintext buffer is full because the application reads slowly). Writes encrypt
-//! into rustls's buffer and leave with one `sendmsg` over all queued records.
+//! into rustls's buffer (vectored writes gather their slices into full records) and leave with
+//! one `sendmsg` over all queued records.
 //!
 //! `poll_write` only queues records when the socket is full; call `flush` (as `write_all` +
 //! `flush` do) to push everything out.
@@ -507,6 +508,39 @@ where
         }
     }
 
+    /// Like [`poll_write_plaintext`](Self::poll_write_plaintext) over several slices: rustls
+    /// gathers them into full records (a 4-byte interleaved header and the packet after it go
+    /// in the same record, not one record each).
+    fn poll_write_plaintext_vectored(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.close_sent {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "TLS stream already closed for writing",
+            )));
+        }
+        if bufs.iter().all(|b| b.is_empty()) {
+            return Poll::Ready(Ok(0));
+        }
+        loop {
+            let queued = self.session.writer().write_vectored(bufs)?;
+            if queued > 0 {
+                if let Poll::Ready(Err(e)) = self.poll_flush_tls(cx) {
+                    return Poll::Ready(Err(e));
+                }
+                return Poll::Ready(Ok(queued));
+            }
+            match self.poll_flush_tls(cx) {
+                Poll::Ready(Ok(())) => continue,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
     fn poll_close_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if !self.close_sent {
             self.session.send_close_notify();
@@ -674,6 +708,14 @@ where
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         self.get_mut().poll_write_plaintext(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_write_plaintext_vectored(cx, bufs)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -69,6 +69,7 @@ pub struct ControlPlane {
 #[derive(Debug, Default)]
 pub struct AdvertisedPorts {
     rtsp: std::sync::atomic::AtomicU16,
+    rtsps: std::sync::atomic::AtomicU16,
 }
 
 impl AdvertisedPorts {
@@ -80,6 +81,19 @@ impl AdvertisedPorts {
     /// The RTSP port for play URLs: the bound one, else `configured`.
     pub fn rtsp_or(&self, configured: u16) -> u16 {
         match self.rtsp.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => configured,
+            bound => bound,
+        }
+    }
+
+    /// Records the RTSPS port the shards listen on.
+    pub fn set_rtsps(&self, port: u16) {
+        self.rtsps.store(port, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The RTSPS port for `rtsps://` play URLs: the bound one, else `configured`.
+    pub fn rtsps_or(&self, configured: u16) -> u16 {
+        match self.rtsps.load(std::sync::atomic::Ordering::Relaxed) {
             0 => configured,
             bound => bound,
         }

@@ -301,6 +301,15 @@ impl ControlPlane {
             Ok(s) => s,
             Err(response) => return response,
         };
+        // Extension (not in the platform's API): `"tls": true` asks for an rtsps:// URL on the
+        // RTSPS port; absent or false keeps the platform's rtsp://.
+        let tls = match object.get("tls") {
+            None | Some(Value::Null) => false,
+            Some(_) => match bool_field(&object, "tls") {
+                Ok(tls) => tls,
+                Err(response) => return response,
+            },
+        };
         let presence = match self.device_presence(uid).await {
             Ok(p) => p,
             Err(response) => return response,
@@ -325,10 +334,20 @@ impl ControlPlane {
             op: TokenOp::Play,
             exp: crate::clock::unix_now() + ttl,
         };
-        let port = self.advertised.rtsp_or(self.config.listen.rtsp.port());
+        let (scheme, port) = if tls {
+            (
+                "rtsps",
+                self.advertised.rtsps_or(self.config.listen.rtsps.port()),
+            )
+        } else {
+            (
+                "rtsp",
+                self.advertised.rtsp_or(self.config.listen.rtsp.port()),
+            )
+        };
         let url = self
             .tokens
-            .sign_url("rtsp", &self.config.hostname, port, &grant);
+            .sign_url(scheme, &self.config.hostname, port, &grant);
         json_response(StatusCode::OK, &json!({ "playURL": url, "expiredIn": ttl }))
     }
 }

@@ -337,6 +337,38 @@ fn device_routes_against_a_simulated_camera() {
     );
     assert!(url.starts_with(&prefix), "{url}");
     assert_eq!(body["expiredIn"], 30);
+    // The extension field asks for RTSPS; "tls": false keeps rtsp://, a non-boolean is refused.
+    let (status, body) = api(
+        &server,
+        "POST",
+        &format!("{base}/live/play-session"),
+        Some(json!({ "channel": 0, "streamType": "mainStream", "tls": true })),
+    );
+    assert_eq!(status, 200, "{body}");
+    let url = body["playURL"].as_str().unwrap();
+    let prefix = format!(
+        "rtsps://localhost:{}/v1.0/live/",
+        server.server.addrs.rtsps.port()
+    );
+    assert!(url.starts_with(&prefix), "{url}");
+    let (status, body) = api(
+        &server,
+        "POST",
+        &format!("{base}/live/play-session"),
+        Some(json!({ "channel": 0, "streamType": "mainStream", "tls": false })),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body["playURL"].as_str().unwrap().starts_with("rtsp://"));
+    let (status, body) = api(
+        &server,
+        "POST",
+        &format!("{base}/live/play-session"),
+        Some(json!({ "channel": 0, "streamType": "mainStream", "tls": "yes" })),
+    );
+    assert_eq!(
+        (status, &body["error"]["symbol"]),
+        (400, &json!("invalid_parameter"))
+    );
     let (status, body) = api(
         &server,
         "POST",

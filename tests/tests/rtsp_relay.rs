@@ -1,7 +1,8 @@
 //! The RTSP relay end to end, with real clients: ffmpeg publishes the H.264 + AAC fixture
 //! (tests/testdata/clip_h264_aac.mp4, made by make_clip.sh) and ffprobe, ffmpeg and GStreamer
 //! play it back through the relay; 50 in-test viewers check that fan-out loses nothing while a
-//! stalled viewer is dropped; tokens and bad input get precise refusals.
+//! stalled viewer is dropped; tokens and bad input get precise refusals. The same clients
+//! publish and play over RTSPS (61004, TLS with the server certificate).
 //!
 //! Every server is in-process on ephemeral ports with its shards (2 on this machine), so
 //! connections land on either shard and are handed to the stream's owner.
@@ -30,18 +31,26 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
-/// Signed URLs for the test server's RTSP port, as `relay url` prints them.
+/// Signed URLs for the test server's RTSP (or RTSPS) port, as `relay url` prints them.
 struct Urls {
     signer: TokenSigner,
     addr: SocketAddr,
+    scheme: &'static str,
 }
 
 impl Urls {
     fn new(server: &TestServer) -> Self {
+        Self::with_tls(server, false)
+    }
+
+    /// `tls`: rtsps:// URLs for the RTSPS port.
+    fn with_tls(server: &TestServer, tls: bool) -> Self {
         let secrets = signal::secrets::Secrets::open_or_create(server.data_dir()).unwrap();
+        let addrs = &server.server.addrs;
         Urls {
             signer: TokenSigner::new(secrets.token_key),
-            addr: server.server.addrs.rtsp,
+            addr: if tls { addrs.rtsps } else { addrs.rtsp },
+            scheme: if tls { "rtsps" } else { "rtsp" },
         }
     }
 
@@ -54,7 +63,7 @@ impl Urls {
             exp,
         };
         self.signer
-            .sign_url("rtsp", "127.0.0.1", self.addr.port(), &grant)
+            .sign_url(self.scheme, "127.0.0.1", self.addr.port(), &grant)
     }
 
     fn play(&self, uid: &str) -> String {
@@ -123,8 +132,14 @@ fn ffmpeg_publish(url: &str, loops: u32) -> Child {
 
 // ----- a small RTSP client over std::net, with the relay's own codec -----
 
+/// A byte stream to the server: plain TCP or rustls over TCP.
+trait Io: Read + Write + Send {}
+impl<T: Read + Write + Send> Io for T {}
+
 struct Client {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
+    /// The socket under `stream` (timeouts).
+    tcp: TcpStream,
     /// Received bytes; the unread ones are `buf[pos..]`.
     buf: Vec<u8>,
     pos: usize,
@@ -151,12 +166,24 @@ impl Client {
         Self::from_stream(socket.into())
     }
 
+    /// An RTSPS client that checks the server certificate against the relay's CA.
+    fn connect_tls(addr: SocketAddr, ca_pem: &str) -> Client {
+        let tcp = TcpStream::connect(addr).unwrap();
+        let config = pki::client_config_trusting(ca_pem).unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let session = rustls::ClientConnection::new(config, name).unwrap();
+        let mut client = Self::from_stream(tcp.try_clone().unwrap());
+        client.stream = Box::new(rustls::StreamOwned::new(session, tcp));
+        client
+    }
+
     fn from_stream(stream: TcpStream) -> Client {
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
         Client {
-            stream,
+            tcp: stream.try_clone().unwrap(),
+            stream: Box::new(stream),
             buf: Vec::new(),
             pos: 0,
             cseq: 0,
@@ -331,7 +358,11 @@ struct SynthPublisher {
 
 impl SynthPublisher {
     fn start(addr: SocketAddr, url: &str) -> Result<SynthPublisher, RtspResponse> {
-        let mut client = Client::connect(addr);
+        Self::over(Client::connect(addr), url)
+    }
+
+    /// Publishes over an already connected client (e.g. RTSPS).
+    fn over(mut client: Client, url: &str) -> Result<SynthPublisher, RtspResponse> {
         let announced = client.request_with_body(Method::Announce, url, &[], Some(SYNTH_SDP));
         if announced.status != StatusCode::OK {
             return Err(announced);
@@ -368,11 +399,25 @@ impl SynthPublisher {
 /// ffmpeg publishes the fixture; ffprobe, ffmpeg and GStreamer play it back through the relay.
 #[test]
 fn ffmpeg_publishes_and_ffprobe_ffmpeg_gstreamer_play() {
+    publish_and_play_with_real_clients(false);
+}
+
+/// The same over RTSPS with 2 shards: connections that land on the other shard move to the
+/// stream's owner with their TLS session and the request already decrypted.
+#[test]
+fn rtsps_ffmpeg_publishes_and_ffprobe_ffmpeg_gstreamer_play() {
+    publish_and_play_with_real_clients(true);
+}
+
+/// ffmpeg publishes the fixture (twice), an ffmpeg recorder, ffprobe and GStreamer play it;
+/// the recording holds every video frame. `tls`: everything over rtsps:// (ffmpeg does not
+/// verify the certificate by default; GStreamer is told not to).
+fn publish_and_play_with_real_clients(tls: bool) {
     require_tool("ffmpeg");
     require_tool("ffprobe");
     require_tool("gst-launch-1.0");
-    let server = TestServer::start();
-    let urls = Urls::new(&server);
+    let server = TestServer::start_with(|c| c.shards = Some(2));
+    let urls = Urls::with_tls(&server, tls);
     let play = urls.play(UID);
     let out_file = server.data_dir().join("relayed.mkv");
 
@@ -428,24 +473,48 @@ fn ffmpeg_publishes_and_ffprobe_ffmpeg_gstreamer_play() {
         "{probed}"
     );
 
-    let gst = spawn(
-        "gst-launch-1.0",
-        &[
-            "-q",
-            "rtspsrc",
-            &format!("location={play}"),
-            "protocols=tcp",
-            "!",
-            "rtph264depay",
-            "!",
-            "h264parse",
-            "!",
-            "avdec_h264",
-            "!",
-            "fakesink",
-            "num-buffers=40",
-        ],
-    );
+    // Several players at once, so that some land on the shard that does not own the stream.
+    let probes: Vec<Child> = (0..3)
+        .map(|_| {
+            spawn(
+                "ffprobe",
+                &[
+                    "-v",
+                    "error",
+                    "-rtsp_transport",
+                    "tcp",
+                    "-show_entries",
+                    "stream=codec_name",
+                    "-of",
+                    "compact",
+                    &play,
+                ],
+            )
+        })
+        .collect();
+    for probe in probes {
+        let probe = wait_child(probe, Duration::from_secs(20), "ffprobe");
+        let probed = String::from_utf8_lossy(&probe.stdout);
+        assert!(probed.contains("codec_name=h264"), "{probed}");
+    }
+
+    let location = format!("location={play}");
+    let mut gst_args = vec!["-q", "rtspsrc", &location, "protocols=tcp"];
+    if tls {
+        gst_args.push("tls-validation-flags=0");
+    }
+    gst_args.extend_from_slice(&[
+        "!",
+        "rtph264depay",
+        "!",
+        "h264parse",
+        "!",
+        "avdec_h264",
+        "!",
+        "fakesink",
+        "num-buffers=40",
+    ]);
+    let gst = spawn("gst-launch-1.0", &gst_args);
     let gst = wait_child(gst, Duration::from_secs(20), "gst-launch rtspsrc");
     assert!(
         gst.status.success(),
@@ -630,7 +699,7 @@ fn fifty_viewers_get_every_packet_and_a_stalled_viewer_is_dropped() {
     let mut gaps = 0;
     let mut got_last = false;
     stalled
-        .stream
+        .tcp
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     while let Some((_, packet)) = stalled.frame() {
@@ -649,6 +718,72 @@ fn fifty_viewers_get_every_packet_and_a_stalled_viewer_is_dropped() {
     );
     assert!(!got_last, "the stalled viewer was not dropped");
     drop(publisher);
+}
+
+/// RTSPS with 2 shards: viewers connecting over TLS land on either shard; those on the other
+/// one move to the owner with their TLS session and the DESCRIBE already decrypted. Every
+/// viewer gets every packet byte for byte (the writer's vectored TLS writes), and when the
+/// stream ends the server closes with close_notify (a clean TLS end, not a truncation).
+#[test]
+fn rtsps_viewers_on_either_shard_get_every_packet_and_a_clean_close() {
+    const VIEWERS: usize = 8;
+    const PACKETS: u32 = 3_000;
+    const PAYLOAD: usize = 1200;
+    const BURST: u32 = 100;
+    let server = TestServer::start_with(|c| c.shards = Some(2));
+    let urls = Urls::with_tls(&server, true);
+    let addr = server.server.addrs.rtsps;
+    let ca = server.server.pki.ca_pem().to_owned();
+    let play = urls.play(UID);
+    let ready = Arc::new(Barrier::new(VIEWERS + 1));
+    let viewers: Vec<_> = (0..VIEWERS)
+        .map(|_| {
+            let (play, ready, ca) = (play.clone(), ready.clone(), ca.clone());
+            std::thread::spawn(move || {
+                let mut client = Client::connect_tls(addr, &ca);
+                ready.wait();
+                client.play(&play, 1);
+                let mut next = 0u32;
+                while next < PACKETS {
+                    let (channel, packet) = client.frame().expect("the stream's packets");
+                    if channel != 0 {
+                        continue;
+                    }
+                    assert_eq!(packet, synth_packet(next, PAYLOAD), "packet {next}");
+                    next += 1;
+                }
+                // The publisher left: after its grace the server ends the connection with
+                // close_notify, which rustls reports as a clean end of stream.
+                client
+                    .tcp
+                    .set_read_timeout(Some(Duration::from_secs(20)))
+                    .unwrap();
+                let mut rest = Vec::new();
+                client.stream.read_to_end(&mut rest)
+            })
+        })
+        .collect();
+    ready.wait();
+    std::thread::sleep(Duration::from_millis(500));
+    let publisher = Client::connect_tls(addr, &ca);
+    let mut publisher = SynthPublisher::over(publisher, &urls.publish(UID)).unwrap();
+    publisher.send(0..BURST, PAYLOAD);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut next = BURST;
+    while next < PACKETS {
+        let end = (next + BURST).min(PACKETS);
+        publisher.send(next..end, PAYLOAD);
+        next = end;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(publisher);
+    for viewer in viewers {
+        let end = viewer.join().unwrap();
+        assert!(
+            end.is_ok(),
+            "the server did not end with close_notify: {end:?}"
+        );
+    }
 }
 
 /// Forged, expired, missing and wrong-operation tokens get 401/403 and nothing else.
@@ -757,13 +892,8 @@ fn bad_input_is_refused_precisely() {
         stream.write_all(&bytes).unwrap();
         if what == "broken SDP" {
             // A refused ANNOUNCE is an answer, not a protocol error: the connection stays.
-            let mut client = Client {
-                stream,
-                buf: Vec::new(),
-                pos: 0,
-                cseq: 1,
-                session: None,
-            };
+            let mut client = Client::from_stream(stream);
+            client.cseq = 1;
             let response = client.response().unwrap();
             assert_eq!(response.status.0, status, "{what}");
             continue;

@@ -676,6 +676,26 @@ fn closes_a_slow_sender(addr: SocketAddr, bytes: &[u8]) -> bool {
     drain(&mut stream, IO_TIMEOUT).1
 }
 
+/// A client that trickles its ClientHello into the RTSPS port is closed after the TLS
+/// handshake timeout (10 s) and counted.
+#[test]
+fn a_slow_tls_handshake_on_rtsps_is_closed_and_counted() {
+    let server = TestServer::start();
+    let client_hello: Vec<u8> = [
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ]
+    .into_iter()
+    .chain(std::iter::repeat_n(0u8, 89))
+    .collect();
+    let sample = "rop_tls_handshake_failures_total{listener=\"rtsps\",reason=\"timeout\"}";
+    assert_eq!(metric(&server, sample), 0);
+    assert!(closes_a_slow_sender(
+        server.server.addrs.rtsps,
+        &client_hello
+    ));
+    assert_eq!(metric(&server, sample), 1);
+}
+
 #[test]
 fn slow_senders_on_the_device_ports_are_closed_after_the_handshake_timeout() {
     let server = TestServer::start_with(|c| c.device.handshake_timeout_secs = 1);

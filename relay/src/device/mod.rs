@@ -23,6 +23,7 @@
 //! - [`control`] answers the control plane's [`DeviceCommand`]s.
 
 mod conn;
+pub(crate) use conn::tls_failure_label;
 mod control;
 
 use std::cell::{Cell, RefCell};

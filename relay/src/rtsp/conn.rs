@@ -1,6 +1,11 @@
 //! One RTSP connection on its shard: the only place the RTSP server touches a socket.
 //!
-//! Two halves run concurrently on the same `&TcpStream`:
+//! The transport is plain TCP (61008) or TLS (RTSPS, 61004), held in a `RefCell` and borrowed
+//! only inside one poll, never across an `.await`. Over TLS a write is taken by rustls (which
+//! gathers the batch's slices into full records) and leaves when the socket takes it; the
+//! writer flushes queued records before it parks, and a closing connection sends close_notify.
+//!
+//! Two halves run concurrently on the same transport:
 //! - the **reader** parses requests and `$` frames from a receive buffer (limits from the
 //!   demuxer: 8 KiB of headers, 64 KiB bodies and frames), feeds requests to the
 //!   [`Session`] and performs what it asks on the shard (describe, publish, play), pushes a
@@ -30,8 +35,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BytesMut};
 use futures_lite::future::{or, poll_fn};
-use futures_lite::AsyncReadExt;
-use rt::TcpStream;
+use futures_lite::io::{AsyncRead, AsyncWrite};
+use rt::{Handoff, MaybeTls};
 use tracing::{debug, info};
 
 use super::session::{Answer, Effect, FrameAction, Need, Reply, Session, State, Step};
@@ -83,6 +88,36 @@ impl Outbox {
         self.sent < self.control.len()
     }
 }
+
+/// An RTSP connection on its way to the shard that owns its stream.
+#[derive(Debug)]
+pub struct RtspHandoff {
+    /// Socket and TLS session; for plain TCP its read-ahead holds the unconsumed request bytes.
+    pub handoff: Handoff,
+    /// TLS only: plaintext already taken out of the session and not yet consumed (the request
+    /// that named the stream); the owner starts parsing with it.
+    pub plaintext: Vec<u8>,
+}
+
+impl RtspHandoff {
+    /// Rebuilds the transport on the current shard; returns it with the plaintext to parse first.
+    pub fn into_transport(self) -> Result<(MaybeTls, Vec<u8>), rt::TlsError> {
+        let peer = self.handoff.peer;
+        let transport = if self.handoff.tls.is_some() {
+            MaybeTls::from(rt::TlsStream::from_handoff(self.handoff)?)
+        } else {
+            let tcp = self
+                .handoff
+                .into_tcp()
+                .map_err(|source| rt::TlsError::Io { peer, source })?;
+            MaybeTls::from(tcp)
+        };
+        Ok((transport, self.plaintext))
+    }
+}
+
+/// The connection's transport, shared by the reader and the writer (borrowed within one poll).
+type Transport = RefCell<MaybeTls>;
 
 /// State of one connection shared by its reader, writer and clean-up.
 struct Conn {
@@ -142,9 +177,11 @@ enum End {
     Shutdown,
 }
 
-/// Serves one RTSP connection until it closes or moves to another shard.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
+/// Serves one RTSP connection until it closes or moves to another shard. `initial` holds
+/// plaintext already read (a handed-off TLS connection's pending request).
+pub async fn serve(shard: Rc<Shard>, transport: MaybeTls, peer: SocketAddr, initial: Vec<u8>) {
+    let _ = transport.tcp().set_nodelay(true);
+    let stream: Transport = RefCell::new(transport);
     let (id, watch) = shard.register_conn(Instant::now());
     let conn = Rc::new(Conn {
         id,
@@ -172,7 +209,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     debug!(conn = id, shard = shard.id, %peer, "RTSP connection");
 
     let end = {
-        let reader = async { End::Reader(read_loop(&conn, &stream, &mut session).await) };
+        let reader = async { End::Reader(read_loop(&conn, &stream, &mut session, initial).await) };
         let writer = async { End::Writer(poll_fn(|cx| poll_writer(&conn, &stream, cx)).await) };
         let expired = async {
             conn.watch.expired_notify.notified().await;
@@ -195,7 +232,17 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
             drop(session);
             // Nothing of the connection stays here: the Conn's drop only unregisters it.
             drop(conn);
-            match stream.into_handoff(read_ahead) {
+            let handoff = match stream.into_inner() {
+                MaybeTls::Plain(tcp) => tcp.into_handoff(read_ahead).map(|handoff| RtspHandoff {
+                    handoff,
+                    plaintext: Vec::new(),
+                }),
+                MaybeTls::Tls(tls) => (*tls).into_handoff().map(|handoff| RtspHandoff {
+                    handoff,
+                    plaintext: read_ahead,
+                }),
+            };
+            match handoff {
                 Ok(handoff) => {
                     debug!(conn = id, from = shard.id, to, %peer, "RTSP connection handed off");
                     shard.hand_off(to, handoff);
@@ -221,11 +268,21 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
             debug!(conn = id, %peer, stream = %stream_name, ?expiry, "connection timed out");
         }
     }
-    let _ = stream.shutdown(std::net::Shutdown::Both);
+    close(&conn, &stream).await;
+}
+
+/// Ends the connection: close_notify first over TLS (for at most the close linger), then the
+/// socket.
+async fn close(conn: &Conn, stream: &Transport) {
+    if stream.borrow().is_tls() {
+        let close_notify = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_close(cx));
+        let _ = rt::timer::timeout(conn.shard.settings.rtsp.close_linger, close_notify).await;
+    }
+    let _ = stream.borrow().tcp().shutdown(std::net::Shutdown::Both);
 }
 
 /// Writes what is queued (for at most the close linger: the peer may not read), then returns.
-async fn flush_and_close(conn: &Conn, stream: &TcpStream) {
+async fn flush_and_close(conn: &Conn, stream: &Transport) {
     conn.out.borrow_mut().closing = true;
     let writer = poll_fn(|cx| poll_writer(conn, stream, cx));
     let _ = rt::timer::timeout(conn.shard.settings.rtsp.close_linger, writer).await;
@@ -262,8 +319,15 @@ async fn drained(conn: &Conn) {
     }
 }
 
-async fn read_loop(conn: &Conn, stream: &TcpStream, session: &mut Session) -> ReaderEnd {
-    let mut buf = BytesMut::with_capacity(SMALL_READ_CHUNK);
+async fn read_loop(
+    conn: &Conn,
+    stream: &Transport,
+    session: &mut Session,
+    initial: Vec<u8>,
+) -> ReaderEnd {
+    let mut buf = BytesMut::with_capacity(SMALL_READ_CHUNK.max(initial.len()));
+    buf.extend_from_slice(&initial);
+    drop(initial);
     let mut demuxer = Demuxer::new(DemuxLimits::default());
     let mut invalid_packets: u64 = 0;
     loop {
@@ -344,7 +408,9 @@ async fn read_loop(conn: &Conn, stream: &TcpStream, session: &mut Session) -> Re
         }
         let room = buf.capacity() - filled;
         buf.resize(filled + room, 0);
-        let read = (&mut &*stream).read(&mut buf[filled..]).await;
+        let read =
+            poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_read(cx, &mut buf[filled..]))
+                .await;
         match read {
             Ok(0) | Err(_) => return ReaderEnd::Gone,
             Ok(n) => {
@@ -475,7 +541,29 @@ fn poll_notify(notify: &LocalNotify, cx: &mut Context<'_>) -> Poll<()> {
 }
 
 /// The writer: responses between packets, then the viewer's batches, one `sendmsg` each.
-fn poll_writer(conn: &Conn, stream: &TcpStream, cx: &mut Context<'_>) -> Poll<WriterEnd> {
+/// One vectored write: a single `sendmsg` on plain TCP; over TLS, into rustls's records (then
+/// out as far as the socket takes them).
+fn poll_send(
+    stream: &Transport,
+    cx: &mut Context<'_>,
+    slices: &[IoSlice<'_>],
+) -> Poll<std::io::Result<usize>> {
+    match &mut *stream.borrow_mut() {
+        MaybeTls::Plain(tcp) => tcp.poll_send_vectored(cx, slices),
+        MaybeTls::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, slices),
+    }
+}
+
+/// Before the writer parks: TLS records rustls still holds must leave (a no-op on plain TCP).
+/// Pending when the socket is full (the task then waits for write readiness too).
+fn poll_flush_records(stream: &Transport, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+    match &mut *stream.borrow_mut() {
+        MaybeTls::Plain(_) => Poll::Ready(Ok(())),
+        MaybeTls::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+    }
+}
+
+fn poll_writer(conn: &Conn, stream: &Transport, cx: &mut Context<'_>) -> Poll<WriterEnd> {
     let mut batches = 0;
     loop {
         let mut out = conn.out.borrow_mut();
@@ -492,7 +580,7 @@ fn poll_writer(conn: &Conn, stream: &TcpStream, cx: &mut Context<'_>) -> Poll<Wr
             if out.has_control() {
                 let sent = {
                     let pending = [IoSlice::new(&out.control[out.sent..])];
-                    stream.poll_send_vectored(cx, &pending)
+                    poll_send(stream, cx, &pending)
                 };
                 match sent {
                     Poll::Ready(Ok(0)) => {
@@ -512,11 +600,18 @@ fn poll_writer(conn: &Conn, stream: &TcpStream, cx: &mut Context<'_>) -> Poll<Wr
                 }
             }
             if out.closing {
-                return Poll::Ready(WriterEnd::Flushed);
+                return match poll_flush_records(stream, cx) {
+                    Poll::Ready(Ok(())) => Poll::Ready(WriterEnd::Flushed),
+                    Poll::Ready(Err(e)) => Poll::Ready(WriterEnd::Failed(e)),
+                    Poll::Pending => Poll::Pending,
+                };
             }
         }
         let Some(viewer) = &out.viewer else {
             drop(out);
+            if let Poll::Ready(Err(e)) = poll_flush_records(stream, cx) {
+                return Poll::Ready(WriterEnd::Failed(e));
+            }
             if poll_notify(&conn.wake_writer, cx).is_ready() {
                 continue;
             }
@@ -545,7 +640,10 @@ fn poll_writer(conn: &Conn, stream: &TcpStream, cx: &mut Context<'_>) -> Poll<Wr
                 continue;
             }
             // Parked in the hub: its notify says when there is more; ours, when the reader
-            // queued a response.
+            // queued a response. What rustls holds leaves first.
+            if let Poll::Ready(Err(e)) = poll_flush_records(stream, cx) {
+                return Poll::Ready(WriterEnd::Failed(e));
+            }
             let more_media = poll_notify(&notify, cx).is_ready();
             let more_control = poll_notify(&conn.wake_writer, cx).is_ready();
             if more_media || more_control {
@@ -556,7 +654,7 @@ fn poll_writer(conn: &Conn, stream: &TcpStream, cx: &mut Context<'_>) -> Poll<Wr
         let mut slices = [IoSlice::new(&[]); BATCH_SLICES];
         let filled = batch.fill_io_slices(&mut slices);
         let wire_len = batch.wire_len();
-        match stream.poll_send_vectored(cx, &slices[..filled]) {
+        match poll_send(stream, cx, &slices[..filled]) {
             Poll::Ready(Ok(sent)) => {
                 batch.consume(sent);
                 out.at_boundary = sent == wire_len;
