@@ -3,7 +3,9 @@
 //! drives the relay's ingest in tests and real sockets in the `loadgen` binary.
 
 pub mod device;
+pub mod fleet;
 pub mod procstat;
 pub mod report;
 pub mod rtsp_load;
+pub mod sei;
 pub mod svg;

@@ -1,8 +1,13 @@
 //! `loadgen`: load against the relay (or any RTSP server) with a report for capacity planning.
 //!
+//! `loadgen devices` runs simulated ROP cameras against the server (provisioning, keep-alive and
+//! signalling links, streams on demand); `loadgen viewers` asks the client API for play sessions
+//! of online devices and plays them, measuring frame latency from the devices' SEI stamps.
 //! `loadgen rtsp` plays one RTSP URL with N viewers over TCP interleaved, optionally publishing
 //! the stream first with ffmpeg, and writes a JSON report and an SVG chart; the exit code says
 //! whether the `--expect` targets were met (0 met, 3 missed, 1 could not run).
+
+mod devices;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -26,6 +31,10 @@ struct Cli {
 enum Mode {
     /// Generic RTSP mode: N viewers of one URL on any RTSP server (publishing it first if asked).
     Rtsp(RtspArgs),
+    /// Device mode: N simulated ROP cameras (provisioned, online, streaming when asked).
+    Devices(devices::DevicesArgs),
+    /// Viewer mode: play sessions from the client API for online devices, played over RTSP.
+    Viewers(devices::ViewersArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -83,7 +92,7 @@ struct RtspArgs {
     quiet: bool,
 }
 
-fn parse_rate(text: &str) -> Result<f64, String> {
+pub(crate) fn parse_rate(text: &str) -> Result<f64, String> {
     let number = text.strip_suffix("/s").unwrap_or(text);
     match number.trim().parse::<f64>() {
         Ok(rate) if rate > 0.0 && rate.is_finite() => Ok(rate),
@@ -142,7 +151,7 @@ fn start_publisher(args: &RtspArgs) -> anyhow::Result<Option<(Publisher, String)
     Ok(Some((Publisher(child), description)))
 }
 
-fn chart(report: &Report) -> String {
+pub(crate) fn chart(report: &Report) -> String {
     let samples = &report.samples;
     let line = |name: &str, value: &dyn Fn(&Sample) -> Option<f64>| Series {
         name: name.to_owned(),
@@ -229,7 +238,7 @@ fn rtsp_command(args: RtspArgs) -> anyhow::Result<bool> {
     rtsp_load::wait_until_playable(&target, args.wait)
         .map_err(|e| anyhow::anyhow!("{} is not playable: {e}", target.url))?;
     let config = LoadConfig {
-        target,
+        targets: vec![target],
         viewers: args.viewers,
         duration: args.duration,
         ramp_per_sec: args.ramp,
@@ -272,6 +281,16 @@ fn rtsp_command(args: RtspArgs) -> anyhow::Result<bool> {
         },
     };
     drop(publisher);
+    output_viewer_report(&report, args.report.as_deref(), args.svg.as_deref())?;
+    Ok(report.targets_met())
+}
+
+/// Prints the summary, the errors and the targets; writes the JSON report and the chart.
+pub(crate) fn output_viewer_report(
+    report: &Report,
+    json: Option<&std::path::Path>,
+    svg: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     print!("{}", report.summary.render_text());
     for (reason, count) in &report.errors {
         println!("  {count} x {reason}");
@@ -287,21 +306,23 @@ fn rtsp_command(args: RtspArgs) -> anyhow::Result<bool> {
                 .unwrap_or_else(|| "nothing".into())
         );
     }
-    if let Some(path) = &args.report {
+    if let Some(path) = json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    if let Some(path) = &args.svg {
-        std::fs::write(path, chart(&report))
+    if let Some(path) = svg {
+        std::fs::write(path, chart(report))
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(report.targets_met())
+    Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Mode::Rtsp(args) => rtsp_command(args),
+        Mode::Devices(args) => devices::devices_command(args),
+        Mode::Viewers(args) => devices::viewers_command(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -83,6 +83,10 @@ pub struct ViewerRecord {
     /// Time from the PLAY response to the end of the session.
     pub playing_secs: f64,
     pub end: ViewerEnd,
+    /// End-to-end frame latency (camera send time in the frame's SEI stamp to arrival), µs;
+    /// only for streams that carry stamps (loadgen's devices). Summed up in the summary.
+    #[serde(skip)]
+    pub latency_us: Option<Histogram<u64>>,
 }
 
 /// The whole load, once per sampling period.
@@ -117,6 +121,33 @@ pub struct ServerSummary {
     pub rss_mb_end: f64,
 }
 
+impl ServerSummary {
+    /// Means over the `steady` samples; the RSS maximum over `all`.
+    pub fn from_samples(steady: &[&ProcSample], all: &[&ProcSample]) -> Option<ServerSummary> {
+        if steady.is_empty() {
+            return None;
+        }
+        let mut threads: BTreeMap<String, f64> = BTreeMap::new();
+        for sample in steady {
+            for (name, pct) in &sample.threads {
+                *threads.entry(name.clone()).or_default() += pct;
+            }
+        }
+        let rss_mb = |s: &ProcSample| s.rss_bytes as f64 / (1024.0 * 1024.0);
+        let n = steady.len() as f64;
+        Some(ServerSummary {
+            cpu_pct_mean: steady.iter().map(|s| s.cpu_pct).sum::<f64>() / n,
+            // A thread that lived for part of the window counts as idle for the rest.
+            threads_cpu_pct_mean: threads
+                .into_iter()
+                .map(|(name, sum)| (name, sum / n))
+                .collect(),
+            rss_mb_max: all.iter().map(|s| rss_mb(s)).fold(0.0, f64::max),
+            rss_mb_end: steady.last().map(|s| rss_mb(s)).unwrap_or(0.0),
+        })
+    }
+}
+
 /// Aggregates of a run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
@@ -127,6 +158,8 @@ pub struct Summary {
     pub disconnects: usize,
     pub setup_ms: Percentiles,
     pub ttfk_ms: Percentiles,
+    /// End-to-end frame latency from the devices' SEI stamps (same host clock), ms.
+    pub latency_ms: Percentiles,
     /// Mean bitrate of each viewer over its playing time, Mbit/s.
     pub viewer_mbps: Percentiles,
     pub bytes: u64,
@@ -162,6 +195,7 @@ impl Summary {
     ) -> Summary {
         let mut setup = micros_histogram();
         let mut ttfk = micros_histogram();
+        let mut latency = micros_histogram();
         // Bitrates in kbit/s, up to 100 Gbit/s.
         let mut kbps =
             Histogram::<u64>::new_with_bounds(1, 100_000_000, 3).expect("static bounds are valid");
@@ -177,6 +211,9 @@ impl Summary {
             if let Some(us) = record.setup_us {
                 played += 1;
                 setup.saturating_record(us.max(1));
+            }
+            if let Some(h) = &record.latency_us {
+                let _ = latency.add(h);
             }
             if let Some(us) = record.ttfk_us {
                 with_keyframe += 1;
@@ -220,31 +257,9 @@ impl Summary {
             .fold(0.0, f64::max);
         let server_samples: Vec<&ProcSample> =
             steady.iter().filter_map(|s| s.server.as_ref()).collect();
-        let server = (!server_samples.is_empty()).then(|| {
-            let mut threads: BTreeMap<String, (f64, usize)> = BTreeMap::new();
-            for sample in &server_samples {
-                for (name, pct) in &sample.threads {
-                    let entry = threads.entry(name.clone()).or_default();
-                    entry.0 += pct;
-                    entry.1 += 1;
-                }
-            }
-            let rss_mb = |s: &ProcSample| s.rss_bytes as f64 / (1024.0 * 1024.0);
-            ServerSummary {
-                cpu_pct_mean: mean(&mut server_samples.iter().map(|s| s.cpu_pct)),
-                // A thread that lived for part of the window counts as idle for the rest.
-                threads_cpu_pct_mean: threads
-                    .into_iter()
-                    .map(|(name, (sum, _))| (name, sum / server_samples.len() as f64))
-                    .collect(),
-                rss_mb_max: samples
-                    .iter()
-                    .filter_map(|s| s.server.as_ref())
-                    .map(rss_mb)
-                    .fold(0.0, f64::max),
-                rss_mb_end: server_samples.last().map(|s| rss_mb(s)).unwrap_or(0.0),
-            }
-        });
+        let all_server: Vec<&ProcSample> =
+            samples.iter().filter_map(|s| s.server.as_ref()).collect();
+        let server = ServerSummary::from_samples(&server_samples, &all_server);
         let loadgen: Vec<f64> = steady.iter().filter_map(|s| s.loadgen_cpu_pct).collect();
         Summary {
             viewers_requested,
@@ -254,6 +269,7 @@ impl Summary {
             disconnects,
             setup_ms: Percentiles::from_histogram(&setup, 1000.0),
             ttfk_ms: Percentiles::from_histogram(&ttfk, 1000.0),
+            latency_ms: Percentiles::from_histogram(&latency, 1000.0),
             viewer_mbps: Percentiles::from_histogram(&kbps, 1000.0),
             bytes,
             packets,
@@ -294,6 +310,14 @@ impl Summary {
         );
         let _ = writeln!(out, "setup ms:            {}", p(&self.setup_ms));
         let _ = writeln!(out, "time to keyframe ms: {}", p(&self.ttfk_ms));
+        if self.latency_ms.count > 0 {
+            let _ = writeln!(
+                out,
+                "frame latency ms:    {} ({} frames)",
+                p(&self.latency_ms),
+                self.latency_ms.count
+            );
+        }
         let _ = writeln!(out, "viewer Mbit/s:       {}", p(&self.viewer_mbps));
         let _ = writeln!(
             out,
@@ -403,6 +427,15 @@ const METRICS: &[(&str, Unit)] = &[
     ("gbps", Unit::Gbps),
     ("server-cpu", Unit::Percent),
     ("rss-mb", Unit::Megabytes),
+    ("latency-p50", Unit::Millis),
+    ("latency-p99", Unit::Millis),
+    ("latency-p999", Unit::Millis),
+    ("latency-max", Unit::Millis),
+    // Device mode.
+    ("online-time", Unit::Millis),
+    ("offline", Unit::Count),
+    ("errors", Unit::Count),
+    ("reconnects", Unit::Count),
 ];
 
 /// One pass/fail target, e.g. `ttfk-p99<500ms`.
@@ -504,8 +537,43 @@ impl Expectation {
             "gbps" => s.steady_gbps,
             "server-cpu" => s.server.as_ref()?.cpu_pct_mean,
             "rss-mb" => s.server.as_ref()?.rss_mb_max,
+            "latency-p50" => measured(&s.latency_ms)?.p50,
+            "latency-p99" => measured(&s.latency_ms)?.p99,
+            "latency-p999" => measured(&s.latency_ms)?.p999,
+            "latency-max" => measured(&s.latency_ms)?.max,
             _ => return None,
         })
+    }
+
+    /// The measured value of this target's metric in a device-mode run.
+    pub fn actual_for_fleet(
+        &self,
+        fleet: &crate::fleet::FleetOutcome,
+        server: Option<&ServerSummary>,
+    ) -> Option<f64> {
+        Some(match self.metric.as_str() {
+            "online-time" => fleet.all_online_secs? * 1000.0,
+            "offline" => fleet.devices.saturating_sub(fleet.came_online) as f64,
+            "errors" => fleet.errors as f64,
+            "reconnects" => fleet.reconnects as f64,
+            "server-cpu" => server?.cpu_pct_mean,
+            "rss-mb" => server?.rss_mb_max,
+            _ => return None,
+        })
+    }
+
+    /// [`Expectation::actual_for_fleet`] compared with the target.
+    pub fn evaluate_for_fleet(
+        &self,
+        fleet: &crate::fleet::FleetOutcome,
+        server: Option<&ServerSummary>,
+    ) -> ExpectationOutcome {
+        let actual = self.actual_for_fleet(fleet, server);
+        ExpectationOutcome {
+            expectation: self.clone(),
+            actual,
+            met: actual.is_some_and(|a| self.comparison.holds(a, self.target)),
+        }
     }
 
     pub fn evaluate(&self, summary: &Summary) -> ExpectationOutcome {
@@ -615,6 +683,7 @@ mod tests {
             restarts: 0,
             playing_secs: 8.0,
             end,
+            latency_us: None,
         }
     }
 
@@ -656,6 +725,34 @@ mod tests {
         // 1 MB over 8 s = 1 Mbit/s each.
         assert!((summary.viewer_mbps.p50 - 1.0).abs() < 0.01);
         assert_eq!(summary.viewers_with_keyframe, 100);
+    }
+
+    #[test]
+    fn frame_latency_merges_over_viewers_and_meets_targets() {
+        let mut records = Vec::new();
+        for (id, values) in [(0, [1_000u64, 2_000]), (1, [3_000, 40_000])] {
+            let mut h = micros_histogram();
+            for v in values {
+                h.record(v).unwrap();
+            }
+            records.push(ViewerRecord {
+                latency_us: Some(h),
+                ..record(id, Some(10), 0, ViewerEnd::RunEnded)
+            });
+        }
+        let summary = Summary::compute(2, &records, &[], 0.0);
+        assert_eq!(summary.latency_ms.count, 4);
+        assert!((summary.latency_ms.max - 40.0).abs() < 0.1);
+        assert!((summary.latency_ms.p50 - 2.0).abs() < 0.01);
+        let met = Expectation::parse("latency-p50<5ms")
+            .unwrap()
+            .evaluate(&summary);
+        assert!(met.met);
+        let missed = Expectation::parse("latency-max<5ms")
+            .unwrap()
+            .evaluate(&summary);
+        assert!(!missed.met);
+        assert!(summary.render_text().contains("frame latency ms"));
     }
 
     #[test]

@@ -218,6 +218,20 @@ impl ViewerMeter {
     }
 }
 
+impl ViewerMeter {
+    /// The end-to-end latency of the frame this packet belongs to, when it is an H.264 packet
+    /// carrying a loadgen device's SEI send stamp: `now_unix_us` minus the send time.
+    pub fn frame_latency_us(&self, channel: u8, packet: &[u8], now_unix_us: u64) -> Option<u64> {
+        let (plan, _) = self.tracks.iter().find(|(p, _)| p.rtp_channel == channel)?;
+        if plan.keyframe != KeyframeRule::H264 {
+            return None;
+        }
+        let (_, body) = RtpHeader::parse(packet).ok()?;
+        let stamp = crate::sei::stamp_in_rtp_payload(packet.get(body)?)?;
+        Some(now_unix_us.saturating_sub(stamp.sent_unix_us))
+    }
+}
+
 /// The URL to SETUP a track with: the control attribute resolved against the base URL.
 pub fn resolve_control(base: &str, control: Option<&str>) -> String {
     match control.map(str::trim) {
@@ -574,11 +588,16 @@ async fn receive(
             match client.demuxer.feed(client.buf.unread()) {
                 Ok(Parsed::Complete { message, consumed }) => {
                     if let Demuxed::Interleaved { channel, payload } = message {
-                        let first_keyframe = client
-                            .buf
-                            .unread()
-                            .get(payload)
-                            .is_some_and(|p| meter.on_frame(channel, p));
+                        let packet = client.buf.unread().get(payload);
+                        let first_keyframe = packet.is_some_and(|p| meter.on_frame(channel, p));
+                        if let Some(us) = packet.and_then(|p| {
+                            meter.frame_latency_us(channel, p, crate::sei::unix_now_us())
+                        }) {
+                            record
+                                .latency_us
+                                .get_or_insert_with(crate::report::micros_histogram)
+                                .saturating_record(us.max(1));
+                        }
                         if first_keyframe {
                             record.ttfk_us = Some(duration_us(started.elapsed()));
                             totals.with_keyframe.fetch_add(1, Ordering::Relaxed);
@@ -634,7 +653,8 @@ fn duration_us(d: Duration) -> u64 {
 /// What [`run`] does.
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
-    pub target: PlayTarget,
+    /// What the viewers play: viewer `i` plays `targets[i % len]`.
+    pub targets: Vec<PlayTarget>,
     pub viewers: usize,
     pub duration: Duration,
     /// Viewers started per second.
@@ -809,7 +829,7 @@ async fn shard_viewers(
     started: Instant,
 ) -> Vec<ViewerRecord> {
     let records = Rc::new(RefCell::new(Vec::new()));
-    let target = Rc::new(config.target.clone());
+    let targets: Rc<Vec<PlayTarget>> = Rc::new(config.targets.clone());
     let mut tasks = Vec::new();
     for id in (ctx.id..config.viewers).step_by(ctx.count.max(1)) {
         let due = started + start_offset(id, config.ramp_per_sec);
@@ -823,12 +843,10 @@ async fn shard_viewers(
         {
             break;
         }
-        let (records, target, totals, shutdown) = (
-            records.clone(),
-            target.clone(),
-            totals.clone(),
-            ctx.shutdown.clone(),
-        );
+        let Some(target) = targets.get(id % targets.len().max(1)).cloned() else {
+            break;
+        };
+        let (records, totals, shutdown) = (records.clone(), totals.clone(), ctx.shutdown.clone());
         tasks.push(rt::spawn_local(async move {
             let mut record = ViewerRecord {
                 id,
@@ -841,6 +859,7 @@ async fn shard_viewers(
                 restarts: 0,
                 playing_secs: 0.0,
                 end: ViewerEnd::RunEnded,
+                latency_us: None,
             };
             let ended = shutdown.until(play(&target, &totals, &mut record)).await;
             if let Some(end) = ended {

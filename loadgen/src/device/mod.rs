@@ -9,6 +9,7 @@
 //! to a preview start that the loadgen sends on the signalling link before connecting a stream.
 
 pub mod clip;
+pub mod synthetic;
 
 use bytes::{Bytes, BytesMut};
 use relay::proto::media::{FrameKind, MediaError, MediaFrame};
