@@ -5,6 +5,7 @@ pub mod device;
 pub mod hub;
 pub mod ingest;
 pub mod proto;
+pub mod pull;
 pub mod rtsp;
 pub mod server;
 pub mod shard;

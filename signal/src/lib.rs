@@ -16,6 +16,7 @@ pub mod proto;
 pub mod provisioning;
 pub mod secrets;
 pub mod session;
+pub mod sources;
 pub mod store;
 pub mod tokens;
 pub mod wifi_scan;

@@ -376,6 +376,13 @@ impl Headers {
     }
 
     /// The methods of a `Public` (OPTIONS response) header.
+    /// Every well-formed `WWW-Authenticate` challenge, in order (malformed ones are skipped).
+    pub fn challenges(&self) -> Vec<Challenge> {
+        self.get_all("WWW-Authenticate")
+            .filter_map(|v| Challenge::parse(v).ok())
+            .collect()
+    }
+
     pub fn public(&self) -> Option<Vec<Method>> {
         self.get("Public").map(|v| {
             v.split(',')
@@ -1347,6 +1354,45 @@ impl Authorization {
                 .map(|(_, v)| v.as_str()),
             _ => None,
         }
+    }
+}
+
+/// One `WWW-Authenticate` challenge of a response (RFC 2617 / 7616): the scheme and its
+/// parameters, names lowercased, quotes removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge {
+    pub scheme: String,
+    pub params: Vec<(String, String)>,
+}
+
+impl Challenge {
+    pub fn parse(value: &str) -> Result<Challenge, RtspError> {
+        let invalid = |rule| RtspError::InvalidHeader {
+            name: "WWW-Authenticate",
+            value: value.chars().take(256).collect(),
+            rule,
+        };
+        let value = value.trim();
+        let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+        if scheme.is_empty() {
+            return Err(invalid("scheme name=\"value\", ..."));
+        }
+        Ok(Challenge {
+            scheme: scheme.to_owned(),
+            params: parse_auth_params(rest.trim()).ok_or(invalid("scheme name=\"value\", ..."))?,
+        })
+    }
+
+    /// A parameter by name.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn is(&self, scheme: &str) -> bool {
+        self.scheme.eq_ignore_ascii_case(scheme)
     }
 }
 
