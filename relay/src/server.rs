@@ -183,6 +183,10 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
                 !matches!(store.device(uid), Ok(Some(device)) if !device.revoked)
             })
         }),
+        is_known: Some({
+            let store = store.clone();
+            Arc::new(move |uid: &str| matches!(store.device(uid), Ok(Some(_))))
+        }),
         sweep_interval: Duration::from_secs(1),
         alarms: Some(alarm_queue.clone()),
     };
@@ -202,8 +206,9 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
             device_keys: Arc::new(secrets.device_keys.clone()),
             policy: crate::ingest::IngestPolicy::default(),
             mode: crate::stream_conn::stream_mode(config.stream_encrypt_mode),
-            start_timeout: Duration::from_secs(10),
-            linger: Duration::from_secs(10),
+            start_timeout: Duration::from_secs(config.device.stream_start_timeout_secs),
+            linger: Duration::from_secs(config.device.stream_linger_secs),
+            wait_for_rtsp_publisher: config.device.wait_for_rtsp_publisher,
             handshake_timeout: Duration::from_secs(config.device.handshake_timeout_secs),
         },
         ready: streams_ready_tx,

@@ -104,6 +104,9 @@ pub trait OnDemand {
     fn start(self: Rc<Self>, stream: &StreamKey) -> Option<PreviewStarted>;
     /// How long a viewer waits for the device's first keyframe.
     fn start_timeout(&self) -> Duration;
+    /// A viewer of `stream` arrived and the hub caches no GOP it could start from: the
+    /// device of a live preview is asked for a keyframe.
+    fn viewer_without_gop(&self, stream: &StreamKey);
 }
 
 /// Why a connection is being closed by the sweeper.
@@ -349,6 +352,16 @@ impl Shard {
                 HubError::TooManyViewers { .. } => Refusal::TooManyViewers,
                 _ => Refusal::StreamEnded,
             })?;
+        if hub.borrow().gop_cache().packets == 0 {
+            let on_demand = self
+                .on_demand
+                .borrow()
+                .as_ref()
+                .and_then(std::rc::Weak::upgrade);
+            if let Some(on_demand) = on_demand {
+                on_demand.viewer_without_gop(stream);
+            }
+        }
         Ok((hub, id))
     }
 
@@ -721,6 +734,59 @@ mod tests {
         assert_eq!(idle.expired.get(), Some(Expiry::SessionTimeout));
         assert_eq!(playing.expired.get(), None);
         assert_eq!(shard.conn_count(), 3);
+    }
+
+    /// Records the streams whose viewers arrived with no GOP cached.
+    struct KeyframeAsks(RefCell<Vec<StreamKey>>);
+
+    impl OnDemand for KeyframeAsks {
+        fn start(self: Rc<Self>, _: &StreamKey) -> Option<PreviewStarted> {
+            None
+        }
+        fn start_timeout(&self) -> Duration {
+            Duration::from_secs(1)
+        }
+        fn viewer_without_gop(&self, stream: &StreamKey) {
+            self.0.borrow_mut().push(stream.clone());
+        }
+    }
+
+    #[test]
+    fn a_viewer_without_a_cached_gop_asks_for_a_keyframe() {
+        let shard = shard();
+        let asks = Rc::new(KeyframeAsks(RefCell::new(Vec::new())));
+        let on_demand: Rc<dyn OnDemand> = asks.clone();
+        shard.set_on_demand(&on_demand);
+        let key = StreamKey::new("952700000A5S348E", 0, StreamKind::Main).unwrap();
+        let (hub, publisher) = shard.publish(&key, description()).unwrap();
+        let channels = || ChannelMap::new().with_track(0, 0, 1).unwrap();
+        shard
+            .add_viewer(&key, channels(), LocalNotify::new())
+            .unwrap();
+        assert_eq!(
+            *asks.0.borrow(),
+            vec![key.clone()],
+            "no GOP yet: keyframe asked"
+        );
+        let meta = crate::hub::PacketMeta {
+            track: 0,
+            is_rtcp: false,
+            keyframe_start: true,
+            end_of_access_unit: true,
+        };
+        let header = [0x80, 96, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1];
+        let keyframe = crate::hub::RtpPacket::new(
+            meta,
+            &header,
+            bytes::Bytes::from_static(&[0x65; 8]),
+            bytes::Bytes::new(),
+        )
+        .unwrap();
+        hub.borrow_mut().push(publisher, keyframe).unwrap();
+        shard
+            .add_viewer(&key, channels(), LocalNotify::new())
+            .unwrap();
+        assert_eq!(asks.0.borrow().len(), 1, "GOP cached: no keyframe asked");
     }
 
     #[test]

@@ -222,6 +222,16 @@ pub struct DeviceConfig {
     pub handshake_timeout_secs: u64,
     /// Time a device has to answer a request from the server, seconds (the platform's: 10).
     pub request_timeout_secs: u64,
+    /// Longest wait of a viewer's DESCRIBE for a device's first keyframe after it asked for the
+    /// stream (wake-up of a sleeping battery device and preview start included), seconds;
+    /// then 503 "No Media From Device".
+    pub stream_start_timeout_secs: u64,
+    /// Time a device stream keeps flowing with no viewer before preview stop, seconds.
+    pub stream_linger_secs: u64,
+    /// A DESCRIBE of the stream of a device that has no link online waits for an RTSP
+    /// publisher (ANNOUNCE with a publish token) instead of answering 503 "Device Offline"
+    /// at once. For deployments that feed device streams from elsewhere.
+    pub wait_for_rtsp_publisher: bool,
 }
 
 impl Default for DeviceConfig {
@@ -230,6 +240,9 @@ impl Default for DeviceConfig {
             heartbeat_timeout_secs: 40,
             handshake_timeout_secs: 10,
             request_timeout_secs: 10,
+            stream_start_timeout_secs: 10,
+            stream_linger_secs: 10,
+            wait_for_rtsp_publisher: false,
         }
     }
 }
@@ -394,6 +407,15 @@ impl Config {
         }
         if !(1..=600).contains(&self.device.request_timeout_secs) {
             return invalid("device.request_timeout_secs", "must be between 1 and 600");
+        }
+        if !(1..=300).contains(&self.device.stream_start_timeout_secs) {
+            return invalid(
+                "device.stream_start_timeout_secs",
+                "must be between 1 and 300",
+            );
+        }
+        if !(1..=3600).contains(&self.device.stream_linger_secs) {
+            return invalid("device.stream_linger_secs", "must be between 1 and 3600");
         }
         if !(1..=86_400).contains(&self.play_url_ttl_secs) {
             return invalid("play_url_ttl_secs", "must be between 1 and 86400");

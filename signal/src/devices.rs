@@ -57,6 +57,36 @@ pub struct DevicePresence {
     pub charging: Option<String>,
     /// Channels and what they offer, from the capabilities reply 199.
     pub capabilities: Option<Vec<ChannelPresence>>,
+    /// The device announced sleep 233 (battery devices) and was not woken since, or has only
+    /// its keep-alive link up: a preview first wakes it with 460.
+    pub asleep: bool,
+    /// Streams asked of the device now (previews), with their viewers.
+    pub streams: Vec<StreamPresence>,
+}
+
+/// One stream of [`DevicePresence::streams`]: a preview the server asked of the device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamPresence {
+    /// Channel.
+    pub channel: u32,
+    /// `mainStream`, `subStream` or `externStream`.
+    pub stream_type: &'static str,
+    /// Stream connection mode: `TLS`, `encryptTCP` or `TCP`.
+    pub mode: &'static str,
+    /// `starting` (preview start sent, no keyframe yet) or `live`.
+    pub state: &'static str,
+    /// When the server asked for the stream, Unix ms.
+    pub since: u64,
+    /// RTSP viewers now.
+    pub viewers: usize,
+    /// Media bytes received from the device.
+    pub bytes: u64,
+    /// Time from the viewer's DESCRIBE that asked for the stream to the device's first
+    /// keyframe, ms (wake-up of a sleeping battery device included); `None` while starting.
+    pub first_keyframe_ms: Option<u64>,
+    /// The device was asleep and woken with 460 for this stream.
+    pub woken: bool,
 }
 
 /// One channel of [`DevicePresence::capabilities`].

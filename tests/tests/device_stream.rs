@@ -4,6 +4,10 @@
 //! mutual TLS, or 61007 encryptTCP with every frame encrypted) and streaming the real H.264 clip;
 //! ffprobe reads the stream back through the play URL. Once the viewer is gone for the linger
 //! time the server sends preview stop.
+//!
+//! Also over real sockets: the 503 reasons a viewer gets (device offline, preview refused, no
+//! media in time), and a sleeping battery camera (keep-alive link only) woken with 460 before
+//! its preview, with the time to its first keyframe shown in the device's presence.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -21,8 +25,8 @@ use serde_json::{json, Value};
 use signal::config::StreamEncryptMode;
 use signal::proto::access_key::AccessKeyPair;
 use signal::proto::body::{
-    BodyMessage, Capabilities, ChannelCapabilities, Handshake, PreviewStart, PreviewStartReply,
-    StreamMode, VideoCodecId,
+    BatteryState, BodyMessage, Capabilities, ChannelCapabilities, Handshake, Heartbeat,
+    PreviewStart, PreviewStartReply, StreamMode, VideoCodecId,
 };
 use signal::proto::core_packet::{cmd, CorePacket};
 use signal::session::sim::SimDevice;
@@ -132,6 +136,14 @@ fn handshake(uid: &str) -> Handshake {
     }
 }
 
+fn battery_handshake(uid: &str) -> Handshake {
+    Handshake {
+        family: Some("battery".into()),
+        model: Some("Argus 3".into()),
+        ..handshake(uid)
+    }
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -171,6 +183,38 @@ enum DeviceEvent {
     PreviewStart(PreviewStart),
     StreamHandshakeOk,
     PreviewStop { stream_id: u32 },
+    KeyframeRequest,
+    WakeUp,
+}
+
+/// How the simulated camera answers preview start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Behaviour {
+    /// Accepts and streams in the asked mode.
+    Streams,
+    /// Answers preview start with 400.
+    RefusesPreview,
+    /// Accepts preview start but never connects a stream.
+    NeverStreams,
+}
+
+/// A simulated camera.
+#[derive(Clone)]
+struct Camera {
+    device: Device,
+    encrypted: EncryptPolicy,
+    behaviour: Behaviour,
+    /// Its handshakes say family `battery`.
+    battery: bool,
+}
+
+impl Camera {
+    fn handshake(&self) -> Handshake {
+        match self.battery {
+            true => battery_handshake(&self.device.uid),
+            false => handshake(&self.device.uid),
+        }
+    }
 }
 
 /// Writes the stream handshake and reads until the server's reply packet.
@@ -214,21 +258,26 @@ fn stream_media(link: &mut impl ReadWriteAll, device: &mut StreamDevice, stop: &
 }
 
 /// The camera: signalling link, then for each preview start a stream connection in the asked
-/// mode. Reports what it saw on `events`; ends when `stop` is set.
+/// mode (or what its behaviour says). Reports what it saw on `events`; ends when `stop` is set.
 fn run_camera(
     server: (SocketAddr, SocketAddr, SocketAddr),
-    device: Device,
-    encrypted: EncryptPolicy,
+    camera: Camera,
     events: mpsc::Sender<DeviceEvent>,
     stop: Arc<AtomicBool>,
 ) {
     let (signalling_addr, stream_tls, stream_tcp) = server;
+    let Camera {
+        device,
+        encrypted,
+        behaviour,
+        ..
+    } = camera.clone();
     let mut link = tls_connect(signalling_addr, device.tls_config());
     link.sock
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let mut sim = SimDevice::signalling();
-    let hello = sim.handshake(&handshake(&device.uid), 1);
+    let hello = sim.handshake(&camera.handshake(), 1);
     link.write_all(&hello).unwrap();
     link.flush().unwrap();
     let mut buf = [0u8; 16 * 1024];
@@ -263,6 +312,17 @@ fn run_camera(
                     let reply = sim.reply_ok(cmd::CAPABILITIES, id, &capabilities);
                     link.write_all(&reply).unwrap();
                 }
+                cmd::PREVIEW_START if behaviour == Behaviour::RefusesPreview => {
+                    let start = PreviewStart::parse(&packet.body.to_contiguous()).unwrap();
+                    let reply = sim.reply(cmd::PREVIEW_START, id, 400, b"");
+                    link.write_all(&reply).unwrap();
+                    let _ = events.send(DeviceEvent::PreviewStart(start));
+                }
+                cmd::KEYFRAME_REQUEST => {
+                    let reply = sim.reply(cmd::KEYFRAME_REQUEST, id, 200, b"");
+                    link.write_all(&reply).unwrap();
+                    let _ = events.send(DeviceEvent::KeyframeRequest);
+                }
                 cmd::PREVIEW_START => {
                     let start = PreviewStart::parse(&packet.body.to_contiguous()).unwrap();
                     let reply = preview_start_reply(
@@ -277,6 +337,9 @@ fn run_camera(
                     link.flush().unwrap();
                     let (device, events, stop) = (device.clone(), events.clone(), stop.clone());
                     let _ = events.send(DeviceEvent::PreviewStart(start));
+                    if behaviour == Behaviour::NeverStreams {
+                        continue;
+                    }
                     streams.push(std::thread::spawn(move || {
                         let mut addr = stream_tcp;
                         addr.set_port(start.port);
@@ -339,6 +402,79 @@ fn run_camera(
     }
 }
 
+/// A sleeping battery camera: only its keep-alive link (61003) is up, with heartbeats; on
+/// wake-up 460 it answers and starts its signalling side ([`run_camera`]).
+fn run_battery_camera(
+    keepalive: SocketAddr,
+    server: (SocketAddr, SocketAddr, SocketAddr),
+    camera: Camera,
+    events: mpsc::Sender<DeviceEvent>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut link = TcpStream::connect(keepalive).unwrap();
+    link.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let (mut sim, hello) = SimDevice::keep_alive(&camera.device.keys, rand_nonce());
+    link.write_all(&hello).unwrap();
+    let mut reply = [0u8; 100];
+    link.read_exact(&mut reply).unwrap();
+    assert!(sim.receive(&reply).unwrap().is_empty());
+    assert_eq!(sim.hello_code(), Some(200));
+    link.write_all(&sim.handshake(&camera.handshake(), 1))
+        .unwrap();
+    let beat = Heartbeat {
+        no_reply: false,
+        battery: Some(BatteryState {
+            percent: Some(80),
+            charging: Some("0".into()),
+        }),
+    };
+    link.write_all(&sim.heartbeat(&beat, 2)).unwrap();
+    link.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let mut signalling = None;
+    let mut last_beat = Instant::now();
+    let mut next_id = 3;
+    while !stop.load(Ordering::Relaxed) {
+        if last_beat.elapsed() > Duration::from_secs(5) {
+            link.write_all(&sim.heartbeat(&beat, next_id)).unwrap();
+            next_id += 1;
+            last_beat = Instant::now();
+        }
+        let packets = match link.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => sim.receive(&buf[..n]).unwrap(),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(_) => break,
+        };
+        for packet in packets {
+            if packet.header.command != cmd::WAKE_UP {
+                continue;
+            }
+            let _ = events.send(DeviceEvent::WakeUp);
+            let reply = sim.reply(cmd::WAKE_UP, packet.header.request_id, 200, b"");
+            link.write_all(&reply).unwrap();
+            if signalling.is_none() {
+                let (camera, events, stop) = (camera.clone(), events.clone(), stop.clone());
+                signalling = Some(std::thread::spawn(move || {
+                    run_camera(server, camera, events, stop)
+                }));
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    if let Some(signalling) = signalling {
+        let _ = signalling.join();
+    }
+}
+
 fn rand_nonce() -> [u8; 32] {
     let mut nonce = [0u8; 32];
     let seed = SystemTime::now()
@@ -377,11 +513,23 @@ fn probe_device_stream(
     );
     {
         let stop = stop.clone();
-        std::thread::spawn(move || run_camera(addrs, device, encrypted, events_tx, stop));
+        let camera = Camera {
+            device,
+            encrypted,
+            behaviour: Behaviour::Streams,
+            battery: false,
+        };
+        std::thread::spawn(move || run_camera(addrs, camera, events_tx, stop));
     }
     // Wait until the signalling link is online (the camera handshakes at once).
     std::thread::sleep(Duration::from_millis(500));
     let url = play_url(&server, uid);
+    let line = ffprobe(&url);
+    (server, line, events, stop)
+}
+
+/// ffprobe's `codec,width,height` line of the stream at `url` (over RTSP/TCP).
+fn ffprobe(url: &str) -> String {
     let out = run(
         "timeout",
         &[
@@ -395,7 +543,7 @@ fn probe_device_stream(
             "stream=codec_name,width,height",
             "-of",
             "csv=p=0",
-            &url,
+            url,
         ],
     );
     let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
@@ -404,7 +552,7 @@ fn probe_device_stream(
         "ffprobe failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    (server, line, events, stop)
+    line
 }
 
 fn expect_preview(events: &mpsc::Receiver<DeviceEvent>, mode: StreamMode) -> u32 {
@@ -478,4 +626,211 @@ fn selective_encryption_keyframes_only_plays_on_demand() {
     expect_preview(&events, StreamMode::EncryptTcp);
     stop.store(true, Ordering::Relaxed);
     drop(server);
+}
+
+/// The status line of the server's answer to an RTSP DESCRIBE of `url`.
+fn describe_status(server: &TestServer, url: &str) -> String {
+    let mut rtsp = TcpStream::connect(server.server.addrs.rtsp).unwrap();
+    rtsp.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let request = format!("DESCRIBE {url} RTSP/1.0\r\nCSeq: 1\r\nAccept: application/sdp\r\n\r\n");
+    rtsp.write_all(request.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !response.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = rtsp.read(&mut chunk).expect("DESCRIBE answer");
+        assert!(n > 0, "server closed without answering the DESCRIBE");
+        response.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&response);
+    text.lines().next().unwrap_or_default().to_owned()
+}
+
+/// Starts a server (2 shards, `start_timeout_secs`), provisions `uid`, and runs a camera with
+/// `behaviour` on its signalling link.
+fn camera_with(
+    uid: &str,
+    behaviour: Behaviour,
+    start_timeout_secs: u64,
+) -> (TestServer, mpsc::Receiver<DeviceEvent>, Arc<AtomicBool>) {
+    let server = TestServer::start_with(|c| {
+        c.stream_encrypt_mode = StreamEncryptMode::EncryptTcp;
+        c.shards = Some(2);
+        c.device.stream_start_timeout_secs = start_timeout_secs;
+    });
+    let device = provision(&server, uid);
+    let (events_tx, events) = mpsc::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let addrs = (
+        server.server.addrs.signaling,
+        server.server.addrs.stream_tls,
+        server.server.addrs.stream_tcp,
+    );
+    let camera = Camera {
+        device,
+        encrypted: EncryptPolicy::All,
+        behaviour,
+        battery: false,
+    };
+    {
+        let stop = stop.clone();
+        std::thread::spawn(move || run_camera(addrs, camera, events_tx, stop));
+    }
+    wait_online(&server, uid, |p| p["signalling"] == true);
+    (server, events, stop)
+}
+
+/// The device detail of `uid` (`GET /v1.0/devices/{uid}`).
+fn device_detail(server: &TestServer, uid: &str) -> Value {
+    let response = tests::curl(&[&format!("{}/v1.0/devices/{uid}", server.api_url())]);
+    assert_eq!(response.status, 200);
+    response.json()
+}
+
+/// Waits until the presence of `uid` passes `check`.
+fn wait_online(server: &TestServer, uid: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        let detail = device_detail(server, uid);
+        if check(&detail["presence"]) {
+            return detail;
+        }
+        assert!(Instant::now() < deadline, "presence of {uid}: {detail}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn offline_device_gets_503_device_offline() {
+    // A provisioned device with no link: answered at once, not after waiting for an RTSP
+    // publisher (which would end as "No Publisher").
+    let server = TestServer::start();
+    let uid = "95270000OFFLINE1";
+    provision(&server, uid);
+    let status = describe_status(&server, &play_url(&server, uid));
+    assert_eq!(status, "RTSP/1.0 503 Device Offline");
+}
+
+#[test]
+fn offline_device_waits_for_an_rtsp_publisher_when_configured() {
+    let server = TestServer::start_with(|c| c.device.wait_for_rtsp_publisher = true);
+    let uid = "95270000OFFLINE2";
+    provision(&server, uid);
+    let status = describe_status(&server, &play_url(&server, uid));
+    assert_eq!(status, "RTSP/1.0 503 No Publisher");
+}
+
+#[test]
+fn device_refusing_preview_gets_503_device_refused() {
+    let uid = "95270000REFUSES1";
+    let (server, events, stop) = camera_with(uid, Behaviour::RefusesPreview, 10);
+    let status = describe_status(&server, &play_url(&server, uid));
+    assert_eq!(status, "RTSP/1.0 503 Device Refused Preview");
+    expect_preview(&events, StreamMode::EncryptTcp);
+    stop.store(true, Ordering::Relaxed);
+}
+
+#[test]
+fn device_that_never_streams_gets_503_no_media() {
+    let uid = "95270000NOMEDIA1";
+    let (server, events, stop) = camera_with(uid, Behaviour::NeverStreams, 2);
+    let status = describe_status(&server, &play_url(&server, uid));
+    assert_eq!(status, "RTSP/1.0 503 No Media From Device");
+    expect_preview(&events, StreamMode::EncryptTcp);
+    stop.store(true, Ordering::Relaxed);
+}
+
+#[test]
+fn sleeping_battery_camera_is_woken_before_its_preview() {
+    let server = TestServer::start_with(|c| {
+        c.stream_encrypt_mode = StreamEncryptMode::Tls;
+        c.shards = Some(2);
+    });
+    let uid = "95270000BATTERY1";
+    let device = provision(&server, uid);
+    let (events_tx, events) = mpsc::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let addrs = (
+        server.server.addrs.signaling,
+        server.server.addrs.stream_tls,
+        server.server.addrs.stream_tcp,
+    );
+    let camera = Camera {
+        device,
+        encrypted: EncryptPolicy::All,
+        behaviour: Behaviour::Streams,
+        battery: true,
+    };
+    let keepalive = server.server.addrs.keepalive;
+    {
+        let stop = stop.clone();
+        std::thread::spawn(move || run_battery_camera(keepalive, addrs, camera, events_tx, stop));
+    }
+    let asleep = wait_online(&server, uid, |p| p["keepAlive"] == true);
+    assert_eq!(asleep["presence"]["signalling"], false);
+    assert_eq!(asleep["presence"]["asleep"], true);
+    assert_eq!(asleep["presence"]["family"], "battery");
+
+    let line = ffprobe(&play_url(&server, uid));
+    assert_eq!(line, "h264,320,240");
+    assert!(matches!(
+        events.recv_timeout(IO_TIMEOUT).unwrap(),
+        DeviceEvent::WakeUp
+    ));
+    expect_preview(&events, StreamMode::Tls);
+
+    // The preview is in the device's presence, with the time from the DESCRIBE to the first
+    // keyframe, the wake-up included.
+    let detail = device_detail(&server, uid);
+    let presence = &detail["presence"];
+    assert_eq!(presence["signalling"], true);
+    assert_eq!(presence["asleep"], false);
+    let streams = presence["streams"].as_array().expect("streams");
+    assert_eq!(streams.len(), 1, "{presence}");
+    let stream = &streams[0];
+    assert_eq!(stream["channel"], 0);
+    assert_eq!(stream["streamType"], "mainStream");
+    assert_eq!(stream["mode"], "TLS");
+    assert_eq!(stream["state"], "live");
+    assert_eq!(stream["woken"], true);
+    assert!(stream["firstKeyframeMs"].as_u64().is_some(), "{stream}");
+    assert!(stream["bytes"].as_u64().unwrap() > 0, "{stream}");
+    assert!(stream["since"].as_u64().unwrap() > 0, "{stream}");
+    stop.store(true, Ordering::Relaxed);
+}
+
+#[test]
+fn presence_lists_the_live_stream_and_its_viewer() {
+    let uid = "95270000PRESENC1";
+    let (server, events, stop) = camera_with(uid, Behaviour::Streams, 10);
+    let url = play_url(&server, uid);
+    // A viewer that stays: ffmpeg reading the stream for a while.
+    let mut viewer = std::process::Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-rtsp_transport",
+            "tcp",
+            "-i",
+            &url,
+            "-t",
+            "20",
+            "-f",
+            "null",
+            "-",
+        ])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("ffmpeg");
+    let detail = wait_online(&server, uid, |p| {
+        p["streams"][0]["viewers"].as_u64() == Some(1)
+    });
+    let stream = &detail["presence"]["streams"][0];
+    assert_eq!(stream["state"], "live");
+    assert_eq!(stream["mode"], "encryptTCP");
+    assert_eq!(stream["woken"], false);
+    expect_preview(&events, StreamMode::EncryptTcp);
+    let _ = viewer.kill();
+    let _ = viewer.wait();
+    stop.store(true, Ordering::Relaxed);
 }

@@ -61,6 +61,8 @@ pub fn presence_of(uid: &str, view: &DeviceView<'_>) -> DevicePresence {
         last_heartbeat: view.last_heartbeat().map(|(_, unix_ms)| unix_ms),
         battery_percent: battery.and_then(|b| b.percent),
         charging: battery.and_then(|b| b.charging.clone()),
+        asleep: family(view) == "battery" && view.signalling.is_none_or(|s| s.presence().asleep),
+        streams: Vec::new(),
         capabilities: view.capabilities().map(|caps| {
             caps.channels
                 .iter()
@@ -85,7 +87,12 @@ impl DeviceShard {
         match command {
             DeviceCommand::Presence { uid, reply } => {
                 let registry = self.registry.borrow();
-                reply.send(registry.device(&uid).map(|view| presence_of(&uid, &view)));
+                let presence = registry.device(&uid).map(|view| presence_of(&uid, &view));
+                drop(registry);
+                reply.send(presence.map(|mut presence| {
+                    presence.streams = self.streams_of(&uid);
+                    presence
+                }));
             }
             DeviceCommand::List {
                 after,

@@ -52,6 +52,32 @@ pub use conn::{spawn_listeners, DeviceHandoff};
 /// when a keep-alive link comes online (signalling links are checked by the CRL in TLS).
 pub type RevocationCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
+/// Tells whether a UID is a device of this deployment (provisioned in the store), for a viewer
+/// of a device with no link online: 503 "Device Offline" at once instead of waiting for an RTSP
+/// publisher.
+pub type KnownCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// What the stream side reports of a device's streams, for its presence (set by
+/// [`crate::stream_conn::StreamShard`] on the same shard).
+pub trait DeviceStreams {
+    /// The previews of `uid` on this shard.
+    fn streams_of(&self, uid: &str) -> Vec<signal::devices::StreamPresence>;
+}
+
+/// How a preview of a device can start now ([`DeviceShard::preview_route`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreviewRoute {
+    /// The signalling link is up and the device awake: preview start can go now.
+    Ready,
+    /// A battery device asleep (keep-alive link only, or it announced sleep 233): wake it with
+    /// 460 on the keep-alive link first.
+    Asleep,
+    /// A device of this deployment with no link that can carry a preview.
+    Offline,
+    /// Not a device known here (an RTSP publisher may feed the stream).
+    NotADevice,
+}
+
 /// Everything the shards need to serve device links; cloned into every shard.
 #[derive(Clone)]
 pub struct DeviceSettings {
@@ -67,6 +93,9 @@ pub struct DeviceSettings {
     pub mtls: Arc<rustls::ServerConfig>,
     /// True when the device is revoked or unknown: its keep-alive link is closed at once.
     pub is_revoked: Option<RevocationCheck>,
+    /// True when the UID is a provisioned device. `None`: only devices with a link online are
+    /// known to be devices.
+    pub is_known: Option<KnownCheck>,
     /// How often the sweeper runs (deadlines are checked at this granularity).
     pub sweep_interval: Duration,
     /// The durable alarm queue: every alarm is committed there before the device gets its
@@ -158,6 +187,11 @@ pub struct DeviceShard {
     alarm_notify: LocalNotify,
     /// Where a shard other than 0 reports its listeners once shard 0 told it the ports.
     ready: RefCell<Option<ReadySender>>,
+    /// Previews waiting for a woken device's signalling link, by UID; an entry whose only
+    /// holder is this map is stale (its viewer gave up).
+    awake_waiters: RefCell<HashMap<String, Vec<Rc<LocalNotify>>>>,
+    /// The stream side of the shard, for the streams in a device's presence.
+    streams: RefCell<Option<std::rc::Weak<dyn DeviceStreams>>>,
 }
 
 impl std::fmt::Debug for DeviceShard {
@@ -192,7 +226,24 @@ impl DeviceShard {
             ready: RefCell::new(None),
             alarm_batch: RefCell::new(Vec::new()),
             alarm_notify: LocalNotify::new(),
+            awake_waiters: RefCell::new(HashMap::new()),
+            streams: RefCell::new(None),
         }
+    }
+
+    /// Sets who reports the device streams of this shard (weak: the stream side holds this).
+    pub fn set_streams(&self, streams: &Rc<dyn DeviceStreams>) {
+        *self.streams.borrow_mut() = Some(Rc::downgrade(streams));
+    }
+
+    /// The previews of `uid` on this shard.
+    fn streams_of(&self, uid: &str) -> Vec<signal::devices::StreamPresence> {
+        let streams = self
+            .streams
+            .borrow()
+            .as_ref()
+            .and_then(std::rc::Weak::upgrade);
+        streams.map(|s| s.streams_of(uid)).unwrap_or_default()
     }
 
     /// Starts the shard's device side: the sweeper, the handoff flusher, the control plane's
@@ -329,6 +380,126 @@ impl DeviceShard {
             .is_some_and(|links| links.signalling.is_some())
     }
 
+    /// How a preview of `uid` can start now.
+    pub fn preview_route(&self, uid: &str) -> PreviewRoute {
+        let registry = self.registry.borrow();
+        let Some(view) = registry.device(uid) else {
+            let known = self
+                .settings
+                .is_known
+                .as_ref()
+                .is_some_and(|check| check(uid));
+            return if known {
+                PreviewRoute::Offline
+            } else {
+                PreviewRoute::NotADevice
+            };
+        };
+        if view.signalling.is_some_and(|s| !s.presence().asleep) {
+            return PreviewRoute::Ready;
+        }
+        let battery = [view.keep_alive, view.signalling]
+            .into_iter()
+            .flatten()
+            .any(|s| s.presence().is_battery_device());
+        if battery && view.keep_alive.is_some() {
+            PreviewRoute::Asleep
+        } else {
+            PreviewRoute::Offline
+        }
+    }
+
+    /// Sends wake-up 460 on `uid`'s keep-alive link; returns where the device's reply arrives.
+    /// The device then connects its signalling link (see [`DeviceShard::awake_notify`]).
+    pub fn wake_up(
+        &self,
+        uid: &str,
+    ) -> Result<rt::xchan::OneshotReceiver<Result<Reply, DeviceError>>, DeviceError> {
+        let (conn, id) = {
+            let mut registry = self.registry.borrow_mut();
+            let (conn, session) = registry
+                .link_mut(uid, LinkKind::KeepAlive)
+                .ok_or(DeviceError::Offline)?;
+            let id = session
+                .wake_up(Instant::now())
+                .map_err(|e| DeviceError::BadReply(e.to_string()))?;
+            (conn, id)
+        };
+        Ok(self.wait_reply(conn, id))
+    }
+
+    /// Raised when a signalling link of `uid` comes online or the device is marked awake;
+    /// check [`DeviceShard::preview_route`] after each raise.
+    pub fn awake_notify(&self, uid: &str) -> Rc<LocalNotify> {
+        let notify = Rc::new(LocalNotify::new());
+        self.awake_waiters
+            .borrow_mut()
+            .entry(uid.to_owned())
+            .or_default()
+            .push(notify.clone());
+        notify
+    }
+
+    /// Raises the awake notifies of `uid`; they stay registered while their preview waits (a
+    /// 460 reply may come before the signalling link), the sweep drops abandoned ones.
+    fn wake_waiters(&self, uid: &str) {
+        if let Some(waiters) = self.awake_waiters.borrow().get(uid) {
+            for waiter in waiters {
+                waiter.notify();
+            }
+        }
+    }
+
+    /// The device answered its wake-up: a sleep it announced on its signalling link is over.
+    pub fn mark_awake(&self, uid: &str) {
+        if let Some((_, session)) = self
+            .registry
+            .borrow_mut()
+            .link_mut(uid, LinkKind::Signalling)
+        {
+            session.mark_awake();
+        }
+        self.wake_waiters(uid);
+    }
+
+    /// Sends keyframe request 189 on `uid`'s signalling link (its reply is not waited for).
+    pub fn request_keyframe(
+        &self,
+        uid: &str,
+        channel: u32,
+        stream_type: signal::proto::body::StreamType,
+    ) -> Result<(), DeviceError> {
+        let conn = {
+            let mut registry = self.registry.borrow_mut();
+            let (conn, session) = registry
+                .link_mut(uid, LinkKind::Signalling)
+                .ok_or(DeviceError::Offline)?;
+            session
+                .request_keyframe(channel, stream_type, Instant::now())
+                .map_err(|e| DeviceError::BadReply(e.to_string()))?;
+            conn
+        };
+        if let Some(signal) = self.conns.borrow().get(&conn) {
+            signal.notify.notify();
+        }
+        Ok(())
+    }
+
+    /// Registers where the reply to request `id` on `conn` goes and wakes the connection task
+    /// to write the request.
+    fn wait_reply(
+        &self,
+        conn: ConnId,
+        id: RequestId,
+    ) -> rt::xchan::OneshotReceiver<Result<Reply, DeviceError>> {
+        let (reply, receiver) = rt::xchan::oneshot();
+        self.waiters.borrow_mut().insert((conn, id), reply);
+        if let Some(signal) = self.conns.borrow().get(&conn) {
+            signal.notify.notify();
+        }
+        receiver
+    }
+
     /// Sends preview start 3 on `uid`'s signalling link; returns the stream id (the request
     /// id) and where the device's reply arrives.
     pub fn preview_start(
@@ -355,12 +526,7 @@ impl DeviceShard {
                 .map_err(|e| DeviceError::BadReply(e.to_string()))?;
             (conn, id)
         };
-        let (reply, receiver) = rt::xchan::oneshot();
-        self.waiters.borrow_mut().insert((conn, id), reply);
-        if let Some(signal) = self.conns.borrow().get(&conn) {
-            signal.notify.notify();
-        }
-        Ok((id, receiver))
+        Ok((id, self.wait_reply(conn, id)))
     }
 
     /// Sends preview stop 4 on `uid`'s signalling link (its reply is not waited for).
@@ -427,6 +593,9 @@ impl DeviceShard {
                     LinkKind::Signalling => self.count(|s| s.online_signalling += 1),
                 }
                 info!(shard = self.id, uid, ?link, model = ?info.model, firmware = ?info.firmware, "device online");
+                if link == LinkKind::Signalling {
+                    self.wake_waiters(&uid);
+                }
                 let revoked = link == LinkKind::KeepAlive
                     && self
                         .settings
@@ -568,6 +737,10 @@ impl DeviceShard {
 
     /// The periodic sweep: silent sessions close, requests past their deadline fail.
     fn sweep(&self, now: Instant) {
+        self.awake_waiters.borrow_mut().retain(|_, waiters| {
+            waiters.retain(|w| Rc::strong_count(w) > 1);
+            !waiters.is_empty()
+        });
         let sweep = self.registry.borrow_mut().sweep(now);
         for evicted in sweep.closed {
             self.evict(evicted);

@@ -6,11 +6,15 @@
 //!
 //! ```text
 //!  RTSP DESCRIBE (owner shard) --Shard::wait_description--> StreamShard::start (OnDemand)
+//!     device with no link: 503 Device Offline at once; not a device: wait for an RTSP publisher
+//!     battery device asleep: wake-up 460 on the keep-alive link, wait for its signalling link
 //!     preview start 3 (stream id = request id, mode, port) on the signalling link
 //!     pending preview: stream id -> (StreamKey, mode)
 //!  device connects 61006/61007 (any shard) --route by cert CN / access key--> owner shard
 //!     ingest: hello, 458 handshake, first media packet names the stream id -> pending preview
-//!     first keyframe: StreamDescription -> Shard::publish (DESCRIBE completes), RTP -> hub
+//!     first keyframe: StreamDescription -> Shard::publish (DESCRIBE completes), RTP -> hub;
+//!     the time from the DESCRIBE to it is logged and shown in the device's presence
+//!  a viewer arrives and the hub caches no GOP: keyframe request 189
 //!  sweeper (1 s): previews unwatched for the linger time -> preview stop 4, connection closed;
 //!     previews the device never connected -> forgotten
 //! ```
@@ -21,7 +25,7 @@
 mod conn;
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -32,7 +36,7 @@ use signal::proto::body::{StreamMode, StreamType};
 use signal::secrets::DeviceKeys;
 use tracing::{debug, info, warn};
 
-use crate::device::DeviceShard;
+use crate::device::{DeviceShard, DeviceStreams, PreviewRoute};
 use crate::hub::{LocalNotify, StreamHub};
 use crate::ingest::IngestPolicy;
 use crate::rtsp::session::Refusal;
@@ -60,6 +64,8 @@ pub struct StreamSettings {
     pub start_timeout: Duration,
     /// How long a stream nobody watches keeps flowing before preview stop.
     pub linger: Duration,
+    /// A viewer of a known device with no link waits for an RTSP publisher instead of 503.
+    pub wait_for_rtsp_publisher: bool,
     /// A device has this long to send its hello / finish TLS and its handshake.
     pub handshake_timeout: Duration,
 }
@@ -118,6 +124,14 @@ struct Preview {
     mode: StreamMode,
     /// When preview start was sent.
     started: Instant,
+    /// When the viewer's DESCRIBE asked for the stream (before any wake-up).
+    requested: Instant,
+    /// The same, Unix ms, for the presence.
+    requested_unix_ms: u64,
+    /// The device was asleep and woken for this preview.
+    woken: bool,
+    /// Time from `requested` to the device's first keyframe.
+    first_keyframe: Option<Duration>,
     /// The hub once the device's stream connection published.
     hub: Option<Rc<RefCell<StreamHub>>>,
     /// Last time the stream had a viewer (or was started).
@@ -170,6 +184,8 @@ pub struct StreamShard {
     shard: Rc<Shard>,
     devices: Option<Rc<DeviceShard>>,
     previews: RefCell<HashMap<u32, Preview>>,
+    /// Streams whose sleeping device is being woken (a second DESCRIBE waits for the first).
+    waking: RefCell<HashSet<StreamKey>>,
     /// Bound (TLS, TCP) ports, the ones preview start names.
     ports: Cell<Option<(u16, u16)>>,
     outbox: RefCell<Vec<Vec<StreamHandoff>>>,
@@ -211,6 +227,7 @@ impl StreamShard {
             shutdown: shard.shutdown.clone(),
             devices,
             previews: RefCell::new(HashMap::new()),
+            waking: RefCell::new(HashSet::new()),
             ports: Cell::new(None),
             outbox: RefCell::new((0..shard.count).map(|_| Vec::new()).collect()),
             outbox_notify: LocalNotify::new(),
@@ -220,6 +237,10 @@ impl StreamShard {
         });
         let on_demand: Rc<dyn crate::shard::OnDemand> = this.clone();
         shard.set_on_demand(&on_demand);
+        if let Some(devices) = &this.devices {
+            let streams: Rc<dyn DeviceStreams> = this.clone();
+            devices.set_streams(&streams);
+        }
         let sweeper = {
             let weak = Rc::downgrade(&this);
             rt::Sweeper::every(Duration::from_secs(1), move |now| {
@@ -293,13 +314,33 @@ impl StreamShard {
     /// Registers a preview the device was asked for (also what tests use to start one without
     /// signalling). A preview for the same stream already pending or live is replaced.
     pub fn add_pending_preview(&self, stream_id: u32, key: StreamKey, mode: StreamMode) {
+        self.insert_preview(stream_id, key, mode, Instant::now(), false);
+    }
+
+    fn insert_preview(
+        &self,
+        stream_id: u32,
+        key: StreamKey,
+        mode: StreamMode,
+        requested: Instant,
+        woken: bool,
+    ) {
         let now = Instant::now();
+        let ago = now.saturating_duration_since(requested);
+        let requested_unix_ms = std::time::SystemTime::now()
+            .checked_sub(ago)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         self.previews.borrow_mut().insert(
             stream_id,
             Preview {
                 key,
                 mode,
                 started: now,
+                requested,
+                requested_unix_ms,
+                woken,
+                first_keyframe: None,
                 hub: None,
                 last_watched: now,
                 close: LocalNotify::new(),
@@ -321,11 +362,22 @@ impl StreamShard {
         Some((preview.key.clone(), preview.close.clone()))
     }
 
-    /// The stream connection of `stream_id` published into `hub`.
+    /// The stream connection of `stream_id` published into `hub`: its first keyframe arrived.
     fn published(&self, stream_id: u32, hub: Rc<RefCell<StreamHub>>) {
+        let now = Instant::now();
         if let Some(preview) = self.previews.borrow_mut().get_mut(&stream_id) {
             preview.hub = Some(hub);
-            preview.last_watched = Instant::now();
+            preview.last_watched = now;
+            let waited = now.saturating_duration_since(preview.requested);
+            preview.first_keyframe = Some(waited);
+            info!(
+                shard = self.id,
+                stream = %preview.key,
+                stream_id,
+                woken = preview.woken,
+                first_keyframe_ms = waited.as_millis() as u64,
+                "first keyframe from the device"
+            );
         }
     }
 
@@ -397,20 +449,34 @@ impl StreamShard {
     }
 }
 
-impl OnDemand for StreamShard {
-    fn start(self: Rc<Self>, stream: &StreamKey) -> Option<PreviewStarted> {
-        let devices = self.devices.as_ref()?;
-        if !devices.is_signalling_online(stream.uid()) {
-            return None;
-        }
-        let already = self.previews.borrow().values().any(|p| &p.key == stream);
-        if already {
-            // Another DESCRIBE started it: wait for the same description.
-            return Some(Box::pin(std::future::ready(Ok(()))));
-        }
+/// Removes a stream from [`StreamShard::waking`] when its wake-up ends, however it ends.
+struct Waking {
+    shard: Rc<StreamShard>,
+    key: StreamKey,
+}
+
+impl Drop for Waking {
+    fn drop(&mut self) {
+        self.shard.waking.borrow_mut().remove(&self.key);
+    }
+}
+
+impl StreamShard {
+    /// Sends preview start for `stream` and registers the pending preview; the future resolves
+    /// when the device accepted or refused.
+    fn send_preview_start(
+        self: Rc<Self>,
+        stream: StreamKey,
+        requested: Instant,
+        woken: bool,
+    ) -> PreviewStarted {
+        let ready = |result| -> PreviewStarted { Box::pin(std::future::ready(result)) };
+        let Some(devices) = self.devices.clone() else {
+            return ready(Err(Refusal::DeviceOffline));
+        };
         let mode = self.settings.mode;
         let Some(port) = self.port_for(mode) else {
-            return Some(Box::pin(std::future::ready(Err(Refusal::DeviceRefused))));
+            return ready(Err(Refusal::DeviceRefused));
         };
         let sent = devices.preview_start(
             stream.uid(),
@@ -424,27 +490,156 @@ impl OnDemand for StreamShard {
             Err(e) => {
                 warn!(shard = self.id, %stream, "preview start not sent: {e}");
                 self.count(|s| s.previews_refused += 1);
-                return Some(Box::pin(std::future::ready(Err(Refusal::DeviceOffline))));
+                return ready(Err(Refusal::DeviceOffline));
             }
         };
         self.count(|s| s.previews_started += 1);
-        info!(shard = self.id, %stream, stream_id, mode = mode.as_str(), port, "preview start");
-        self.add_pending_preview(stream_id, stream.clone(), mode);
-        let key = stream.clone();
-        Some(Box::pin(async move {
+        info!(shard = self.id, %stream, stream_id, mode = mode.as_str(), port, woken, "preview start");
+        self.insert_preview(stream_id, stream.clone(), mode, requested, woken);
+        Box::pin(async move {
             let refused = match reply.await {
                 Ok(Ok(_)) => return Ok(()),
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => "no answer".to_owned(),
             };
-            warn!(shard = self.id, stream = %key, stream_id, "device refused preview start: {refused}");
+            warn!(shard = self.id, %stream, stream_id, "device refused preview start: {refused}");
             self.count(|s| s.previews_refused += 1);
             self.previews.borrow_mut().remove(&stream_id);
             Err(Refusal::DeviceRefused)
+        })
+    }
+
+    /// Wakes the sleeping battery device of `stream` with 460 on its keep-alive link and
+    /// waits until its signalling link is online and awake (bounded by the caller's start
+    /// timeout).
+    async fn wake(&self, stream: &StreamKey) -> Result<(), Refusal> {
+        let Some(devices) = self.devices.clone() else {
+            return Err(Refusal::DeviceOffline);
+        };
+        let uid = stream.uid().to_owned();
+        let awake = devices.awake_notify(&uid);
+        let reply = devices.wake_up(&uid).map_err(|e| {
+            warn!(shard = self.id, %stream, "wake-up not sent: {e}");
+            Refusal::DeviceOffline
+        })?;
+        info!(shard = self.id, %stream, "battery device asleep: wake-up 460 on its keep-alive link");
+        // The 460 reply and the new signalling link may come in either order.
+        let refused = Rc::new(Cell::new(false));
+        {
+            let (devices, awake, refused, uid) =
+                (devices.clone(), awake.clone(), refused.clone(), uid.clone());
+            rt::spawn_detached(async move {
+                match reply.await {
+                    Ok(Ok(_)) => devices.mark_awake(&uid),
+                    Ok(Err(e)) => {
+                        warn!(uid, "device refused the wake-up: {e}");
+                        refused.set(true);
+                        awake.notify();
+                    }
+                    Err(_) => {}
+                }
+            });
+        }
+        loop {
+            if devices.preview_route(&uid) == PreviewRoute::Ready {
+                return Ok(());
+            }
+            if refused.get() {
+                return Err(Refusal::DeviceRefused);
+            }
+            awake.notified().await;
+        }
+    }
+}
+
+impl DeviceStreams for StreamShard {
+    fn streams_of(&self, uid: &str) -> Vec<signal::devices::StreamPresence> {
+        let previews = self.previews.borrow();
+        let mut streams: Vec<_> = previews
+            .values()
+            .filter(|p| p.key.uid() == uid)
+            .map(|p| {
+                let (viewers, bytes) = p.hub.as_ref().map_or((0, 0), |hub| {
+                    let hub = hub.borrow();
+                    (hub.viewer_count(), hub.stats().bytes_in)
+                });
+                signal::devices::StreamPresence {
+                    channel: u32::from(p.key.channel()),
+                    stream_type: stream_type(p.key.stream()).as_str(),
+                    mode: p.mode.as_str(),
+                    state: if p.hub.is_some() { "live" } else { "starting" },
+                    since: p.requested_unix_ms,
+                    viewers,
+                    bytes,
+                    first_keyframe_ms: p
+                        .first_keyframe
+                        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                    woken: p.woken,
+                }
+            })
+            .collect();
+        streams.sort_by(|a, b| (a.channel, a.stream_type).cmp(&(b.channel, b.stream_type)));
+        streams
+    }
+}
+
+impl OnDemand for StreamShard {
+    fn start(self: Rc<Self>, stream: &StreamKey) -> Option<PreviewStarted> {
+        let devices = self.devices.as_ref()?;
+        let route = devices.preview_route(stream.uid());
+        match route {
+            PreviewRoute::NotADevice => return None,
+            PreviewRoute::Offline if self.settings.wait_for_rtsp_publisher => return None,
+            PreviewRoute::Offline => {
+                info!(shard = self.id, %stream, "device offline: viewer refused");
+                self.count(|s| s.previews_refused += 1);
+                return Some(Box::pin(std::future::ready(Err(Refusal::DeviceOffline))));
+            }
+            PreviewRoute::Ready | PreviewRoute::Asleep => {}
+        }
+        let already = self.waking.borrow().contains(stream)
+            || self.previews.borrow().values().any(|p| &p.key == stream);
+        if already {
+            // Another DESCRIBE started it: wait for the same description.
+            return Some(Box::pin(std::future::ready(Ok(()))));
+        }
+        let requested = Instant::now();
+        if route == PreviewRoute::Ready {
+            return Some(self.send_preview_start(stream.clone(), requested, false));
+        }
+        self.waking.borrow_mut().insert(stream.clone());
+        let waking = Waking {
+            shard: self.clone(),
+            key: stream.clone(),
+        };
+        Some(Box::pin(async move {
+            let shard = waking.shard.clone();
+            shard.wake(&waking.key).await?;
+            let started = shard.send_preview_start(waking.key.clone(), requested, true);
+            drop(waking);
+            started.await
         }))
     }
 
     fn start_timeout(&self) -> Duration {
         self.settings.start_timeout
+    }
+
+    fn viewer_without_gop(&self, stream: &StreamKey) {
+        let live = self
+            .previews
+            .borrow()
+            .values()
+            .any(|p| &p.key == stream && p.hub.is_some());
+        let Some(devices) = self.devices.as_ref().filter(|_| live) else {
+            return;
+        };
+        let (channel, kind) = (u32::from(stream.channel()), stream_type(stream.stream()));
+        match devices.request_keyframe(stream.uid(), channel, kind) {
+            Ok(()) => {
+                debug!(shard = self.id, %stream, "new viewer, no GOP cached: keyframe request")
+            }
+            Err(e) => debug!(shard = self.id, %stream, "keyframe request not sent: {e}"),
+        }
     }
 }

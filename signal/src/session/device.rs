@@ -309,6 +309,9 @@ impl DeviceSession {
             _ if self.phase != Phase::Online => self.stats.ignored_before_handshake += 1,
             cmd::ALARM => self.on_alarm(&packet),
             cmd::NETWORK_INFO_REPORT => self.on_network_info(&packet),
+            cmd::SLEEP if !self.requests.contains(packet.header.request_id) => {
+                self.on_sleep_announced(&packet)
+            }
             _ => self.on_reply(&packet),
         }
     }
@@ -448,6 +451,19 @@ impl DeviceSession {
         }
     }
 
+    /// A battery device says it goes to sleep (233 from the device, not a reply to ours): it
+    /// must be woken with 460 on its keep-alive link before the next preview. Answered 200.
+    fn on_sleep_announced(&mut self, packet: &CorePacket) {
+        self.presence.asleep = true;
+        let header = CoreHeader::response(cmd::SLEEP, packet.header.request_id, CODE_OK);
+        let _ = self.send(header, &[]);
+    }
+
+    /// The device was woken (its wake-up 460 was answered): clears the sleep it announced.
+    pub fn mark_awake(&mut self) {
+        self.presence.asleep = false;
+    }
+
     fn on_reply(&mut self, packet: &CorePacket) {
         let step = self
             .requests
@@ -464,6 +480,9 @@ impl DeviceSession {
             self.presence.capabilities = Some(capabilities.clone());
             self.events
                 .push_back(SessionEvent::Capabilities(capabilities.clone()));
+        }
+        if pending.kind == ReplyKind::Sleep && result.is_ok() {
+            self.presence.asleep = true;
         }
         if pending.kind == (ReplyKind::Capabilities { internal: true }) {
             return;

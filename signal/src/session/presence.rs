@@ -59,6 +59,8 @@ pub struct Presence {
     pub capabilities: Option<Capabilities>,
     /// Heartbeat interval in force (announced to keep-alive devices).
     pub heartbeat_interval: Option<Duration>,
+    /// The device announced sleep 233 (or accepted ours) on this link and was not woken since.
+    pub asleep: bool,
 }
 
 impl Presence {

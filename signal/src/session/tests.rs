@@ -11,7 +11,9 @@ use crate::proto::body::{
     HandshakeReply, Heartbeat, HeartbeatReply, PreviewStart, PreviewStartReply, SnapshotRequest,
     StreamMode, StreamType, VideoCodecId, XmlBody, XmlElement,
 };
-use crate::proto::core_packet::{cmd, CorePacket, CODE_ERROR, CODE_LAST_CHUNK, CODE_OK};
+use crate::proto::core_packet::{
+    cmd, CoreHeader, CorePacket, CODE_ERROR, CODE_LAST_CHUNK, CODE_OK,
+};
 use crate::proto::encrypt_tcp::{HELLO_OK, HELLO_STALE_KEY};
 use crate::secrets::DeviceKeys;
 
@@ -839,6 +841,36 @@ fn request_limits_and_links() {
             ..
         })]
     ));
+}
+
+#[test]
+fn announced_or_accepted_sleep_marks_the_device_asleep_until_woken() {
+    let now = start();
+    let (mut session, mut device) = online_signalling(now);
+    assert!(!session.presence().asleep);
+    // The device announces sleep: answered 200, asleep until woken.
+    let header = CoreHeader::request(cmd::SLEEP, 77);
+    session.receive(&device.packet(header, b""), now);
+    let sent = delivered(&mut session, &mut device);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].header.command, cmd::SLEEP);
+    assert_eq!(sent[0].header.request_id, 77);
+    assert_eq!(sent[0].header.response_code, CODE_OK);
+    assert!(session.presence().asleep);
+    assert!(drain(&mut session).is_empty());
+    session.mark_awake();
+    assert!(!session.presence().asleep);
+    // Our sleep 233, accepted: asleep too; a refused one leaves it awake.
+    let id = session.sleep(now.instant).unwrap();
+    delivered(&mut session, &mut device);
+    session.receive(&device.reply(cmd::SLEEP, id, CODE_ERROR, b""), now);
+    drain(&mut session);
+    assert!(!session.presence().asleep);
+    let id = session.sleep(now.instant).unwrap();
+    delivered(&mut session, &mut device);
+    session.receive(&device.reply(cmd::SLEEP, id, CODE_OK, b""), now);
+    drain(&mut session);
+    assert!(session.presence().asleep);
 }
 
 #[test]
