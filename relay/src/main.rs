@@ -63,10 +63,14 @@ enum PkiCommand {
         #[arg(long)]
         root_key_out: Option<PathBuf>,
     },
-    /// List every certificate of the PKI with its days left.
+    /// List every certificate of the PKI and every device certificate in force with its days
+    /// left (asks a running server for the device certificates when it holds the store).
     Status {
         #[command(flatten)]
         data: DataArg,
+        /// Client API of a running server to ask when the store is in use.
+        #[arg(long, default_value = "http://127.0.0.1:61009")]
+        api: String,
     },
     /// Revoke every certificate of a device (works while the server runs).
     Revoke {
@@ -170,45 +174,51 @@ fn pki_command(cmd: PkiCommand) -> anyhow::Result<()> {
                 );
             }
         }
-        PkiCommand::Status { data } => {
+        PkiCommand::Status { data, api } => {
             let pki = pki::Pki::open(&data.data)?;
+            let row = |name: &str, serial: &str, not_after: u64, days_left: i64| {
+                println!(
+                    "{name:<27} {serial:<42} {:<22} {days_left:>9}",
+                    signal::clock::format_unix_time(not_after),
+                )
+            };
             println!(
-                "{:<18} {:<42} {:<22} {:>9}",
+                "{:<27} {:<42} {:<22} {:>9}",
                 "CERTIFICATE", "SERIAL", "NOT AFTER", "DAYS LEFT"
             );
             for cert in pki.status() {
-                println!(
-                    "{:<18} {:<42} {:<22} {:>9}",
-                    cert.name,
-                    cert.serial_hex,
-                    signal::clock::format_unix_time(u64::try_from(cert.not_after).unwrap_or(0)),
-                    cert.days_left
-                );
+                let not_after = u64::try_from(cert.not_after).unwrap_or(0);
+                row(cert.name, &cert.serial_hex, not_after, cert.days_left);
             }
-            let store = match signal::store::Store::open(&data.data) {
-                Ok(store) => Some(store),
+            let devices = match signal::store::Store::open(&data.data) {
+                Ok(store) => {
+                    signal::provisioning::device_cert_status(&store, signal::clock::unix_now())?
+                }
                 Err(signal::store::StoreError::Locked { .. }) => {
-                    println!(
-                        "(device certificates not listed: the store is in use by a running server)"
-                    );
-                    None
+                    // A running server holds the store: it lists them.
+                    let answer =
+                        ClientApi::new(&api, &data.data)?.request("GET", "/v1.0/certificates")?;
+                    let body: serde_json::Value = answer.json_ok("listing the certificates")?;
+                    serde_json::from_value::<Vec<DeviceCertRow>>(body["devices"].clone())
+                        .context("the server's certificate list")?
+                        .into_iter()
+                        .map(|c| signal::provisioning::DeviceCertStatus {
+                            uid: c.uid,
+                            serial: c.serial,
+                            not_after: c.not_after,
+                            days_left: c.days_left,
+                        })
+                        .collect()
                 }
                 Err(e) => return Err(e.into()),
             };
-            if let Some(store) = store {
-                let now = signal::clock::unix_now();
-                for device in store.devices()? {
-                    for cert in device.certs.iter().filter(|c| !c.revoked) {
-                        let days_left = (cert.not_after as i64 - now as i64).div_euclid(86_400);
-                        println!(
-                            "{:<18} {:<42} {:<22} {:>9}",
-                            format!("device {}", device.uid),
-                            cert.serial,
-                            signal::clock::format_unix_time(cert.not_after),
-                            days_left
-                        );
-                    }
-                }
+            for cert in devices {
+                row(
+                    &format!("device {}", cert.uid),
+                    &cert.serial,
+                    cert.not_after,
+                    cert.days_left,
+                );
             }
         }
         PkiCommand::Revoke { uid, data, api } => {
@@ -230,21 +240,143 @@ fn pki_command(cmd: PkiCommand) -> anyhow::Result<()> {
                 Err(signal::store::StoreError::Locked { .. }) => {
                     // A running server holds the store: ask it, so that it also closes the
                     // device's connections at once.
-                    let url = format!("{}/v1.0/devices/{uid}", api.trim_end_matches('/'));
-                    let status = std::process::Command::new("curl")
-                        .args(["-sS", "--fail-with-body", "-X", "DELETE", &url])
-                        .status()
-                        .context("running curl to reach the server's client API")?;
-                    if !status.success() {
-                        bail!("the running server refused the revocation ({url})");
-                    }
-                    println!("\nrevoked {uid} through the running server");
+                    let answer = ClientApi::new(&api, &data.data)?
+                        .request("DELETE", &format!("/v1.0/devices/{uid}"))?;
+                    answer.json_ok("revoking the device")?;
+                    println!("revoked {uid} through the running server");
                 }
                 Err(e) => return Err(e.into()),
             }
         }
     }
     Ok(())
+}
+
+/// One device certificate as `GET /v1.0/certificates` lists it.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DeviceCertRow {
+    uid: String,
+    serial: String,
+    not_after: u64,
+    days_left: i64,
+}
+
+/// The client API of a running server, for the commands that must go through it while it
+/// holds the store. Plain HTTP/1.1 over loopback (the default API listener); the bearer token,
+/// used when `[api] auth = "token"`, is read from the data directory.
+struct ClientApi {
+    addr: String,
+    host: String,
+    token: String,
+}
+
+/// A response of the client API.
+struct ApiAnswer {
+    status: u16,
+    body: String,
+    url: String,
+}
+
+/// How long the CLI waits for the running server.
+const API_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest answer body the CLI reads (about 100 bytes per device certificate).
+const MAX_API_ANSWER: usize = 64 << 20;
+
+impl ClientApi {
+    fn new(api: &str, data_dir: &std::path::Path) -> anyhow::Result<Self> {
+        let Some(authority) = api.strip_prefix("http://") else {
+            bail!("--api {api}: expected http://HOST:PORT (the plain client API listener)");
+        };
+        let authority = authority.trim_end_matches('/');
+        if authority.contains('/') {
+            bail!("--api {api}: expected http://HOST:PORT, without a path");
+        }
+        let addr = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            authority.to_owned()
+        } else {
+            format!("{authority}:80")
+        };
+        let secrets = signal::secrets::Secrets::open_or_create(data_dir)
+            .context("reading the client API token from the data directory")?;
+        Ok(Self {
+            addr,
+            host: authority.to_owned(),
+            token: secrets.api_token,
+        })
+    }
+
+    fn request(&self, method: &str, path: &str) -> anyhow::Result<ApiAnswer> {
+        use std::io::{Read as _, Write as _};
+        use std::net::ToSocketAddrs as _;
+        let url = format!("http://{}{path}", self.host);
+        let target = self
+            .addr
+            .to_socket_addrs()
+            .with_context(|| format!("resolving {}", self.addr))?
+            .next()
+            .with_context(|| format!("{} resolves to no address", self.addr))?;
+        let mut stream = std::net::TcpStream::connect_timeout(&target, API_TIMEOUT)
+            .with_context(|| format!("connecting to the running server's client API at {url}"))?;
+        stream.set_read_timeout(Some(API_TIMEOUT))?;
+        stream.set_write_timeout(Some(API_TIMEOUT))?;
+        let request = http::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", self.token),
+            )
+            .header(http::header::CONNECTION, "close")
+            .body(Vec::new())
+            .with_context(|| format!("building {method} {url}"))?;
+        let mut out = Vec::new();
+        signal::proto::http::encode_request(&request, &mut out);
+        stream
+            .write_all(&out)
+            .with_context(|| format!("sending {method} {url}"))?;
+        let mut raw = Vec::new();
+        stream
+            .take(MAX_API_ANSWER as u64 + 64 * 1024)
+            .read_to_end(&mut raw)
+            .with_context(|| format!("reading the answer to {method} {url}"))?;
+        // The certificate list of a large fleet is bigger than a request body may be.
+        let limits = signal::proto::http::Limits {
+            max_body: MAX_API_ANSWER,
+            ..Default::default()
+        };
+        let parsed = signal::proto::http::ResponseParser::new(limits)
+            .parse_at_eof(&raw)
+            .with_context(|| format!("{method} {url}: not an HTTP response"))?;
+        let signal::proto::http::ParsedResponse::Complete { response, .. } = parsed else {
+            bail!("{method} {url}: the answer was cut short");
+        };
+        let status = response.status().as_u16();
+        let body = String::from_utf8_lossy(response.body()).into_owned();
+        Ok(ApiAnswer { status, body, url })
+    }
+}
+
+impl ApiAnswer {
+    /// The JSON body of a 2xx answer; otherwise an error naming what the server said.
+    fn json_ok(&self, what: &str) -> anyhow::Result<serde_json::Value> {
+        if !(200..300).contains(&self.status) {
+            bail!(
+                "{what}: the running server answered {} ({}): {}",
+                self.status,
+                self.url,
+                self.body.trim()
+            );
+        }
+        if self.body.trim().is_empty() {
+            return Ok(serde_json::Value::Null);
+        }
+        serde_json::from_str(&self.body)
+            .with_context(|| format!("{what}: {} sent no JSON", self.url))
+    }
 }
 
 fn url_command(args: UrlArgs) -> anyhow::Result<()> {

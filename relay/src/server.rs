@@ -26,8 +26,6 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const PKI_WATCH_INTERVAL: Duration = Duration::from_secs(1);
 /// How often certificate expiry is checked (renewal, warnings).
 const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
-/// Certificates closer than this to expiry are warned about.
-const EXPIRY_WARNING_DAYS: i64 = 30;
 
 /// The addresses the listeners actually bound (differs from the configuration when it asks for
 /// port 0).
@@ -134,19 +132,38 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
     let hosts = config.certificate_host_list();
     // open_or_init logs what it created.
     let (pki, _created) = pki::Pki::open_or_init(data_dir, &hosts)?;
+    let root_ca = &pki.paths().root_cert;
+    // Absolute: the operator copies it from the log, whatever the working directory was.
+    let root_ca = std::fs::canonicalize(root_ca).unwrap_or_else(|_| root_ca.clone());
     info!(
-        root_ca = %pki.paths().root_cert.display(),
+        root_ca = %root_ca.display(),
         sha256 = %pki.root_fingerprint_sha256(),
         "root CA (devices check it against caHash)"
     );
+    let secrets_dir = data_dir.join("secrets");
+    let secrets_existed = secrets_dir.join("token.key").exists();
     let secrets = signal::secrets::Secrets::open_or_create(data_dir)?;
+    if secrets_existed {
+        info!(dir = %secrets_dir.display(), "secrets loaded");
+    } else {
+        info!(dir = %secrets_dir.display(), "secrets created (URL token key, code signing key, device keys, API token, webhook key)");
+    }
     let token_key = secrets.token_key;
+    let store_path = data_dir.join("store.redb");
+    let store_existed = store_path.exists();
     let store = signal::store::Store::open(data_dir)?;
+    if store_existed {
+        info!(path = %store_path.display(), "store opened");
+    } else {
+        info!(path = %store_path.display(), "store created (devices, codes, certificates, revocations, access keys)");
+    }
     let pki = Arc::new(pki);
     let store = Arc::new(store);
     let store_handle = store.clone();
     signal::provisioning::publish_crl(&pki, &store)?;
-    warn_about_expiry(&pki);
+    // At once, not an hour from now: a server restarted with a due or expired certificate
+    // must not keep serving it.
+    check_expiry(&pki, &store);
 
     let shutdown = Shutdown::new();
     let shard_count = config.shards.unwrap_or_else(|| {
@@ -464,6 +481,7 @@ async fn run_control_plane(
         heartbeat_interval_secs: config.provisioning.heartbeat_interval_secs,
     };
     let provisioning = Provisioning::new(pki.clone(), store.clone(), &secrets, settings);
+    let watched_store = store.clone();
     let api_token =
         (config.api.auth == signal::config::ApiAuth::Token).then(|| secrets.api_token.clone());
     let alarm_metrics = Some(alarm_delivery.queue().metrics().clone());
@@ -540,7 +558,7 @@ async fn run_control_plane(
         )));
     }
     let _ = ready.send(Ok(addrs));
-    let watcher = rt::spawn_local(watch_pki(pki, shutdown.clone()));
+    let watcher = rt::spawn_local(watch_pki(pki, watched_store, shutdown.clone()));
     shutdown.wait().await;
     for task in tasks {
         task.await;
@@ -664,7 +682,7 @@ impl Drop for OpenConnection {
 
 /// Reloads the CRL and the server certificate when another process changed them, renews the
 /// server certificate when it is due, and warns about certificates close to expiry.
-async fn watch_pki(pki: Arc<pki::Pki>, shutdown: Shutdown) {
+async fn watch_pki(pki: Arc<pki::Pki>, store: Arc<signal::store::Store>, shutdown: Shutdown) {
     let mut since_expiry_check = Duration::ZERO;
     while !shutdown.is_triggered() {
         rt::timer::sleep(PKI_WATCH_INTERVAL).await;
@@ -673,30 +691,50 @@ async fn watch_pki(pki: Arc<pki::Pki>, shutdown: Shutdown) {
             Ok(false) => {}
             Err(e) => warn!("CRL not reloaded, the previous one stays in force: {e}"),
         }
-        match pki.reload_server_cert_if_changed() {
-            Ok(true) => info!("server certificate reloaded"),
-            Ok(false) => {}
-            Err(e) => warn!("server certificate not reloaded: {e}"),
-        }
-        since_expiry_check += PKI_WATCH_INTERVAL;
-        if since_expiry_check >= EXPIRY_CHECK_INTERVAL {
-            since_expiry_check = Duration::ZERO;
-            match pki.renew_server_if_due(SystemTime::now()) {
-                Ok(Some(status)) => {
-                    info!(serial = %status.serial_hex, days = status.days_left, "server certificate renewed")
-                }
-                Ok(None) => {}
-                Err(e) => warn!("server certificate renewal failed: {e}"),
+        let reloaded = match pki.reload_server_cert_if_changed() {
+            Ok(true) => {
+                info!("server certificate reloaded");
+                true
             }
-            warn_about_expiry(&pki);
+            Ok(false) => false,
+            Err(e) => {
+                warn!("server certificate not reloaded: {e}");
+                false
+            }
+        };
+        since_expiry_check += PKI_WATCH_INTERVAL;
+        // A certificate put in place by an operator is checked at once too: one that is
+        // already due is renewed now rather than at the next hourly check.
+        if reloaded || since_expiry_check >= EXPIRY_CHECK_INTERVAL {
+            since_expiry_check = Duration::ZERO;
+            check_expiry(&pki, &store);
         }
     }
 }
 
-fn warn_about_expiry(pki: &pki::Pki) {
+/// Renews the server certificate when it is due (new handshakes get the new one, open
+/// connections keep theirs), and warns about every certificate in force within
+/// [`signal::provisioning::EXPIRY_WARNING_DAYS`] of expiry: the hierarchy's and the devices'.
+fn check_expiry(pki: &pki::Pki, store: &signal::store::Store) {
+    match pki.renew_server_if_due(SystemTime::now()) {
+        Ok(Some(status)) => {
+            info!(serial = %status.serial_hex, days_left = status.days_left, "server certificate was due and is renewed")
+        }
+        Ok(None) => {}
+        Err(e) => warn!("server certificate renewal failed: {e}"),
+    }
+    let warn_days = signal::provisioning::EXPIRY_WARNING_DAYS;
     for cert in pki.status() {
-        if cert.days_left < EXPIRY_WARNING_DAYS {
+        if cert.days_left < warn_days {
             warn!(certificate = cert.name, serial = %cert.serial_hex, days_left = cert.days_left, "certificate expires soon");
         }
+    }
+    match signal::provisioning::device_cert_status(store, signal::clock::unix_now()) {
+        Ok(certs) => {
+            for cert in certs.iter().filter(|c| c.days_left < warn_days) {
+                warn!(uid = %cert.uid, serial = %cert.serial, days_left = cert.days_left, "device certificate expires soon (the device fetches a new one with its long-term code)");
+            }
+        }
+        Err(e) => warn!("device certificates not checked for expiry: {e}"),
     }
 }

@@ -237,3 +237,398 @@ fn revoke_works_offline_and_while_the_server_runs() {
     let unknown = relay(&["pki", "revoke", "ZZZZZZZZZZZZZZZZ", "--data", data]);
     assert!(!unknown.status.success());
 }
+
+/// `relay serve` spawned as an operator runs it, in its own working directory, logging to a
+/// pipe; stopped with SIGKILL when dropped.
+struct Served {
+    child: std::process::Child,
+    /// Every log line so far (without colour codes).
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// Every listener on a free loopback port (the default ports may be in use on a test host),
+/// token authentication on the client API, short-lived device certificates. Nothing names a
+/// data directory: `serve` must use ./relay-data.
+const FREE_PORTS_CONFIG: &str = r#"
+shards = 1
+[listen]
+ca = "127.0.0.1:0"
+credentials = "127.0.0.1:0"
+registration = "127.0.0.1:0"
+keepalive = "127.0.0.1:0"
+rtsps = "127.0.0.1:0"
+signaling = "127.0.0.1:0"
+stream_tls = "127.0.0.1:0"
+stream_tcp = "127.0.0.1:0"
+rtsp = "127.0.0.1:0"
+api = "127.0.0.1:0"
+api_tls = "127.0.0.1:0"
+[api]
+auth = "token"
+[provisioning]
+device_cert_days = 10
+"#;
+
+/// The log line `relay serve` writes once every listener is bound.
+const LISTENING: &str = "INFO listening rtsp=";
+
+impl Served {
+    /// Starts `relay serve --config relay.toml` in `cwd` and waits until it listens.
+    fn start(cwd: &Path) -> Self {
+        use std::io::BufRead as _;
+        std::fs::write(cwd.join("relay.toml"), FREE_PORTS_CONFIG).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_relay"))
+            .args(["serve", "--config", "relay.toml"])
+            .current_dir(cwd)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("relay serve starts");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        for pipe in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    log.lock().unwrap().push(strip_ansi(&line));
+                }
+            });
+        }
+        let served = Served { child, log };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while served.line_with(LISTENING).is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "relay serve did not start listening:\n{}",
+                served.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        served
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    fn line_with(&self, text: &str) -> Option<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains(text))
+            .cloned()
+    }
+
+    /// The value of `field=` in the log line containing `text`.
+    fn field(&self, text: &str, field: &str) -> String {
+        let line = self
+            .line_with(text)
+            .unwrap_or_else(|| panic!("no log line with {text:?}:\n{}", self.log()));
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{field}=")))
+            .unwrap_or_else(|| panic!("no {field}= in {line}"))
+            .to_owned()
+    }
+
+    fn port(&self, listener: &str) -> u16 {
+        let addr: std::net::SocketAddr = self.field(LISTENING, listener).parse().unwrap();
+        addr.port()
+    }
+
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// curl with the bearer token of `data`; returns (status, body).
+fn api_call(data: &Path, method: &str, url: &str, body: Option<&str>) -> (u16, String) {
+    let token = std::fs::read_to_string(data.join("secrets/api-token")).unwrap();
+    let auth = format!("Authorization: Bearer {}", token.trim());
+    let mut args = vec!["-s", "-w", "\n%{http_code}", "-X", method, "-H", &auth, url];
+    if let Some(body) = body {
+        args.extend_from_slice(&["-d", body]);
+    }
+    let out = tool("curl", &args);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (status.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// Provisions UID on a spawned server as a camera does (server-made key) and registers it
+/// over mutual TLS; returns the certificate and key files.
+fn provision_and_register(served: &Served, cwd: &Path, data: &Path) -> (String, String) {
+    let api = format!("http://127.0.0.1:{}", served.port("api"));
+    let (status, session) = api_call(
+        data,
+        "POST",
+        &format!("{api}/v1.0/devices/initialization-session"),
+        Some(&format!("{{\"uid\":\"{UID}\"}}")),
+    );
+    assert_eq!(status, 200, "{session}");
+    let session: serde_json::Value = serde_json::from_str(&session).unwrap();
+    let ca = data.join("pki/root-ca.pem");
+    let creds = tool(
+        "curl",
+        &[
+            "-s",
+            "--cacert",
+            path(&ca),
+            "-X",
+            "POST",
+            "-d",
+            &format!(
+                "{{\"uid\":\"{UID}\",\"code\":\"{}\"}}",
+                session["code"].as_str().unwrap()
+            ),
+            &format!(
+                "https://localhost:{}/v1.0/devices/credetials",
+                served.port("credentials")
+            ),
+        ],
+    );
+    let creds: serde_json::Value = serde_json::from_slice(&creds.stdout).unwrap();
+    let cert = cwd.join("device.pem");
+    let key = cwd.join("device.key");
+    std::fs::write(&cert, creds["cert"].as_str().unwrap()).unwrap();
+    std::fs::write(&key, creds["key"].as_str().unwrap()).unwrap();
+    let (cert, key) = (path(&cert).to_owned(), path(&key).to_owned());
+    assert_eq!(register(served, data, &cert, &key).0, 200);
+    (cert, key)
+}
+
+/// POST /v1.0/devices/registration over mutual TLS; returns (status, body), status 0 when the
+/// handshake was refused.
+fn register(served: &Served, data: &Path, cert: &str, key: &str) -> (u16, String) {
+    let out = tool(
+        "curl",
+        &[
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "--cacert",
+            path(&data.join("pki/root-ca.pem")),
+            "--cert",
+            cert,
+            "--key",
+            key,
+            "-X",
+            "POST",
+            "-d",
+            &format!("{{\"uid\":\"{UID}\"}}"),
+            &format!(
+                "https://localhost:{}/v1.0/devices/registration",
+                served.port("registration")
+            ),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (status.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// A fresh machine: `relay serve` with no data directory argument creates ./relay-data with the
+/// PKI, the secrets and the store and says so, with the root CA's path and fingerprint. Then,
+/// with the server running and `[api] auth = "token"`, `relay pki status` lists the device
+/// certificate, the server warns about it (10-day certificates are within 30 days of expiry) in
+/// its log and on /metrics, and `relay pki revoke` goes through the running server.
+#[test]
+fn serve_on_a_fresh_machine_then_status_and_revoke_while_it_runs() {
+    let cwd = tempfile::tempdir().unwrap();
+    let data = cwd.path().join("relay-data");
+    let served = Served::start(cwd.path());
+    for file in [
+        "pki/root-ca.pem",
+        "pki/intermediate-ca.pem",
+        "pki/server.pem",
+        "pki/crl.pem",
+        "secrets/token.key",
+        "secrets/api-token",
+        "secrets/device-keys.json",
+        "store.redb",
+    ] {
+        assert!(data.join(file).exists(), "{file} missing");
+    }
+    assert!(
+        served.line_with("created PKI").is_some(),
+        "{}",
+        served.log()
+    );
+    assert!(
+        served.line_with("secrets created").is_some(),
+        "{}",
+        served.log()
+    );
+    assert!(
+        served.line_with("store created").is_some(),
+        "{}",
+        served.log()
+    );
+    let root = data.join("pki/root-ca.pem").canonicalize().unwrap();
+    let logged_root = served.field("root CA", "root_ca");
+    assert_eq!(Path::new(&logged_root), root, "logged as an absolute path");
+    let fingerprint = tool(
+        "openssl",
+        &[
+            "x509",
+            "-in",
+            path(&root),
+            "-noout",
+            "-fingerprint",
+            "-sha256",
+        ],
+    );
+    let fingerprint = String::from_utf8_lossy(&fingerprint.stdout);
+    let hex = |s: &str| s.replace(':', "").to_ascii_lowercase();
+    let from_openssl = hex(fingerprint.trim().rsplit('=').next().unwrap());
+    assert_eq!(hex(&served.field("root CA", "sha256")), from_openssl);
+
+    provision_and_register(&served, cwd.path(), &data);
+    let api = format!("http://127.0.0.1:{}", served.port("api"));
+
+    // The store is held by the server: status asks it (with the token from relay-data).
+    let status = Command::new(env!("CARGO_BIN_EXE_relay"))
+        .args(["pki", "status", "--api", &api])
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    let status = ok(&status);
+    let device_row = status
+        .lines()
+        .find(|l| l.starts_with(&format!("device {UID}")))
+        .unwrap_or_else(|| panic!("no device row:\n{status}"));
+    let days_left: i64 = device_row
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((9..=10).contains(&days_left), "{status}");
+    for name in ["root CA", "intermediate CA", "server"] {
+        assert!(status.contains(name), "{status}");
+    }
+
+    let (code, metrics) = api_call(&data, "GET", &format!("{api}/metrics"), None);
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("rop_device_certificates_expiring 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("rop_certificate_expiring 1"), "{metrics}");
+    assert!(
+        metrics.contains(&format!("rop_device_certificate_min_days_left {days_left}"))
+            || metrics.contains(&format!(
+                "rop_device_certificate_min_days_left {}",
+                days_left - 1
+            )),
+        "{metrics}"
+    );
+    // Without the token the API refuses: the CLI must have sent it.
+    let anonymous = tool(
+        "curl",
+        &[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("{api}/v1.0/certificates"),
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&anonymous.stdout), "401");
+
+    let revoke = Command::new(env!("CARGO_BIN_EXE_relay"))
+        .args(["pki", "revoke", UID, "--api", &api])
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    let out = ok(&revoke);
+    assert!(out.contains("through the running server"), "{out}");
+    let (_, device) = api_call(&data, "GET", &format!("{api}/v1.0/devices/{UID}"), None);
+    let device: serde_json::Value = serde_json::from_str(&device).unwrap();
+    assert_eq!(device["revoked"], true, "{device}");
+    let (_, metrics) = api_call(&data, "GET", &format!("{api}/metrics"), None);
+    assert!(
+        metrics.contains("rop_device_certificates_expiring 0"),
+        "{metrics}"
+    );
+    served.kill();
+
+    // A restart warns about the device certificate at once (none now: it is revoked) and
+    // says it loaded, not created, the secrets and the store.
+    let again = Served::start(cwd.path());
+    assert!(
+        again.line_with("secrets loaded").is_some(),
+        "{}",
+        again.log()
+    );
+    assert!(again.line_with("store opened").is_some(), "{}", again.log());
+    assert!(again.line_with("created PKI").is_none(), "{}", again.log());
+}
+
+/// State acknowledged to a device survives kill -9: after SIGKILL and a restart the device is
+/// still registered, its certificate still opens the mutual-TLS port, and the server warns at
+/// start-up that it expires within 30 days.
+#[test]
+fn provisioned_device_survives_kill_9() {
+    let cwd = tempfile::tempdir().unwrap();
+    let data = cwd.path().join("relay-data");
+    let served = Served::start(cwd.path());
+    let (cert, key) = provision_and_register(&served, cwd.path(), &data);
+    served.kill();
+
+    let served = Served::start(cwd.path());
+    let api = format!("http://127.0.0.1:{}", served.port("api"));
+    let (status, device) = api_call(&data, "GET", &format!("{api}/v1.0/devices/{UID}"), None);
+    assert_eq!(status, 200, "{device}");
+    let device: serde_json::Value = serde_json::from_str(&device).unwrap();
+    assert!(device["registeredAt"].as_u64().is_some(), "{device}");
+    assert_eq!(device["revoked"], false, "{device}");
+    assert_eq!(
+        device["certificates"].as_array().map(Vec::len),
+        Some(1),
+        "{device}"
+    );
+    let (status, body) = register(&served, &data, &cert, &key);
+    assert_eq!(status, 200, "{body}");
+    let warning = served
+        .line_with("device certificate expires soon")
+        .unwrap_or_else(|| panic!("no expiry warning:\n{}", served.log()));
+    assert!(warning.contains(UID), "{warning}");
+    let days_left: i64 = served
+        .field("device certificate expires soon", "days_left")
+        .parse()
+        .unwrap();
+    // Issued for 10 days: 10 within the second of issue, 9 after.
+    assert!((9..=10).contains(&days_left), "{warning}");
+}

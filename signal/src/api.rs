@@ -205,6 +205,10 @@ impl ControlPlane {
                 Method::GET | Method::HEAD => self.get_metrics(),
                 _ => method_not_allowed("GET, HEAD"),
             },
+            ["v1.0", "certificates"] => match *method {
+                Method::GET | Method::HEAD => self.get_certificates(),
+                _ => method_not_allowed("GET, HEAD"),
+            },
             ["v1.0", "devices", "initialization-session"] => match *method {
                 Method::POST => self.post_initialization_session(req),
                 _ => method_not_allowed("POST"),
@@ -219,6 +223,18 @@ impl ControlPlane {
                 _ => method_not_allowed("GET, HEAD, DELETE"),
             },
             _ => url_not_found(),
+        }
+    }
+
+    /// Every certificate in force with its days left: the hierarchy's and the devices' (what
+    /// `relay pki status` prints while the server holds the store).
+    fn get_certificates(&self) -> Response {
+        match crate::provisioning::device_cert_status(&self.store, crate::clock::unix_now()) {
+            Ok(devices) => json_response(
+                StatusCode::OK,
+                &serde_json::json!({ "hierarchy": self.pki.status(), "devices": devices }),
+            ),
+            Err(e) => internal_error(&format!("reading the store: {e}")),
         }
     }
 
@@ -238,15 +254,35 @@ impl ControlPlane {
                 cert.name, cert.serial_hex, cert.days_left
             );
         }
-        out.push_str("# HELP rop_certificate_expiring Certificates of the hierarchy within 30 days of expiry.\n");
-        out.push_str("# TYPE rop_certificate_expiring gauge\n");
-        let expiring = self
+        let warn_days = crate::provisioning::EXPIRY_WARNING_DAYS;
+        let hierarchy_expiring = self
             .pki
             .status()
             .iter()
-            .filter(|c| c.days_left < 30)
+            .filter(|c| c.days_left < warn_days)
             .count();
-        let _ = writeln!(out, "rop_certificate_expiring {expiring}");
+        let device_certs =
+            crate::provisioning::device_cert_status(&self.store, crate::clock::unix_now())
+                .unwrap_or_default();
+        let devices_expiring = device_certs
+            .iter()
+            .filter(|c| c.days_left < warn_days)
+            .count();
+        out.push_str("# HELP rop_certificate_expiring Certificates in force (hierarchy and devices) within 30 days of expiry.\n");
+        out.push_str("# TYPE rop_certificate_expiring gauge\n");
+        let _ = writeln!(
+            out,
+            "rop_certificate_expiring {}",
+            hierarchy_expiring + devices_expiring
+        );
+        out.push_str("# HELP rop_device_certificates_expiring Device certificates in force within 30 days of expiry.\n");
+        out.push_str("# TYPE rop_device_certificates_expiring gauge\n");
+        let _ = writeln!(out, "rop_device_certificates_expiring {devices_expiring}");
+        if let Some(soonest) = device_certs.iter().map(|c| c.days_left).min() {
+            out.push_str("# HELP rop_device_certificate_min_days_left Days left of the device certificate in force that expires first.\n");
+            out.push_str("# TYPE rop_device_certificate_min_days_left gauge\n");
+            let _ = writeln!(out, "rop_device_certificate_min_days_left {soonest}");
+        }
         if let Ok(devices) = self.store.devices() {
             out.push_str("# HELP rop_devices_provisioned Devices known to the store, by state.\n");
             out.push_str("# TYPE rop_devices_provisioned gauge\n");

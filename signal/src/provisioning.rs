@@ -450,6 +450,44 @@ pub fn publish_crl(pki: &pki::Pki, store: &Store) -> Result<(), ProvisioningErro
     Ok(())
 }
 
+/// Certificates (of the hierarchy or of devices) closer than this to expiry are warned about,
+/// in the server's log and on `/metrics`.
+pub const EXPIRY_WARNING_DAYS: i64 = 30;
+
+/// A device certificate in force: neither it nor its device is revoked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceCertStatus {
+    /// The device.
+    pub uid: String,
+    /// Serial number, lowercase hex (as on the CRL).
+    pub serial: String,
+    /// Unix seconds.
+    pub not_after: u64,
+    /// Whole days until `not_after` as of the time asked (negative once expired).
+    pub days_left: i64,
+}
+
+/// Every device certificate in force, with its days left as of `now` (unix seconds); for
+/// `relay pki status`, the expiry warnings and `/metrics`.
+pub fn device_cert_status(store: &Store, now: u64) -> Result<Vec<DeviceCertStatus>, StoreError> {
+    let mut out = Vec::new();
+    for device in store.devices()? {
+        if device.revoked {
+            continue;
+        }
+        for cert in device.certs.iter().filter(|c| !c.revoked) {
+            out.push(DeviceCertStatus {
+                uid: device.uid.clone(),
+                serial: cert.serial.clone(),
+                not_after: cert.not_after,
+                days_left: (cert.not_after as i64 - now as i64).div_euclid(86_400),
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// Codes are stored by hash: a copy of the store does not give away live codes.
 fn code_hash(code: &str) -> String {
     Sha256::digest(code.as_bytes())

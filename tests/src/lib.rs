@@ -23,6 +23,19 @@ impl TestServer {
     /// Like [`TestServer::start`], with a chance to change the configuration first.
     pub fn start_with(change: impl FnOnce(&mut signal::config::Config)) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
+        Self::start_in_with(dir, change)
+    }
+
+    /// Like [`TestServer::start`], on a data directory the test prepared (an existing PKI).
+    pub fn start_in(dir: tempfile::TempDir) -> Self {
+        Self::start_in_with(dir, |_| {})
+    }
+
+    /// [`TestServer::start_in`] with a chance to change the configuration first.
+    pub fn start_in_with(
+        dir: tempfile::TempDir,
+        change: impl FnOnce(&mut signal::config::Config),
+    ) -> Self {
         let mut config = signal::config::Config {
             listen: signal::config::ListenConfig::ephemeral(IpAddr::V4(Ipv4Addr::LOCALHOST)),
             ..Default::default()

@@ -464,3 +464,187 @@ fn bad_input_gets_json_errors_and_changes_nothing() {
     );
     assert!(server.server.pki.paths().crl.exists());
 }
+
+/// The certificates the store lists for `uid` (GET /v1.0/devices/{uid}), and the CRL file:
+/// what a refusal must leave as it was.
+fn issued_state(server: &TestServer, uid: &str) -> (serde_json::Value, Vec<u8>) {
+    let device = curl(&[&format!("{}/v1.0/devices/{uid}", server.api_url())]);
+    let certs = if device.status == 200 {
+        device.json()["certificates"].clone()
+    } else {
+        serde_json::Value::Null
+    };
+    let crl = std::fs::read(&server.server.pki.paths().crl).unwrap();
+    (certs, crl)
+}
+
+/// An EC P-256 CSR with CN=`cn` (or an RSA one), written to `dir`; returns its PEM.
+fn make_csr(dir: &Path, name: &str, cn: &str, rsa: bool) -> String {
+    let key = dir.join(format!("{name}.key"));
+    let csr = dir.join(format!("{name}.csr"));
+    let mut args = vec!["req", "-new", "-newkey"];
+    if rsa {
+        args.push("rsa:2048");
+    } else {
+        args.extend_from_slice(&["ec", "-pkeyopt", "ec_paramgen_curve:P-256"]);
+    }
+    let subject = format!("/CN={cn}");
+    args.extend_from_slice(&[
+        "-nodes",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-subj",
+        &subject,
+        "-out",
+        csr.to_str().unwrap(),
+    ]);
+    openssl_ok(&args);
+    std::fs::read_to_string(csr).unwrap()
+}
+
+/// Every refusal on 61001 (expired code, malformed CSR, RSA CSR, CSR for another UID; in the
+/// JSON `csr` field, as a device keeping its own key sends it) answers a 4xx JSON error naming
+/// the problem, issues no certificate, leaves the CRL alone and, where the code was good, lets
+/// it be used afterwards.
+#[test]
+fn refusals_over_https_issue_nothing_and_keep_the_code() {
+    let server = TestServer::start_with(|c| c.provisioning.code_ttl_secs = 5);
+    let ca = server.ca_file();
+    let ca = ca.to_str().unwrap();
+    let credentials = https(
+        server.server.addrs.credentials.port(),
+        "/v1.0/devices/credetials",
+    );
+    let post = |body: &serde_json::Value| {
+        curl(&[
+            "--cacert",
+            ca,
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &body.to_string(),
+            &credentials,
+        ])
+    };
+    let work = tempfile::tempdir().unwrap();
+
+    // A code past its lifetime.
+    let expired = init_session(&server, OTHER_UID)["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let before = issued_state(&server, OTHER_UID);
+    std::thread::sleep(Duration::from_secs(6));
+    let refused = post(&serde_json::json!({"uid": OTHER_UID, "code": expired}));
+    assert_eq!(refused.status, 400);
+    let error = refused.json();
+    assert_eq!(error["error"]["symbol"], "code_invalid", "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired"),
+        "{error}"
+    );
+    assert_eq!(issued_state(&server, OTHER_UID), before);
+
+    // A good code, refused CSRs, then the code still works.
+    let code = init_session(&server, UID)["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let before = issued_state(&server, UID);
+    assert_eq!(before.0, serde_json::json!([]), "no certificate yet");
+    let malformed =
+        "-----BEGIN CERTIFICATE REQUEST-----\nbm90IGEgQ1NS\n-----END CERTIFICATE REQUEST-----\n";
+    let rsa = make_csr(work.path(), "rsa", UID, true);
+    let wrong_cn = make_csr(work.path(), "other", OTHER_UID, false);
+    for (what, csr, needle) in [
+        (
+            "malformed",
+            malformed.to_owned(),
+            "certificate signing request",
+        ),
+        ("RSA", rsa, "P-256"),
+        ("CN mismatch", wrong_cn, OTHER_UID),
+    ] {
+        let refused = post(&serde_json::json!({"uid": UID, "code": code, "csr": csr}));
+        assert_eq!(refused.status, 400, "{what}");
+        let error = refused.json();
+        assert!(error["error"]["symbol"].is_string(), "{what}: {error}");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{what}: {message}");
+        assert_eq!(
+            issued_state(&server, UID),
+            before,
+            "{what} changed the store"
+        );
+    }
+    let good = make_csr(work.path(), "good", UID, false);
+    let issued = post(&serde_json::json!({"uid": UID, "code": code, "csr": good}));
+    assert_eq!(
+        issued.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&issued.body)
+    );
+    let issued = issued.json();
+    assert!(issued["key"].is_null() || issued["key"] == "", "{issued}");
+    // The certificate carries the device's own key (from the CSR) and CN=UID.
+    let cert = write(work.path(), "issued.pem", issued["cert"].as_str().unwrap());
+    let cert_key = openssl_ok(&["x509", "-in", &cert, "-noout", "-pubkey"]);
+    let good_csr = work.path().join("good.csr");
+    let csr_key = openssl_ok(&[
+        "req",
+        "-in",
+        good_csr.to_str().unwrap(),
+        "-noout",
+        "-pubkey",
+    ]);
+    assert_eq!(cert_key, csr_key);
+    let subject = openssl_ok(&["x509", "-in", &cert, "-noout", "-subject"]);
+    assert!(subject.contains(UID), "{subject}");
+    let key = work.path().join("good.key");
+    assert_eq!(
+        register(&server, ca, &cert, key.to_str().unwrap(), UID).status,
+        200
+    );
+    assert_eq!(
+        issued_state(&server, UID).0.as_array().map(Vec::len),
+        Some(1)
+    );
+}
+
+/// A copy of the store does not give away a live code: store.redb holds its SHA-256, never
+/// the code itself.
+#[test]
+fn codes_are_stored_hashed() {
+    let server = TestServer::start();
+    let code = init_session(&server, UID)["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let data = server.data_dir().to_owned();
+    let dir = server.dir;
+    server.server.stop();
+    let store = std::fs::read(data.join("store.redb")).unwrap();
+    let contains = |needle: &[u8]| store.windows(needle.len()).any(|w| w == needle);
+    assert!(!contains(code.as_bytes()), "the code is stored in clear");
+    let digest = run(
+        "sh",
+        &[
+            "-c",
+            &format!("printf %s '{code}' | openssl dgst -sha256 -r"),
+        ],
+    );
+    let digest = String::from_utf8_lossy(&digest.stdout);
+    let digest = digest.split_whitespace().next().unwrap();
+    assert_eq!(digest.len(), 64);
+    assert!(
+        contains(digest.as_bytes()),
+        "no SHA-256 of the code in the store"
+    );
+    drop(dir);
+}
