@@ -14,12 +14,12 @@ use serde::Serialize;
 use loadgen::device::clip::VideoClip;
 use loadgen::device::synthetic::{StreamShape, VideoSource};
 use loadgen::device::EncryptPolicy;
-use loadgen::fleet::provision::{self, ProvisionTarget};
-use loadgen::fleet::{device_uid, Fleet, FleetConfig, FleetOutcome, FleetSample};
+use loadgen::fleet::provision::ProvisionTarget;
+use loadgen::fleet::{device_uid, play_targets, Fleet, FleetConfig, FleetOutcome, FleetSample};
 use loadgen::procstat::ProcSample;
 use loadgen::report::{error_counts, Expectation, ExpectationOutcome, Report, RunConfig};
 use loadgen::report::{ServerSummary, Summary};
-use loadgen::rtsp_load::{self, LoadConfig, PlayTarget};
+use loadgen::rtsp_load::{self, LoadConfig};
 use loadgen::svg::{self, Panel, Series};
 
 use crate::parse_rate;
@@ -86,6 +86,12 @@ pub struct DevicesArgs {
     /// Source addresses 127.0.0.1.. to spread connections over (0: one per 20,000 devices).
     #[arg(long, default_value_t = 0)]
     sources: usize,
+    /// Keep-alive port to connect to instead of the one registration names.
+    #[arg(long)]
+    keepalive_port: Option<u16>,
+    /// Signalling port to connect to instead of the one registration names.
+    #[arg(long)]
+    signaling_port: Option<u16>,
     /// PID of the server, for its CPU and RSS.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -205,6 +211,8 @@ pub fn devices_command(args: DevicesArgs) -> anyhow::Result<bool> {
         identities: args.identities.clone(),
         shards: args.shards,
         sources: args.sources,
+        keepalive_port: args.keepalive_port,
+        signaling_port: args.signaling_port,
     };
     let started_unix_secs = unix_secs();
     let mut fleet = Fleet::start(config, args.server_pid)?;
@@ -412,45 +420,6 @@ pub struct ViewersArgs {
     quiet: bool,
 }
 
-/// Asks the client API for a play URL of each device, retrying until `wait` has passed.
-pub fn play_targets(
-    api: &ProvisionTarget,
-    uids: &[String],
-    stream_type: &str,
-    wait: Duration,
-) -> anyhow::Result<Vec<PlayTarget>> {
-    let device_ip = api.device_ip;
-    let api = api.clone();
-    let uids = uids.to_vec();
-    let stream_type = stream_type.to_owned();
-    let urls = rt::block_on_shard(move || async move {
-        let deadline = Instant::now() + wait;
-        let mut urls = Vec::new();
-        for uid in &uids {
-            loop {
-                match provision::live_play_url(&api, uid, &stream_type).await {
-                    Ok(url) => {
-                        urls.push(url);
-                        break;
-                    }
-                    Err(e) if Instant::now() >= deadline => {
-                        return Err(anyhow::anyhow!("play session for {uid}: {e}"));
-                    }
-                    Err(_) => rt::timer::sleep(Duration::from_millis(500)).await,
-                }
-            }
-        }
-        Ok(urls)
-    })??;
-    urls.iter()
-        .map(|url| {
-            let mut target = PlayTarget::parse(url).map_err(anyhow::Error::msg)?;
-            target.addr.set_ip(device_ip);
-            Ok(target)
-        })
-        .collect()
-}
-
 pub fn viewers_command(args: ViewersArgs) -> anyhow::Result<bool> {
     let expectations = match &args.expect {
         Some(list) => Expectation::parse_list(list)?,
@@ -471,7 +440,8 @@ pub fn viewers_command(args: ViewersArgs) -> anyhow::Result<bool> {
     let uids: Vec<String> = (args.first_index..args.first_index + args.streams)
         .map(device_uid)
         .collect();
-    let targets = play_targets(&api, &uids, &args.stream_type, args.wait)?;
+    let targets =
+        play_targets(&api, &uids, &args.stream_type, args.wait).map_err(anyhow::Error::msg)?;
     let config = LoadConfig {
         targets,
         viewers,

@@ -275,7 +275,13 @@ pub async fn run_session(
     let tcp = connect(
         "signalling",
         source,
-        SocketAddr::new(ip, identity.signaling_port),
+        SocketAddr::new(
+            ip,
+            shared
+                .config
+                .signaling_port
+                .unwrap_or(identity.signaling_port),
+        ),
     )
     .await?;
     let stream = tls("signalling", tcp, identity, tls_config.clone()).await?;
@@ -286,7 +292,13 @@ pub async fn run_session(
     let tcp = connect(
         "keep-alive",
         source,
-        SocketAddr::new(ip, identity.keepalive_port),
+        SocketAddr::new(
+            ip,
+            shared
+                .config
+                .keepalive_port
+                .unwrap_or(identity.keepalive_port),
+        ),
     )
     .await?;
     let (sim, hello) = SimDevice::keep_alive(&identity.access_keys(), rand::random());

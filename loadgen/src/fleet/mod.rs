@@ -22,7 +22,7 @@ use crate::device::synthetic::{Filler, VideoSource};
 use crate::device::EncryptPolicy;
 use crate::procstat::{ProcSample, ProcSampler};
 use crate::report::{micros_histogram, Percentiles};
-use crate::rtsp_load::start_offset;
+use crate::rtsp_load::{start_offset, PlayTarget};
 use provision::{IdentityCache, ProvisionTarget};
 
 /// The UID of device `index`: 16 characters, as the platform's UIDs are.
@@ -57,6 +57,10 @@ pub struct FleetConfig {
     /// Source addresses to spread connections over when connecting to loopback (0: one per
     /// [`CONNECTIONS_PER_SOURCE`] devices, at least one).
     pub sources: usize,
+    /// Keep-alive and signalling ports to use instead of the ones registration named (a
+    /// server behind a port mapping, or one listening on ephemeral ports).
+    pub keepalive_port: Option<u16>,
+    pub signaling_port: Option<u16>,
 }
 
 impl FleetConfig {
@@ -349,6 +353,46 @@ impl FleetOutcome {
             media_bytes_sent: load(&totals.media_bytes_sent),
         }
     }
+}
+
+/// Asks the client API for a play URL of each device, retrying until `wait` has passed.
+pub fn play_targets(
+    api: &ProvisionTarget,
+    uids: &[String],
+    stream_type: &str,
+    wait: Duration,
+) -> Result<Vec<PlayTarget>, String> {
+    let device_ip = api.device_ip;
+    let api = api.clone();
+    let uids = uids.to_vec();
+    let stream_type = stream_type.to_owned();
+    let urls = rt::block_on_shard(move || async move {
+        let deadline = Instant::now() + wait;
+        let mut urls = Vec::new();
+        for uid in &uids {
+            loop {
+                match provision::live_play_url(&api, uid, &stream_type).await {
+                    Ok(url) => {
+                        urls.push(url);
+                        break;
+                    }
+                    Err(e) if Instant::now() >= deadline => {
+                        return Err(format!("play session for {uid}: {e}"));
+                    }
+                    Err(_) => rt::timer::sleep(Duration::from_millis(500)).await,
+                }
+            }
+        }
+        Ok(urls)
+    })
+    .map_err(|e| e.to_string())??;
+    urls.iter()
+        .map(|url| {
+            let mut target = PlayTarget::parse(url)?;
+            target.addr.set_ip(device_ip);
+            Ok(target)
+        })
+        .collect()
 }
 
 /// This shard's devices (every `count`-th one), each started at its ramp time.
