@@ -402,9 +402,10 @@ fn run_camera(
     }
 }
 
-/// A sleeping battery camera: only its keep-alive link (61003) is up, with heartbeats; on
-/// wake-up 460 it answers and starts its signalling side ([`run_camera`]).
-fn run_battery_camera(
+/// A camera with its keep-alive link (61003, heartbeats every 5 s) and its signalling side
+/// ([`run_camera`]): a battery camera starts the signalling side only when woken with 460 (it
+/// sleeps until then), any other at once.
+fn run_two_link_camera(
     keepalive: SocketAddr,
     server: (SocketAddr, SocketAddr, SocketAddr),
     camera: Camera,
@@ -432,7 +433,19 @@ fn run_battery_camera(
     link.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let mut buf = [0u8; 4096];
-    let mut signalling = None;
+    let start_signalling = {
+        let (camera, events, stop) = (camera.clone(), events.clone(), stop.clone());
+        move || {
+            let (camera, events, stop) = (camera.clone(), events.clone(), stop.clone());
+            Some(std::thread::spawn(move || {
+                run_camera(server, camera, events, stop)
+            }))
+        }
+    };
+    let mut signalling = match camera.battery {
+        true => None,
+        false => start_signalling(),
+    };
     let mut last_beat = Instant::now();
     let mut next_id = 3;
     while !stop.load(Ordering::Relaxed) {
@@ -462,10 +475,7 @@ fn run_battery_camera(
             let reply = sim.reply(cmd::WAKE_UP, packet.header.request_id, 200, b"");
             link.write_all(&reply).unwrap();
             if signalling.is_none() {
-                let (camera, events, stop) = (camera.clone(), events.clone(), stop.clone());
-                signalling = Some(std::thread::spawn(move || {
-                    run_camera(server, camera, events, stop)
-                }));
+                signalling = start_signalling();
             }
         }
     }
@@ -764,7 +774,7 @@ fn sleeping_battery_camera_is_woken_before_its_preview() {
     let keepalive = server.server.addrs.keepalive;
     {
         let stop = stop.clone();
-        std::thread::spawn(move || run_battery_camera(keepalive, addrs, camera, events_tx, stop));
+        std::thread::spawn(move || run_two_link_camera(keepalive, addrs, camera, events_tx, stop));
     }
     let asleep = wait_online(&server, uid, |p| p["keepAlive"] == true);
     assert_eq!(asleep["presence"]["signalling"], false);
@@ -832,5 +842,50 @@ fn presence_lists_the_live_stream_and_its_viewer() {
     expect_preview(&events, StreamMode::EncryptTcp);
     let _ = viewer.kill();
     let _ = viewer.wait();
+    stop.store(true, Ordering::Relaxed);
+}
+
+#[test]
+fn camera_with_both_links_and_heartbeats_plays_on_demand() {
+    // The whole path of a powered camera: provisioning, registration, keep-alive link with
+    // heartbeats, signalling link, preview start when a viewer asks, ffprobe plays.
+    let server = TestServer::start_with(|c| {
+        c.stream_encrypt_mode = StreamEncryptMode::EncryptTcp;
+        c.shards = Some(2);
+    });
+    let uid = "95270000BOTHLNK1";
+    let device = provision(&server, uid);
+    let (events_tx, events) = mpsc::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let addrs = (
+        server.server.addrs.signaling,
+        server.server.addrs.stream_tls,
+        server.server.addrs.stream_tcp,
+    );
+    let camera = Camera {
+        device,
+        encrypted: EncryptPolicy::All,
+        behaviour: Behaviour::Streams,
+        battery: false,
+    };
+    let keepalive = server.server.addrs.keepalive;
+    {
+        let stop = stop.clone();
+        std::thread::spawn(move || run_two_link_camera(keepalive, addrs, camera, events_tx, stop));
+    }
+    let online = wait_online(&server, uid, |p| {
+        p["keepAlive"] == true && p["signalling"] == true && p["batteryPercent"] == 80
+    });
+    let presence = &online["presence"];
+    assert!(presence["lastHeartbeat"].as_u64().is_some(), "{presence}");
+    assert_eq!(presence["asleep"], false);
+    assert_eq!(presence["streams"], json!([]));
+
+    assert_eq!(ffprobe(&play_url(&server, uid)), "h264,320,240");
+    expect_preview(&events, StreamMode::EncryptTcp);
+    assert!(matches!(
+        events.recv_timeout(IO_TIMEOUT).unwrap(),
+        DeviceEvent::StreamHandshakeOk
+    ));
     stop.store(true, Ordering::Relaxed);
 }
