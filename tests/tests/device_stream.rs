@@ -1,9 +1,11 @@
 //! Live video from a device to an RTSP viewer through a running server, over real sockets:
 //! a simulated camera provisions, opens its signalling link, and answers the preview start that
 //! a viewer's DESCRIBE triggers by opening a stream connection in the requested mode (61006
-//! mutual TLS, or 61007 encryptTCP with every frame encrypted) and streaming the real H.264 clip;
-//! ffprobe reads the stream back through the play URL. Once the viewer is gone for the linger
-//! time the server sends preview stop.
+//! mutual TLS; 61007 encryptTCP with every frame encrypted, with only keyframes encrypted, or
+//! plain TCP) and streaming a real clip with its audio (H.264 + AAC, and H.265 + AAC) twice,
+//! then hanging up. An ffmpeg viewer records what the relay sends through the play URL; ffprobe
+//! counts the recording's frames against what the camera sent and checks the codec parameters.
+//! Once the viewer is gone for the linger time the server sends preview stop.
 //!
 //! Also over real sockets: the 503 reasons a viewer gets (device offline, preview refused, no
 //! media in time), and a sleeping battery camera (keep-alive link only) woken with 460 before
@@ -16,7 +18,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use loadgen::device::clip::{ClipPlayer, VideoClip};
+use loadgen::device::clip::{AudioClip, ClipPlayer, VideoClip};
 use loadgen::device::{preview_start_reply, EncryptPolicy, StreamDevice};
 use relay::proto::media::Codec;
 use rustls::pki_types::ServerName;
@@ -168,21 +170,62 @@ fn play_url(server: &TestServer, uid: &str) -> String {
     )
 }
 
-fn clip() -> Arc<VideoClip> {
-    let path = format!(
-        "{}/../loadgen/testdata/ropdev_h264_3s.264",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    Arc::new(VideoClip::from_annex_b(Codec::H264, Bytes::from(data)).unwrap())
+/// What a camera streams: a video fixture of the loadgen with the AAC fixture beside it.
+#[derive(Debug, Clone, Copy)]
+struct Fixture {
+    codec: Codec,
+    file: &'static str,
+    /// The codec the camera names in its preview start reply.
+    reply_codec: VideoCodecId,
+    /// ffprobe's name of the codec.
+    probe_name: &'static str,
 }
 
-/// What the simulated camera saw.
+const H264_AAC: Fixture = Fixture {
+    codec: Codec::H264,
+    file: "ropdev_h264_3s.264",
+    reply_codec: VideoCodecId::H264,
+    probe_name: "h264",
+};
+
+const H265_AAC: Fixture = Fixture {
+    codec: Codec::H265,
+    file: "ropdev_h265_3s.265",
+    reply_codec: VideoCodecId::H265,
+    probe_name: "hevc",
+};
+
+/// Times the camera plays its clip (3 s each) before it hangs up.
+const PASSES: usize = 2;
+
+fn testdata(file: &str) -> Bytes {
+    let path = format!("{}/../loadgen/testdata/{file}", env!("CARGO_MANIFEST_DIR"));
+    Bytes::from(std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}")))
+}
+
+impl Fixture {
+    fn video(&self) -> Arc<VideoClip> {
+        Arc::new(VideoClip::from_annex_b(self.codec, testdata(self.file)).unwrap())
+    }
+
+    fn audio(&self) -> Arc<AudioClip> {
+        Arc::new(AudioClip::from_adts(testdata("ropdev_aac_16k_3s.aac")).unwrap())
+    }
+}
+
+/// What the simulated camera saw and did.
 #[derive(Debug)]
 enum DeviceEvent {
     PreviewStart(PreviewStart),
     StreamHandshakeOk,
-    PreviewStop { stream_id: u32 },
+    /// The camera sent its clip `PASSES` times and hung up: frames sent.
+    StreamSent {
+        video: usize,
+        audio: usize,
+    },
+    PreviewStop {
+        stream_id: u32,
+    },
     KeyframeRequest,
     WakeUp,
 }
@@ -206,6 +249,11 @@ struct Camera {
     behaviour: Behaviour,
     /// Its handshakes say family `battery`.
     battery: bool,
+    /// What it streams.
+    fixture: Fixture,
+    /// Its first preview plays the clip this many times and hangs up (the test counts what
+    /// arrives); later ones, and all when None, stream until the server stops them.
+    first_passes: Option<usize>,
 }
 
 impl Camera {
@@ -238,23 +286,41 @@ fn stream_handshake(link: &mut impl ReadWriteAll, device: &mut StreamDevice, uid
     }
 }
 
-/// Streams the looping clip at its frame rate until `stop` or the server closes.
-fn stream_media(link: &mut impl ReadWriteAll, device: &mut StreamDevice, stop: &AtomicBool) {
-    let player = ClipPlayer::new(clip(), None, FPS, 1_000_000).looping();
+/// Streams the clip and its audio `passes` times (None: until stopped) at the frame rate (PTS
+/// running on), unless `stop` or the server closes first; returns the (video, audio) frames
+/// sent.
+fn stream_media(
+    link: &mut impl ReadWriteAll,
+    device: &mut StreamDevice,
+    fixture: Fixture,
+    passes: Option<usize>,
+    stop: &AtomicBool,
+) -> (usize, usize) {
+    let video = fixture.video();
+    let video_frames = passes.map_or(usize::MAX, |n| video.access_units.len() * n);
+    let player = ClipPlayer::new(video, Some(fixture.audio()), FPS, 1_000_000).looping();
     let start = Instant::now();
-    for (index, frame) in player.enumerate() {
-        if stop.load(Ordering::Relaxed) {
-            return;
+    let (mut sent_video, mut sent_audio) = (0, 0);
+    for frame in player {
+        let is_video = frame.kind.is_video();
+        if stop.load(Ordering::Relaxed) || (is_video && sent_video == video_frames) {
+            break;
         }
         let bytes = device.media(&frame).unwrap();
         if link.write_all(&bytes).and_then(|()| link.flush()).is_err() {
-            return;
+            break;
         }
-        let due = start + Duration::from_secs(1) * index as u32 / FPS;
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
+        if is_video {
+            sent_video += 1;
+            let due = start + Duration::from_secs(1) * sent_video as u32 / FPS;
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        } else {
+            sent_audio += 1;
         }
     }
+    (sent_video, sent_audio)
 }
 
 /// The camera: signalling link, then for each preview start a stream connection in the asked
@@ -270,6 +336,8 @@ fn run_camera(
         device,
         encrypted,
         behaviour,
+        fixture,
+        first_passes,
         ..
     } = camera.clone();
     let mut link = tls_connect(signalling_addr, device.tls_config());
@@ -330,12 +398,13 @@ fn run_camera(
                         id,
                         &PreviewStartReply {
                             fps: FPS as u8,
-                            codec: VideoCodecId::H264,
+                            codec: fixture.reply_codec,
                         },
                     );
                     link.write_all(&reply).unwrap();
                     link.flush().unwrap();
                     let (device, events, stop) = (device.clone(), events.clone(), stop.clone());
+                    let passes = first_passes.filter(|_| streams.is_empty());
                     let _ = events.send(DeviceEvent::PreviewStart(start));
                     if behaviour == Behaviour::NeverStreams {
                         continue;
@@ -351,7 +420,9 @@ fn run_camera(
                                 let mut sd = StreamDevice::tls(start.stream_id);
                                 stream_handshake(&mut stream, &mut sd, &device.uid);
                                 let _ = events.send(DeviceEvent::StreamHandshakeOk);
-                                stream_media(&mut stream, &mut sd, &stop);
+                                let (video, audio) =
+                                    stream_media(&mut stream, &mut sd, fixture, passes, &stop);
+                                let _ = events.send(DeviceEvent::StreamSent { video, audio });
                             }
                             mode => {
                                 let policy = match mode {
@@ -373,7 +444,9 @@ fn run_camera(
                                 assert_eq!(sd.hello_code(), Some(200));
                                 stream_handshake(&mut stream, &mut sd, &device.uid);
                                 let _ = events.send(DeviceEvent::StreamHandshakeOk);
-                                stream_media(&mut stream, &mut sd, &stop);
+                                let (video, audio) =
+                                    stream_media(&mut stream, &mut sd, fixture, passes, &stop);
+                                let _ = events.send(DeviceEvent::StreamSent { video, audio });
                             }
                         }
                     }));
@@ -497,15 +570,28 @@ fn rand_nonce() -> [u8; 32] {
     nonce
 }
 
-/// Provisions a camera, starts it, and has ffprobe play its main stream on demand; returns
-/// ffprobe's `codec,width,height` line, the events, and the camera's stop flag.
-fn probe_device_stream(
+/// What ffprobe found in the viewer's recording.
+#[derive(Debug)]
+struct Recording {
+    /// `codec,width,height` of the video stream.
+    video: String,
+    /// `codec,sample_rate,channels` of the audio stream.
+    audio: String,
+    video_frames: usize,
+    audio_frames: usize,
+}
+
+/// Provisions a camera streaming `fixture`, has an ffmpeg viewer record its main stream on
+/// demand (the DESCRIBE starts the preview) until the relay ends it after the camera hung up;
+/// returns ffprobe's view of the recording, the events, and the camera's stop flag.
+fn record_device_stream(
     mode: StreamEncryptMode,
     encrypted: EncryptPolicy,
+    fixture: Fixture,
     uid: &str,
 ) -> (
     TestServer,
-    String,
+    Recording,
     mpsc::Receiver<DeviceEvent>,
     Arc<AtomicBool>,
 ) {
@@ -528,17 +614,75 @@ fn probe_device_stream(
             encrypted,
             behaviour: Behaviour::Streams,
             battery: false,
+            fixture,
+            first_passes: Some(PASSES),
         };
         std::thread::spawn(move || run_camera(addrs, camera, events_tx, stop));
     }
     // Wait until the signalling link is online (the camera handshakes at once).
     std::thread::sleep(Duration::from_millis(500));
     let url = play_url(&server, uid);
-    let line = ffprobe(&url);
-    (server, line, events, stop)
+    let recording = server.data_dir().join("viewer.mkv");
+    let recording = recording.to_str().unwrap();
+    let out = run(
+        "timeout",
+        &[
+            "60",
+            "ffmpeg",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-rtsp_transport",
+            "tcp",
+            "-i",
+            &url,
+            "-map",
+            "0",
+            "-c",
+            "copy",
+            "-y",
+            recording,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "ffmpeg viewer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let probe = |stream: &str, entries: &str| -> (String, usize) {
+        let out = run(
+            "ffprobe",
+            &[
+                "-v",
+                "error",
+                "-count_packets",
+                "-select_streams",
+                stream,
+                "-show_entries",
+                &format!("stream={entries},nb_read_packets"),
+                "-of",
+                "csv=p=0",
+                recording,
+            ],
+        );
+        let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let (fields, count) = line
+            .rsplit_once(',')
+            .unwrap_or_else(|| panic!("no {stream} stream recorded: {line:?}"));
+        (fields.to_owned(), count.parse().unwrap())
+    };
+    let (video, video_frames) = probe("v", "codec_name,width,height");
+    let (audio, audio_frames) = probe("a", "codec_name,sample_rate,channels");
+    let recorded = Recording {
+        video,
+        audio,
+        video_frames,
+        audio_frames,
+    };
+    (server, recorded, events, stop)
 }
 
-/// ffprobe's `codec,width,height` line of the stream at `url` (over RTSP/TCP).
+/// ffprobe's `codec,width,height` line of the video of the stream at `url` (over RTSP/TCP).
 fn ffprobe(url: &str) -> String {
     let out = run(
         "timeout",
@@ -549,6 +693,8 @@ fn ffprobe(url: &str) -> String {
             "error",
             "-rtsp_transport",
             "tcp",
+            "-select_streams",
+            "v",
             "-show_entries",
             "stream=codec_name,width,height",
             "-of",
@@ -576,66 +722,146 @@ fn expect_preview(events: &mpsc::Receiver<DeviceEvent>, mode: StreamMode) -> u32
     }
 }
 
+/// The camera's report of what it sent, after the preview start and the handshake.
+fn expect_sent(events: &mpsc::Receiver<DeviceEvent>) -> (usize, usize) {
+    loop {
+        match events.recv_timeout(Duration::from_secs(15)).unwrap() {
+            DeviceEvent::StreamHandshakeOk => {}
+            DeviceEvent::StreamSent { video, audio } => return (video, audio),
+            other => panic!("expected the stream's end, got {other:?}"),
+        }
+    }
+}
+
+/// Everything the camera sent came out of the relay, frame for frame (a viewer may lose the
+/// last audio frames that were still in flight when the camera hung up), with the clip's
+/// codec parameters.
+fn assert_relayed(recording: &Recording, fixture: Fixture, (video, audio): (usize, usize)) {
+    eprintln!("sent {video} video and {audio} audio frames; recorded {recording:?}");
+    assert_eq!(
+        recording.video,
+        format!("{},320,240", fixture.probe_name),
+        "{recording:?}"
+    );
+    assert_eq!(recording.audio, "aac,16000,1", "{recording:?}");
+    assert_eq!(
+        video,
+        75 * PASSES,
+        "the camera sent its clip {PASSES} times"
+    );
+    assert!(audio >= 40 * PASSES, "the camera sent its audio: {audio}");
+    assert!(
+        recording.video_frames.abs_diff(video) <= 2,
+        "video frames: {} recorded, {video} sent",
+        recording.video_frames
+    );
+    assert!(
+        recording.audio_frames.abs_diff(audio) <= 3,
+        "audio frames: {} recorded, {audio} sent",
+        recording.audio_frames
+    );
+}
+
 #[test]
-fn tls_stream_plays_on_demand_and_stops_after_the_linger() {
-    let (server, line, events, stop) = probe_device_stream(
+fn tls_stream_h264_aac_is_relayed_frame_for_frame_and_stops_after_the_linger() {
+    let (server, recording, events, stop) = record_device_stream(
         StreamEncryptMode::Tls,
         EncryptPolicy::All,
+        H264_AAC,
         "95270000STRMTLS1",
     );
+    expect_preview(&events, StreamMode::Tls);
+    assert_relayed(&recording, H264_AAC, expect_sent(&events));
+    // A second viewer starts a preview the camera streams until told to stop; once that
+    // viewer is gone, preview stop follows after the linger (10 s) and a sweep.
+    let line = ffprobe(&play_url(&server, "95270000STRMTLS1"));
     assert_eq!(line, "h264,320,240");
     let stream_id = expect_preview(&events, StreamMode::Tls);
-    assert!(matches!(
-        events.recv_timeout(Duration::from_secs(5)).unwrap(),
-        DeviceEvent::StreamHandshakeOk
-    ));
-    // No viewer any more: preview stop after the linger (10 s) and a sweep.
-    match events.recv_timeout(Duration::from_secs(15)).unwrap() {
-        DeviceEvent::PreviewStop { stream_id: stopped } => assert_eq!(stopped, stream_id),
-        other => panic!("expected preview stop, got {other:?}"),
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left).expect("preview stop") {
+            DeviceEvent::StreamHandshakeOk => {}
+            DeviceEvent::PreviewStop { stream_id: stopped } => {
+                assert_eq!(stopped, stream_id);
+                break;
+            }
+            other => panic!("expected preview stop, got {other:?}"),
+        }
     }
     stop.store(true, Ordering::Relaxed);
     drop(server);
 }
 
+/// Runs one mode and fixture end to end and checks the recording.
+fn relays_frame_for_frame(
+    mode: StreamEncryptMode,
+    encrypted: EncryptPolicy,
+    fixture: Fixture,
+    uid: &str,
+    expected_mode: StreamMode,
+) {
+    let (server, recording, events, stop) = record_device_stream(mode, encrypted, fixture, uid);
+    expect_preview(&events, expected_mode);
+    assert_relayed(&recording, fixture, expect_sent(&events));
+    stop.store(true, Ordering::Relaxed);
+    drop(server);
+}
+
 #[test]
-fn encrypt_tcp_stream_with_every_frame_encrypted_plays_on_demand() {
-    let (server, line, events, stop) = probe_device_stream(
+fn encrypt_tcp_stream_with_every_frame_encrypted_is_relayed_frame_for_frame() {
+    relays_frame_for_frame(
         StreamEncryptMode::EncryptTcp,
         EncryptPolicy::All,
+        H264_AAC,
         "95270000STRMETCP",
+        StreamMode::EncryptTcp,
     );
-    assert_eq!(line, "h264,320,240");
-    expect_preview(&events, StreamMode::EncryptTcp);
-    stop.store(true, Ordering::Relaxed);
-    drop(server);
 }
 
 #[test]
-fn plain_tcp_stream_plays_on_demand() {
-    let (server, line, events, stop) = probe_device_stream(
+fn plain_tcp_stream_is_relayed_frame_for_frame() {
+    relays_frame_for_frame(
         StreamEncryptMode::Tcp,
         EncryptPolicy::None,
+        H264_AAC,
         "95270000STRMPTCP",
+        StreamMode::Tcp,
     );
-    assert_eq!(line, "h264,320,240");
-    expect_preview(&events, StreamMode::Tcp);
-    stop.store(true, Ordering::Relaxed);
-    drop(server);
 }
 
 #[test]
-fn selective_encryption_keyframes_only_plays_on_demand() {
+fn selective_encryption_keyframes_only_is_relayed_frame_for_frame() {
     // The platform's selective encryption: the device encrypts only its keyframes.
-    let (server, line, events, stop) = probe_device_stream(
+    relays_frame_for_frame(
         StreamEncryptMode::EncryptTcp,
         EncryptPolicy::Keyframes,
+        H264_AAC,
         "95270000STRMSEL1",
+        StreamMode::EncryptTcp,
     );
-    assert_eq!(line, "h264,320,240");
-    expect_preview(&events, StreamMode::EncryptTcp);
-    stop.store(true, Ordering::Relaxed);
-    drop(server);
+}
+
+#[test]
+fn tls_stream_h265_aac_is_relayed_frame_for_frame() {
+    relays_frame_for_frame(
+        StreamEncryptMode::Tls,
+        EncryptPolicy::All,
+        H265_AAC,
+        "95270000STRM265T",
+        StreamMode::Tls,
+    );
+}
+
+#[test]
+fn selective_encryption_h265_aac_is_relayed_frame_for_frame() {
+    relays_frame_for_frame(
+        StreamEncryptMode::EncryptTcp,
+        EncryptPolicy::Keyframes,
+        H265_AAC,
+        "95270000STRM265S",
+        StreamMode::EncryptTcp,
+    );
 }
 
 /// The status line of the server's answer to an RTSP DESCRIBE of `url`.
@@ -681,6 +907,8 @@ fn camera_with(
         encrypted: EncryptPolicy::All,
         behaviour,
         battery: false,
+        fixture: H264_AAC,
+        first_passes: None,
     };
     {
         let stop = stop.clone();
@@ -770,6 +998,8 @@ fn sleeping_battery_camera_is_woken_before_its_preview() {
         encrypted: EncryptPolicy::All,
         behaviour: Behaviour::Streams,
         battery: true,
+        fixture: H264_AAC,
+        first_passes: None,
     };
     let keepalive = server.server.addrs.keepalive;
     {
