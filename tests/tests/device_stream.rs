@@ -1097,6 +1097,8 @@ fn camera_with_both_links_and_heartbeats_plays_on_demand() {
         encrypted: EncryptPolicy::All,
         behaviour: Behaviour::Streams,
         battery: false,
+        fixture: H264_AAC,
+        first_passes: None,
     };
     let keepalive = server.server.addrs.keepalive;
     {
