@@ -16,6 +16,7 @@ use rt::{Shutdown, TcpListener};
 use signal::api::{ControlPlane, Port, PortHandler};
 use signal::config::Config;
 use signal::http_server::{serve_connection_until, ConnInfo, ServerConfig as HttpConfig};
+use signal::metrics::TlsPort;
 use signal::provisioning::{DeviceEndpoints, Provisioning, ProvisioningSettings};
 use tracing::{debug, info, warn};
 
@@ -508,6 +509,7 @@ async fn run_control_plane(
         devices: Some(directory),
         advertised,
         wifi_scans: Default::default(),
+        tls_failures: Default::default(),
     });
     let http = Rc::new(HttpConfig::default());
     let server_tls = pki.server_config();
@@ -629,6 +631,13 @@ async fn accept_http(
                                 .await
                         }
                         Err(e) => {
+                            let port = match handler.port {
+                                Port::Ca => TlsPort::Ca,
+                                Port::Credentials => TlsPort::Credentials,
+                                Port::Registration => TlsPort::Registration,
+                                Port::Client => TlsPort::ApiTls,
+                            };
+                            handler.plane.record_tls_failure(port, &e);
                             debug!(%peer, %local, "TLS handshake failed: {e}");
                             return;
                         }

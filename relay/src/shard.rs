@@ -24,12 +24,13 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use rt::{MaybeTls, Mesh, MeshPort, ShardContext, Shutdown, TcpListener};
+use signal::metrics::{MediaStats, TlsPort};
 use signal::tokens::TokenSigner;
 use tracing::{debug, info, warn};
 
 use crate::hub::{
-    ChannelMap, HubConfig, HubError, LocalNotify, PublisherId, PublisherState, StreamDescription,
-    StreamHub, ViewerId,
+    ChannelMap, HubConfig, HubError, HubStats, LocalNotify, PublisherId, PublisherState,
+    StreamDescription, StreamHub, ViewerId,
 };
 use crate::rtsp::conn::RtspHandoff;
 use crate::rtsp::session::Refusal;
@@ -170,6 +171,10 @@ pub struct Shard {
     outbox: RefCell<Vec<Vec<RtspHandoff>>>,
     outbox_notify: LocalNotify,
     stats: Cell<ShardStats>,
+    /// Media counters of the connections on this shard (bytes in, rejections, previews, TLS).
+    media: RefCell<MediaStats>,
+    /// Counters of the hubs already dropped, so that totals survive their streams.
+    retired_hubs: Cell<HubStats>,
     on_demand: RefCell<Option<std::rc::Weak<dyn OnDemand>>>,
 }
 
@@ -205,6 +210,8 @@ impl Shard {
             outbox: RefCell::new((0..count).map(|_| Vec::new()).collect()),
             outbox_notify: LocalNotify::new(),
             stats: Cell::new(ShardStats::default()),
+            media: RefCell::new(MediaStats::default()),
+            retired_hubs: Cell::new(HubStats::default()),
             on_demand: RefCell::new(None),
         }
     }
@@ -225,6 +232,35 @@ impl Shard {
         let mut stats = self.stats.get();
         update(&mut stats);
         self.stats.set(stats);
+    }
+
+    /// Updates the shard's media counters (connections on this shard call it per read or per
+    /// event, never across shards).
+    pub fn count_media(&self, update: impl FnOnce(&mut MediaStats)) {
+        update(&mut self.media.borrow_mut());
+    }
+
+    /// The shard's media counters now: the connections' counters, plus what every hub (live
+    /// and dropped) wrote to viewers and dropped for slow ones, plus the live streams and
+    /// viewers.
+    pub fn media_stats(&self) -> MediaStats {
+        let mut media = self.media.borrow().clone();
+        let mut hubs = self.retired_hubs.get();
+        for entry in self.streams.borrow().values() {
+            let hub = entry.hub.borrow();
+            hubs += hub.stats();
+            media.viewers += hub.viewer_count() as u64;
+            match hub.publisher_state() {
+                PublisherState::Live => media.streams_live += 1,
+                PublisherState::Waiting { .. } => media.streams_waiting += 1,
+                PublisherState::Idle | PublisherState::Ended => {}
+            }
+        }
+        media.bytes_out += hubs.bytes_out;
+        media.packets_dropped += hubs.packets_dropped;
+        media.frames_dropped += hubs.frames_dropped;
+        media.viewers_evicted += hubs.viewers_evicted;
+        media
     }
 
     /// The shard that owns `stream`.
@@ -428,6 +464,9 @@ impl Shard {
                 );
             if idle {
                 debug!(shard = self.id, stream = %key, "stream hub dropped");
+                let mut retired = self.retired_hubs.get();
+                retired += hub.stats();
+                self.retired_hubs.set(retired);
             }
             !idle
         });
@@ -543,6 +582,9 @@ pub async fn run(
     };
     let flusher = rt::spawn_local(flush_handoffs(shard.clone(), port.clone()));
     let devices = devices.map(|d| d.start(ctx.id, ctx.count, ctx.shutdown.clone(), port.clone()));
+    if let Some(devices) = &devices {
+        devices.set_data_plane(&shard);
+    }
     let streams = streams.map(|wiring| {
         crate::stream_conn::StreamShard::start(
             &wiring,
@@ -653,8 +695,10 @@ async fn accept_rtsp(
                                 None => return,
                                 Some(Ok(tls)) => MaybeTls::from(tls),
                                 Some(Err(e)) => {
-                                    let reason = crate::device::tls_failure_label(&e);
-                                    signal::limits::record_tls_failure("rtsps", reason);
+                                    let reason = signal::metrics::tls_failure_reason(&e);
+                                    shard.count_media(|m| {
+                                        m.tls_failures.record(TlsPort::Rtsps, reason)
+                                    });
                                     debug!(shard = shard.id, %peer, reason, "RTSPS handshake failed: {e}");
                                     return;
                                 }

@@ -62,6 +62,8 @@ pub struct ControlPlane {
     pub advertised: Arc<AdvertisedPorts>,
     /// Wi-Fi scan sessions of the client API.
     pub wifi_scans: crate::wifi_scan::WifiScans,
+    /// Failed TLS handshakes on the control plane's HTTPS ports (61000-61002, 61010).
+    pub tls_failures: std::sync::Mutex<crate::metrics::TlsFailures>,
 }
 
 /// Data-plane ports the client API hands out, known only once the shards have bound them
@@ -202,7 +204,7 @@ impl ControlPlane {
                 _ => method_not_allowed("GET, HEAD"),
             },
             ["metrics"] => match *method {
-                Method::GET | Method::HEAD => self.get_metrics(),
+                Method::GET | Method::HEAD => self.get_metrics(None),
                 _ => method_not_allowed("GET, HEAD"),
             },
             ["v1.0", "certificates"] => match *method {
@@ -238,9 +240,17 @@ impl ControlPlane {
         }
     }
 
-    /// Prometheus text exposition. Certificate expiry is here so that an operator alerts on it
-    /// long before devices are locked out (the platform's server gives no warning).
-    pub(crate) fn get_metrics(&self) -> Response {
+    /// Counts a failed TLS handshake on one of the control plane's HTTPS ports.
+    pub fn record_tls_failure(&self, port: crate::metrics::TlsPort, e: &rt::tls::TlsError) {
+        if let Ok(mut failures) = self.tls_failures.lock() {
+            failures.record_error(port, e);
+        }
+    }
+
+    /// Prometheus text exposition, with the shards' counters when they answered. Certificate
+    /// expiry is here so that an operator alerts on it long before devices are locked out (the
+    /// platform's server gives no warning).
+    pub(crate) fn get_metrics(&self, shards: Option<&[crate::devices::LinkStats]>) -> Response {
         use std::fmt::Write as _;
         let mut out = String::new();
         out.push_str(
@@ -302,6 +312,15 @@ impl ControlPlane {
         }
         if let Some(limits) = crate::limits::current() {
             limits.render_prometheus(&mut out);
+        }
+        let own_tls = self
+            .tls_failures
+            .lock()
+            .map(|f| f.clone())
+            .unwrap_or_default();
+        match shards {
+            Some(stats) => crate::devices::render_link_stats(stats, &own_tls, &mut out),
+            None => own_tls.render_prometheus(&mut out),
         }
         let mut response = http::Response::new(out.into_bytes());
         response.headers_mut().insert(

@@ -23,13 +23,8 @@ impl ControlPlane {
                 &self.devices,
             ) {
                 (true, Some(devices)) => {
-                    let mut response = self.get_metrics();
-                    if let Ok(stats) = devices.stats().await {
-                        let mut text = String::new();
-                        crate::devices::render_link_stats(&stats, &mut text);
-                        response.body_mut().extend_from_slice(text.as_bytes());
-                    }
-                    response
+                    let stats = devices.stats().await.ok();
+                    self.get_metrics(stats.as_deref())
                 }
                 _ => return None,
             },

@@ -16,6 +16,7 @@ use std::time::Duration;
 use rt::xchan::{oneshot, OneshotReceiver, OneshotSender, Sender, TrySendError};
 use serde::Serialize;
 
+use crate::metrics::{MediaStats, TlsFailures};
 use crate::proto::body::XmlBody;
 use crate::session::{shard_of_uid, Reply, RequestError};
 
@@ -187,7 +188,7 @@ pub struct LinkStats {
     /// Connections received from another shard.
     pub received: u64,
     /// Signalling TLS handshakes that failed, by reason.
-    pub tls_failures: BTreeMap<&'static str, u64>,
+    pub tls_failures: crate::metrics::TlsFailures,
     /// Keep-alive connections that closed or stalled before a whole hello.
     pub hello_incomplete: u64,
     /// Keep-alive sessions that went online.
@@ -198,10 +199,13 @@ pub struct LinkStats {
     pub closed: BTreeMap<&'static str, u64>,
     /// Alarms received.
     pub alarms: u64,
+    /// The shard's streams, viewers and media counters.
+    pub media: crate::metrics::MediaStats,
 }
 
-/// Prometheus text of the shards' link counters (index = shard).
-pub fn render_link_stats(stats: &[LinkStats], out: &mut String) {
+/// Prometheus text of the shards' counters (index = shard): device links, media, and TLS
+/// handshake failures merged with `tls_elsewhere` (the control plane's own HTTPS ports).
+pub fn render_link_stats(stats: &[LinkStats], tls_elsewhere: &TlsFailures, out: &mut String) {
     let sum = |f: &dyn Fn(&LinkStats) -> u64| stats.iter().map(f).sum::<u64>();
     let mut gauge = |name: &str, help: &str| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
@@ -272,29 +276,12 @@ pub fn render_link_stats(stats: &[LinkStats], out: &mut String) {
         "rop_device_hello_incomplete_total {}",
         sum(&|s| s.hello_incomplete)
     );
-    counter(
-        out,
-        "rop_device_tls_handshake_failures_total",
-        "Signalling TLS handshakes that failed, by reason.",
-    );
     let mut merged: BTreeMap<&str, u64> = BTreeMap::new();
-    for s in stats {
-        for (reason, n) in &s.tls_failures {
-            *merged.entry(reason).or_default() += n;
-        }
-    }
-    for (reason, n) in &merged {
-        let _ = writeln!(
-            out,
-            "rop_device_tls_handshake_failures_total{{reason=\"{reason}\"}} {n}"
-        );
-    }
     counter(
         out,
         "rop_device_links_closed_total",
         "Device link sessions that ended, by reason (refused hellos and handshakes included).",
     );
-    merged.clear();
     for s in stats {
         for (reason, n) in &s.closed {
             *merged.entry(reason).or_default() += n;
@@ -316,6 +303,15 @@ pub fn render_link_stats(stats: &[LinkStats], out: &mut String) {
         "rop_device_alarms_received_total {}",
         sum(&|s| s.alarms)
     );
+    let mut media = MediaStats::default();
+    let mut tls = tls_elsewhere.clone();
+    for s in stats {
+        media.merge(&s.media);
+        tls.merge(&s.tls_failures);
+    }
+    tls.merge(&media.tls_failures);
+    media.render_prometheus(out);
+    tls.render_prometheus(out);
 }
 
 /// What the control plane asks a shard. Every variant carries its reply sender; a shard that

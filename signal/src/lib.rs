@@ -12,6 +12,7 @@ mod device_control_api;
 pub mod devices;
 pub mod http_server;
 pub mod limits;
+pub mod metrics;
 pub mod proto;
 pub mod provisioning;
 pub mod secrets;

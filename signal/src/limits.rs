@@ -157,8 +157,6 @@ struct Counters {
     failures: BTreeMap<(&'static str, &'static str), u64>,
     /// Addresses boxed for failing too often.
     blocks: u64,
-    /// (listener, reason) -> TLS handshakes that failed or timed out.
-    tls_failures: BTreeMap<(&'static str, &'static str), u64>,
 }
 
 /// The limits of one server; see the module documentation.
@@ -359,15 +357,6 @@ impl ConnectionLimits {
         true
     }
 
-    /// Counts a TLS handshake that failed (`reason`: a short label such as `timeout`) on a
-    /// client port; not an authentication failure, so nobody is boxed for it.
-    pub fn record_tls_failure(&self, listener: &'static str, reason: &'static str) {
-        *lock(&self.counters)
-            .tls_failures
-            .entry((listener, reason))
-            .or_default() += 1;
-    }
-
     /// Prometheus text of the counters.
     pub fn render_prometheus(&self, out: &mut String) {
         let counters = lock(&self.counters);
@@ -411,17 +400,6 @@ impl ConnectionLimits {
              # TYPE rop_auth_blocks_total counter\nrop_auth_blocks_total {}",
             counters.blocks
         );
-        let _ = writeln!(
-            out,
-            "# HELP rop_tls_handshake_failures_total Client-port TLS handshakes that failed, by listener and reason.\n\
-             # TYPE rop_tls_handshake_failures_total counter"
-        );
-        for ((listener, reason), n) in &counters.tls_failures {
-            let _ = writeln!(
-                out,
-                "rop_tls_handshake_failures_total{{listener=\"{listener}\",reason=\"{reason}\"}} {n}"
-            );
-        }
     }
 }
 
@@ -492,13 +470,6 @@ pub fn hello_is_authentic(hello: &[u8], keys: &crate::secrets::DeviceKeys) -> bo
 /// [`ConnectionLimits::record_failure`]); false when none are installed.
 pub fn record_failure(listener: &'static str, failure: Failure, peer: IpAddr) -> bool {
     current().is_some_and(|limits| limits.record_failure(listener, failure, peer))
-}
-
-/// [`ConnectionLimits::record_tls_failure`] under this thread's limits.
-pub fn record_tls_failure(listener: &'static str, reason: &'static str) {
-    if let Some(limits) = current() {
-        limits.record_tls_failure(listener, reason);
-    }
 }
 
 #[cfg(test)]

@@ -132,3 +132,94 @@ pub fn curl_exit_code(args: &[&str]) -> i32 {
     full.extend_from_slice(args);
     run("curl", &full).status.code().unwrap_or(-1)
 }
+
+/// One sample of a Prometheus text exposition, as the reference parser read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromSample {
+    /// Sample name (`_total` included for counters).
+    pub name: String,
+    /// Labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Value.
+    pub value: f64,
+}
+
+/// The families (name, type) and samples of a Prometheus text exposition, parsed by the
+/// Prometheus project's own Python client (`prometheus_client.parser`, installed by
+/// scripts/test): a page it refuses fails the test with the parser's message.
+pub fn parse_prometheus(text: &str) -> (Vec<(String, String)>, Vec<PromSample>) {
+    use std::io::Write as _;
+    const SCRIPT: &str = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+families, samples = [], []
+for family in text_string_to_metric_families(sys.stdin.read()):
+    families.append([family.name, family.type])
+    for s in family.samples:
+        samples.append([s.name, s.labels, s.value])
+json.dump({"families": families, "samples": samples}, sys.stdout)
+"#;
+    require_tool("python3");
+    let mut child = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 starts");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("metrics written to the parser");
+    let out = child.wait_with_output().expect("parser finishes");
+    assert!(
+        out.status.success(),
+        "the Prometheus parser refused /metrics (scripts/test installs prometheus_client): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let parsed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("parser JSON");
+    let families = parsed["families"]
+        .as_array()
+        .expect("families")
+        .iter()
+        .map(|f| {
+            (
+                f[0].as_str().unwrap().to_owned(),
+                f[1].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let samples = parsed["samples"]
+        .as_array()
+        .expect("samples")
+        .iter()
+        .map(|s| PromSample {
+            name: s[0].as_str().unwrap().to_owned(),
+            labels: s[1]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                .collect(),
+            value: s[2].as_f64().unwrap(),
+        })
+        .collect();
+    (families, samples)
+}
+
+/// The value of the sample `name` whose labels include every `(label, value)` of `labels`,
+/// summed over the samples that match (0 when none does).
+pub fn prom_value(samples: &[PromSample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+        .sum()
+}

@@ -1121,3 +1121,122 @@ fn camera_with_both_links_and_heartbeats_plays_on_demand() {
     ));
     stop.store(true, Ordering::Relaxed);
 }
+
+/// `/metrics` parsed by the Prometheus parser.
+fn scrape(server: &TestServer) -> Vec<tests::PromSample> {
+    let response = tests::curl(&[&format!("{}/metrics", server.api_url())]);
+    assert_eq!(response.status, 200);
+    let text = String::from_utf8(response.body).expect("metrics are UTF-8");
+    let (families, samples) = tests::parse_prometheus(&text);
+    for (family, kind) in [
+        ("rop_streams", "gauge"),
+        ("rop_viewers", "gauge"),
+        ("rop_stream_bytes_in", "counter"),
+        ("rop_stream_bytes_out", "counter"),
+        ("rop_viewer_frames_dropped", "counter"),
+        ("rop_viewer_packets_dropped", "counter"),
+        ("rop_ingest_rejections", "counter"),
+        ("rop_previews", "counter"),
+        ("rop_tls_handshake_failures", "counter"),
+        ("rop_device_sessions", "gauge"),
+    ] {
+        assert!(
+            families.iter().any(|(n, k)| n == family && k == kind),
+            "family {family} ({kind}) missing from /metrics"
+        );
+    }
+    samples
+}
+
+fn wait_for_metric(server: &TestServer, what: &str, check: impl Fn(&[tests::PromSample]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if check(&scrape(server)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what} within 15 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn metrics_count_a_device_stream_its_viewers_and_tls_failures() {
+    use tests::prom_value;
+    let (server, events, stop) = camera_with("95270000STRMMETR", Behaviour::Streams, 10);
+    // A viewer that stays: ffmpeg reading the stream for up to 30 s.
+    tests::require_tool("ffmpeg");
+    let mut viewer = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-rtsp_transport", "tcp", "-i"])
+        .arg(play_url(&server, "95270000STRMMETR"))
+        .args(["-t", "30", "-c", "copy", "-f", "null", "-"])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("ffmpeg starts");
+    expect_preview(&events, StreamMode::EncryptTcp);
+    wait_for_metric(&server, "one viewer", |s| {
+        prom_value(s, "rop_viewers", &[]) == 1.0
+            && prom_value(s, "rop_stream_bytes_out_total", &[]) > 0.0
+    });
+    let samples = scrape(&server);
+    assert_eq!(
+        prom_value(&samples, "rop_streams", &[("state", "live")]),
+        1.0
+    );
+    let bytes_in = |s: &[tests::PromSample], mode| {
+        prom_value(s, "rop_stream_bytes_in_total", &[("mode", mode)])
+    };
+    assert!(bytes_in(&samples, "encrypt_tcp") > 10_000.0, "{samples:?}");
+    for other in ["tls", "tcp", "rtsp_publish"] {
+        assert_eq!(bytes_in(&samples, other), 0.0, "bytes in as {other}");
+    }
+    assert_eq!(
+        prom_value(&samples, "rop_previews_total", &[("event", "started")]),
+        1.0
+    );
+    assert_eq!(
+        prom_value(&samples, "rop_previews_total", &[("event", "refused")]),
+        0.0
+    );
+    assert_eq!(
+        prom_value(&samples, "rop_ingest_rejections_total", &[]),
+        0.0
+    );
+    assert_eq!(prom_value(&samples, "rop_devices_online", &[]), 1.0);
+    // The media keeps flowing: bytes in grow between scrapes.
+    let first = bytes_in(&samples, "encrypt_tcp");
+    wait_for_metric(&server, "more bytes in", |s| {
+        bytes_in(s, "encrypt_tcp") > first
+    });
+    let _ = viewer.kill();
+    let _ = viewer.wait();
+    wait_for_metric(&server, "no viewer", |s| {
+        prom_value(s, "rop_viewers", &[]) == 0.0
+    });
+
+    // Failed TLS handshakes, counted per port: plain HTTP to the HTTPS API and to 61006.
+    let api_tls = server
+        .server
+        .addrs
+        .api_tls
+        .expect("HTTPS API enabled by default");
+    for addr in [api_tls, server.server.addrs.stream_tls] {
+        let mut plain = TcpStream::connect(addr).unwrap();
+        plain.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        plain
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut sink = Vec::new();
+        let _ = plain.read_to_end(&mut sink);
+    }
+    wait_for_metric(&server, "TLS failures on 61010 and 61006", |s| {
+        ["61010", "61006"].iter().all(|port| {
+            prom_value(
+                s,
+                "rop_tls_handshake_failures_total",
+                &[("port", port), ("reason", "invalid_message")],
+            ) == 1.0
+        })
+    });
+    stop.store(true, Ordering::Relaxed);
+    drop(server);
+}

@@ -717,6 +717,28 @@ fn fifty_viewers_get_every_packet_and_a_stalled_viewer_is_dropped() {
         "the stalled viewer was neither skipped nor dropped"
     );
     assert!(!got_last, "the stalled viewer was not dropped");
+
+    // /metrics (read by the Prometheus parser) shows what happened.
+    let metrics = tests::curl(&[&format!("{}/metrics", server.api_url())]);
+    let (_, samples) = tests::parse_prometheus(&String::from_utf8_lossy(&metrics.body));
+    let value = |name, labels: &[(&str, &str)]| tests::prom_value(&samples, name, labels);
+    let published = f64::from(PACKETS) * PAYLOAD as f64;
+    assert!(
+        value("rop_stream_bytes_in_total", &[("mode", "rtsp_publish")]) >= published,
+        "RTSP publish bytes"
+    );
+    assert_eq!(value("rop_stream_bytes_in_total", &[("mode", "tls")]), 0.0);
+    assert!(
+        value("rop_stream_bytes_out_total", &[]) >= published * VIEWERS as f64,
+        "bytes out to {VIEWERS} viewers"
+    );
+    assert!(
+        value("rop_viewers_evicted_total", &[]) >= 1.0,
+        "stalled viewer evicted"
+    );
+    assert!(value("rop_viewer_packets_dropped_total", &[]) > 0.0);
+    assert!(value("rop_viewer_frames_dropped_total", &[]) > 0.0);
+    assert_eq!(value("rop_streams", &[("state", "live")]), 1.0);
     drop(publisher);
 }
 

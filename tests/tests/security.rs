@@ -687,7 +687,8 @@ fn a_slow_tls_handshake_on_rtsps_is_closed_and_counted() {
     .into_iter()
     .chain(std::iter::repeat_n(0u8, 89))
     .collect();
-    let sample = "rop_tls_handshake_failures_total{listener=\"rtsps\",reason=\"timeout\"}";
+    let sample =
+        "rop_tls_handshake_failures_total{port=\"61004\",listener=\"rtsps\",reason=\"timeout\"}";
     assert_eq!(metric(&server, sample), 0);
     assert!(closes_a_slow_sender(
         server.server.addrs.rtsps,
@@ -724,11 +725,14 @@ fn slow_senders_on_the_device_ports_are_closed_after_the_handshake_timeout() {
         metric(&server, "rop_device_hello_incomplete_total"),
         before + 1
     );
-    assert_eq!(
-        metric(
-            &server,
-            "rop_device_tls_handshake_failures_total{reason=\"timeout\"}"
-        ),
-        1
-    );
+    for (port, listener) in [("61005", "signalling"), ("61006", "stream_tls")] {
+        assert_eq!(
+            metric(
+                &server,
+                &format!("rop_tls_handshake_failures_total{{port=\"{port}\",listener=\"{listener}\",reason=\"timeout\"}}")
+            ),
+            1,
+            "{listener}"
+        );
+    }
 }

@@ -21,8 +21,8 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use rt::tls::TlsError;
 use rt::{Handoff, MaybeTls, MeshPort, TcpListener, TcpStream, TlsStream};
+use signal::metrics::TlsPort;
 use signal::proto::encrypt_tcp::HELLO_LEN;
 use signal::session::{shard_of_access_key, shard_of_uid, ConnId, DeviceSession, LinkKind};
 use tracing::{debug, warn};
@@ -130,46 +130,14 @@ fn admit_peer(
     }
 }
 
-/// A short, stable label of a failed TLS handshake for metrics.
-pub fn tls_failure_label(e: &TlsError) -> &'static str {
-    use rustls::{CertificateError, Error};
-    match e {
-        TlsError::Handshake { source, .. } => match source {
-            Error::NoCertificatesPresented => "no_certificate",
-            Error::InvalidCertificate(cert) => match cert {
-                CertificateError::Revoked => "revoked",
-                CertificateError::Expired => "expired",
-                CertificateError::UnknownIssuer => "unknown_issuer",
-                CertificateError::BadSignature => "bad_signature",
-                _ => "invalid_certificate",
-            },
-            Error::PeerIncompatible(_) => "incompatible",
-            Error::AlertReceived(_) => "alert_received",
-            Error::InvalidMessage(_)
-            | Error::InappropriateMessage { .. }
-            | Error::InappropriateHandshakeMessage { .. } => "invalid_message",
-            _ => "handshake_error",
-        },
-        TlsError::ClosedDuringHandshake { .. } => "closed",
-        TlsError::Timeout { .. } => "timeout",
-        TlsError::Io { .. } => "io",
-        _ => "other",
-    }
-}
-
 async fn route_signalling(shard: Rc<DeviceShard>, stream: TcpStream) {
     let accepted_at = Instant::now();
     let timeout = shard.settings.session.handshake_timeout;
     let tls = match rt::tls::accept(stream, shard.settings.mtls.clone(), timeout).await {
         Ok(tls) => tls,
         Err(e) => {
-            let label = tls_failure_label(&e);
-            *shard
-                .stats
-                .borrow_mut()
-                .tls_failures
-                .entry(label)
-                .or_default() += 1;
+            let label = signal::metrics::tls_failure_reason(&e);
+            shard.count(|s| s.tls_failures.record(TlsPort::Signalling, label));
             debug!(
                 shard = shard.id,
                 reason = label,
@@ -179,12 +147,7 @@ async fn route_signalling(shard: Rc<DeviceShard>, stream: TcpStream) {
         }
     };
     let Some(uid) = tls.peer_certificates().and_then(pki::peer_uid) else {
-        *shard
-            .stats
-            .borrow_mut()
-            .tls_failures
-            .entry("no_device_uid")
-            .or_default() += 1;
+        shard.count(|s| s.tls_failures.record(TlsPort::Signalling, "no_device_uid"));
         return;
     };
     let owner = shard_of_uid(&uid, shard.count);

@@ -23,7 +23,6 @@
 //! - [`control`] answers the control plane's [`DeviceCommand`]s.
 
 mod conn;
-pub(crate) use conn::tls_failure_label;
 mod control;
 
 use std::cell::{Cell, RefCell};
@@ -192,6 +191,9 @@ pub struct DeviceShard {
     awake_waiters: RefCell<HashMap<String, Vec<Rc<LocalNotify>>>>,
     /// The stream side of the shard, for the streams in a device's presence.
     streams: RefCell<Option<std::rc::Weak<dyn DeviceStreams>>>,
+    /// The shard's streams, whose counters travel with the link counters to `/metrics`
+    /// (weak: the stream side holds this shard).
+    data_plane: RefCell<std::rc::Weak<crate::shard::Shard>>,
 }
 
 impl std::fmt::Debug for DeviceShard {
@@ -228,6 +230,7 @@ impl DeviceShard {
             alarm_notify: LocalNotify::new(),
             awake_waiters: RefCell::new(HashMap::new()),
             streams: RefCell::new(None),
+            data_plane: RefCell::new(std::rc::Weak::new()),
         }
     }
 
@@ -244,6 +247,11 @@ impl DeviceShard {
             .as_ref()
             .and_then(std::rc::Weak::upgrade);
         streams.map(|s| s.streams_of(uid)).unwrap_or_default()
+    }
+
+    /// Sets the shard whose media counters the answer to [`DeviceCommand::Stats`] carries.
+    pub fn set_data_plane(&self, shard: &Rc<crate::shard::Shard>) {
+        *self.data_plane.borrow_mut() = Rc::downgrade(shard);
     }
 
     /// Starts the shard's device side: the sweeper, the handoff flusher, the control plane's
@@ -332,6 +340,9 @@ impl DeviceShard {
         let registry = self.registry.borrow();
         stats.sessions = registry.len() as u64;
         stats.online_devices = registry.online_devices() as u64;
+        if let Some(shard) = self.data_plane.borrow().upgrade() {
+            stats.media = shard.media_stats();
+        }
         stats
     }
 

@@ -271,6 +271,19 @@ pub struct HubStats {
     pub gop_overflows: u64,
 }
 
+impl std::ops::AddAssign for HubStats {
+    fn add_assign(&mut self, other: HubStats) {
+        self.packets_in += other.packets_in;
+        self.bytes_in += other.bytes_in;
+        self.bytes_out += other.bytes_out;
+        self.packets_dropped += other.packets_dropped;
+        self.frames_dropped += other.frames_dropped;
+        self.skips += other.skips;
+        self.viewers_evicted += other.viewers_evicted;
+        self.gop_overflows += other.gop_overflows;
+    }
+}
+
 /// Size of the GOP cache right now.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GopCache {

@@ -400,6 +400,25 @@ impl IngestStats {
     }
 }
 
+impl IngestStats {
+    /// Adds what changed since `reported` (bytes received in `mode`, rejections, resyncs) to
+    /// the shard's media counters, and remembers these counters as reported.
+    pub fn report(
+        &self,
+        reported: &mut IngestStats,
+        mode: signal::metrics::IngestMode,
+        media: &mut signal::metrics::MediaStats,
+    ) {
+        media.add_bytes_in(mode, self.bytes_received - reported.bytes_received);
+        for ((reason, now), (_, before)) in self.rejections().into_iter().zip(reported.rejections())
+        {
+            media.add_rejections(reason, now - before);
+        }
+        media.ingest_resyncs += self.resyncs - reported.resyncs;
+        *reported = *self;
+    }
+}
+
 // Changes variant once (hello -> framed); boxed so the TLS link does not carry cipher state.
 enum Link {
     /// TLS plaintext: core packets as they come.

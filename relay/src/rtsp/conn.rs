@@ -416,6 +416,11 @@ async fn read_loop(
             Ok(n) => {
                 buf.truncate(filled + n);
                 conn.watch.last_activity.set(Instant::now());
+                if session.state() == State::Recording {
+                    conn.shard.count_media(|m| {
+                        m.add_bytes_in(signal::metrics::IngestMode::RtspPublish, n as u64)
+                    });
+                }
             }
         }
     }

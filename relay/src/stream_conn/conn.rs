@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use rt::{Handoff, MaybeTls, MeshPort, TcpListener, TcpStream, TlsStream};
+use signal::metrics::{IngestMode, TlsPort};
 use signal::proto::access_key::split_access_key;
 use signal::proto::body::StreamMode;
 use signal::proto::encrypt_tcp::HELLO_LEN;
@@ -20,7 +21,9 @@ use signal::session::{shard_of_access_key, shard_of_uid};
 use tracing::{debug, info, warn};
 
 use super::{StreamMsg, StreamShard};
-use crate::ingest::{DeviceStreamIngest, IngestConfig, IngestEvent, KeyLookup, SecretLookup};
+use crate::ingest::{
+    DeviceStreamIngest, IngestConfig, IngestEvent, IngestStats, KeyLookup, SecretLookup,
+};
 use crate::shard::ShardMsg;
 
 /// Longest time one write to a device may take.
@@ -106,13 +109,17 @@ async fn route_tls(shard: Rc<StreamShard>, stream: TcpStream) {
     let tls = match rt::tls::accept(stream, shard.settings.mtls.clone(), timeout).await {
         Ok(tls) => tls,
         Err(e) => {
-            shard.count(|s| s.tls_failures += 1);
+            shard
+                .shard
+                .count_media(|m| m.tls_failures.record_error(TlsPort::StreamTls, &e));
             debug!(shard = shard.id, "stream TLS handshake failed: {e}");
             return;
         }
     };
     let Some(uid) = tls.peer_certificates().and_then(pki::peer_uid) else {
-        shard.count(|s| s.tls_failures += 1);
+        shard
+            .shard
+            .count_media(|m| m.tls_failures.record(TlsPort::StreamTls, "no_device_uid"));
         return;
     };
     let owner = shard_of_uid(&uid, shard.count);
@@ -239,6 +246,8 @@ fn secret_lookup(keys: std::sync::Arc<signal::secrets::DeviceKeys>) -> SecretLoo
 struct Attached {
     stream_id: u32,
     key: crate::stream_key::StreamKey,
+    /// The mode the device was asked for (61007 carries encryptTCP and TCP alike).
+    mode: IngestMode,
     close: crate::hub::LocalNotify,
     publisher: Option<(
         Rc<std::cell::RefCell<crate::hub::StreamHub>>,
@@ -271,6 +280,8 @@ async fn serve(
             }
         };
     let mut attached: Option<Attached> = None;
+    // What of the ingest's counters the shard has been told.
+    let mut reported = IngestStats::default();
     let handshake_deadline = Instant::now() + shard.settings.handshake_timeout;
     let never = crate::hub::LocalNotify::new();
     let result: io::Result<&'static str> = async {
@@ -284,10 +295,11 @@ async fn serve(
                     IngestEvent::StreamBound { stream_id } => {
                         let uid = ingest.uid().unwrap_or_default().to_owned();
                         match shard.attach(stream_id, &uid) {
-                            Some((key, close)) => {
+                            Some((key, asked, close)) => {
                                 attached = Some(Attached {
                                     stream_id,
                                     key,
+                                    mode: ingest_mode(asked),
                                     close,
                                     publisher: None,
                                 })
@@ -374,17 +386,27 @@ async fn serve(
                 Step::Close if close.is_none() => {}
                 Step::Close => return Ok("preview stopped"),
                 Step::Read(Ok(0)) => return Ok("device closed"),
-                Step::Read(Ok(n)) => ingest.commit(n),
+                Step::Read(Ok(n)) => {
+                    ingest.commit(n);
+                    // Counted per read once the stream is known (its mode is the preview's).
+                    if let Some(attached) = &attached {
+                        let mode = attached.mode;
+                        let stats = ingest.stats();
+                        shard.shard.count_media(|m| stats.report(&mut reported, mode, m));
+                    }
+                }
                 Step::Read(Err(e)) => return Err(e),
             }
         }
     }
     .await;
     let stats = ingest.stats();
-    shard.count(|s| {
-        s.bad_hmac += stats.bad_hmac;
-        s.bad_sequence += stats.bad_sequence;
-    });
+    let mode = attached
+        .as_ref()
+        .map_or(ingest_mode(mode), |attached| attached.mode);
+    shard
+        .shard
+        .count_media(|m| stats.report(&mut reported, mode, m));
     if let Some(attached) = attached {
         if let Some((hub, publisher)) = attached.publisher {
             let _ = hub.borrow_mut().detach_publisher(publisher, Instant::now());
@@ -395,6 +417,15 @@ async fn serve(
         debug!(shard = shard.id, ?peer, ?result, "stream connection ended");
     }
     let _ = rt::timer::timeout(CLOSE_TIMEOUT, stream.close()).await;
+}
+
+/// The metrics label of a stream mode.
+fn ingest_mode(mode: StreamMode) -> IngestMode {
+    match mode {
+        StreamMode::Tls => IngestMode::Tls,
+        StreamMode::EncryptTcp => IngestMode::EncryptTcp,
+        StreamMode::Tcp => IngestMode::Tcp,
+    }
 }
 
 /// Sends queued handoffs, one message per destination shard per burst.

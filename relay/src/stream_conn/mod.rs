@@ -142,7 +142,8 @@ struct Preview {
     connected: bool,
 }
 
-/// Counters of one shard's stream connections.
+/// Counters of one shard's stream connections (media, previews and TLS failures are counted
+/// in the shard's [`signal::metrics::MediaStats`]).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct StreamStats {
     /// Connections accepted on 61006.
@@ -151,26 +152,12 @@ pub struct StreamStats {
     pub accepted_tcp: u64,
     /// Connections handed to their owner shard.
     pub handed_off: u64,
-    /// TLS handshakes that failed, or certificates without a device UID.
-    pub tls_failures: u64,
     /// Connections closed because no hello arrived in time.
     pub hello_incomplete: u64,
     /// Connections whose stream id names no preview of their device.
     pub unknown_previews: u64,
     /// Connections the ingest closed (rejections are in the ingest counters, logged).
     pub ingest_failures: u64,
-    /// Previews started on demand.
-    pub previews_started: u64,
-    /// Previews the device refused or did not answer.
-    pub previews_refused: u64,
-    /// Previews stopped after the linger time.
-    pub previews_stopped: u64,
-    /// Previews forgotten because the device never connected.
-    pub previews_abandoned: u64,
-    /// Rejected encryptTCP frames with a bad HMAC, over all connections that ended.
-    pub bad_hmac: u64,
-    /// Rejected encryptTCP frames with a wrong sequence, over all connections that ended.
-    pub bad_sequence: u64,
 }
 
 /// The stream side of one shard. Lives in an `Rc` on its shard.
@@ -349,9 +336,9 @@ impl StreamShard {
         );
     }
 
-    /// A stream connection of `uid` names `stream_id`: the preview's stream and the notify
-    /// that closes the connection; `None` when no such preview of that device exists.
-    fn attach(&self, stream_id: u32, uid: &str) -> Option<(StreamKey, LocalNotify)> {
+    /// A stream connection of `uid` names `stream_id`: the preview's stream, the mode the
+    /// device was asked for, and the notify that closes the connection; `None` when no such preview of that device exists.
+    fn attach(&self, stream_id: u32, uid: &str) -> Option<(StreamKey, StreamMode, LocalNotify)> {
         let mut previews = self.previews.borrow_mut();
         let preview = previews.get_mut(&stream_id)?;
         if preview.key.uid() != uid || preview.connected {
@@ -359,7 +346,7 @@ impl StreamShard {
         }
         preview.connected = true;
         debug!(shard = self.id, stream_id, stream = %preview.key, mode = ?preview.mode, "stream connection attached");
-        Some((preview.key.clone(), preview.close.clone()))
+        Some((preview.key.clone(), preview.mode, preview.close.clone()))
     }
 
     /// The stream connection of `stream_id` published into `hub`: its first keyframe arrived.
@@ -437,11 +424,11 @@ impl StreamShard {
             }
         });
         for (stream_id, key, stopped) in ended {
-            self.count(|s| {
+            self.shard.count_media(|m| {
                 if stopped {
-                    s.previews_stopped += 1
+                    m.previews_stopped += 1
                 } else {
-                    s.previews_abandoned += 1
+                    m.previews_abandoned += 1
                 }
             });
             self.stop_preview(stream_id, &key);
@@ -489,11 +476,11 @@ impl StreamShard {
             Ok(sent) => sent,
             Err(e) => {
                 warn!(shard = self.id, %stream, "preview start not sent: {e}");
-                self.count(|s| s.previews_refused += 1);
+                self.shard.count_media(|m| m.previews_refused += 1);
                 return ready(Err(Refusal::DeviceOffline));
             }
         };
-        self.count(|s| s.previews_started += 1);
+        self.shard.count_media(|m| m.previews_started += 1);
         info!(shard = self.id, %stream, stream_id, mode = mode.as_str(), port, woken, "preview start");
         self.insert_preview(stream_id, stream.clone(), mode, requested, woken);
         Box::pin(async move {
@@ -503,7 +490,7 @@ impl StreamShard {
                 Err(_) => "no answer".to_owned(),
             };
             warn!(shard = self.id, %stream, stream_id, "device refused preview start: {refused}");
-            self.count(|s| s.previews_refused += 1);
+            self.shard.count_media(|m| m.previews_refused += 1);
             self.previews.borrow_mut().remove(&stream_id);
             Err(Refusal::DeviceRefused)
         })
@@ -592,7 +579,7 @@ impl OnDemand for StreamShard {
             PreviewRoute::Offline if self.settings.wait_for_rtsp_publisher => return None,
             PreviewRoute::Offline => {
                 info!(shard = self.id, %stream, "device offline: viewer refused");
-                self.count(|s| s.previews_refused += 1);
+                self.shard.count_media(|m| m.previews_refused += 1);
                 return Some(Box::pin(std::future::ready(Err(Refusal::DeviceOffline))));
             }
             PreviewRoute::Ready | PreviewRoute::Asleep => {}
