@@ -223,3 +223,37 @@ pub fn prom_value(samples: &[PromSample], name: &str, labels: &[(&str, &str)]) -
         .map(|s| s.value)
         .sum()
 }
+
+/// Ways to damage what a device's [`loadgen::device::StreamDevice::media`] wrote on an
+/// encryptTCP link (frames of a 12-byte header, the body, a 32-byte HMAC-SHA256 trailer), as an
+/// attacker on the path would: shared by the sans-IO and the socket tests.
+pub mod tamper {
+    /// Length of an encryptTCP frame's header.
+    const HEADER: usize = 12;
+
+    /// One bit of the first frame's ciphertext flipped (its HMAC no longer verifies).
+    pub fn flip_ciphertext_bit(bytes: &[u8]) -> Vec<u8> {
+        let mut bytes = bytes.to_vec();
+        bytes[HEADER + 40] ^= 0x04;
+        bytes
+    }
+
+    /// One bit of the last frame's HMAC trailer flipped.
+    pub fn break_hmac(bytes: &[u8]) -> Vec<u8> {
+        let mut bytes = bytes.to_vec();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x80;
+        bytes
+    }
+
+    /// The first frame sent twice: the copy repeats its sequence number.
+    pub fn replay_first_frame(bytes: &[u8]) -> Vec<u8> {
+        // The length field counts the body and its HMAC.
+        let length = u32::from_le_bytes(bytes[4..8].try_into().expect("a frame header"));
+        let first = HEADER + length as usize;
+        let mut twice = bytes[..first].to_vec();
+        twice.extend_from_slice(&bytes[..first]);
+        twice.extend_from_slice(&bytes[first..]);
+        twice
+    }
+}

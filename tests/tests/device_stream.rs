@@ -254,7 +254,21 @@ struct Camera {
     /// Its first preview plays the clip this many times and hangs up (the test counts what
     /// arrives); later ones, and all when None, stream until the server stops them.
     first_passes: Option<usize>,
+    /// encryptTCP: damage three of its frames on the way ([`TAMPERED`]).
+    tamper: bool,
 }
+
+/// Damages the bytes of one media frame on an encryptTCP link.
+type Damage = fn(&[u8]) -> Vec<u8>;
+
+/// Video frames damaged on the way when a camera tampers: a flipped ciphertext bit, a broken
+/// HMAC trailer, a replayed frame. The first two are lost with the P-frames up to the next
+/// keyframe (every 25th frame); the replay costs nothing.
+const TAMPERED: [(usize, Damage); 3] = [
+    (10, tests::tamper::flip_ciphertext_bit),
+    (35, tests::tamper::break_hmac),
+    (60, tests::tamper::replay_first_frame),
+];
 
 impl Camera {
     fn handshake(&self) -> Handshake {
@@ -294,6 +308,7 @@ fn stream_media(
     device: &mut StreamDevice,
     fixture: Fixture,
     passes: Option<usize>,
+    tamper: bool,
     stop: &AtomicBool,
 ) -> (usize, usize) {
     let video = fixture.video();
@@ -306,7 +321,13 @@ fn stream_media(
         if stop.load(Ordering::Relaxed) || (is_video && sent_video == video_frames) {
             break;
         }
-        let bytes = device.media(&frame).unwrap();
+        let mut bytes = device.media(&frame).unwrap().to_vec();
+        if let Some((_, damage)) = TAMPERED
+            .iter()
+            .find(|(at, _)| tamper && is_video && *at == sent_video)
+        {
+            bytes = damage(&bytes);
+        }
         if link.write_all(&bytes).and_then(|()| link.flush()).is_err() {
             break;
         }
@@ -338,6 +359,7 @@ fn run_camera(
         behaviour,
         fixture,
         first_passes,
+        tamper,
         ..
     } = camera.clone();
     let mut link = tls_connect(signalling_addr, device.tls_config());
@@ -420,8 +442,14 @@ fn run_camera(
                                 let mut sd = StreamDevice::tls(start.stream_id);
                                 stream_handshake(&mut stream, &mut sd, &device.uid);
                                 let _ = events.send(DeviceEvent::StreamHandshakeOk);
-                                let (video, audio) =
-                                    stream_media(&mut stream, &mut sd, fixture, passes, &stop);
+                                let (video, audio) = stream_media(
+                                    &mut stream,
+                                    &mut sd,
+                                    fixture,
+                                    passes,
+                                    tamper,
+                                    &stop,
+                                );
                                 let _ = events.send(DeviceEvent::StreamSent { video, audio });
                             }
                             mode => {
@@ -444,8 +472,14 @@ fn run_camera(
                                 assert_eq!(sd.hello_code(), Some(200));
                                 stream_handshake(&mut stream, &mut sd, &device.uid);
                                 let _ = events.send(DeviceEvent::StreamHandshakeOk);
-                                let (video, audio) =
-                                    stream_media(&mut stream, &mut sd, fixture, passes, &stop);
+                                let (video, audio) = stream_media(
+                                    &mut stream,
+                                    &mut sd,
+                                    fixture,
+                                    passes,
+                                    tamper,
+                                    &stop,
+                                );
                                 let _ = events.send(DeviceEvent::StreamSent { video, audio });
                             }
                         }
@@ -469,7 +503,8 @@ fn run_camera(
         }
         let _ = link.flush();
     }
-    stop.store(true, Ordering::Relaxed);
+    // Its streams go on until their own connections close (or the test stops them), whatever
+    // became of the signalling link: a revoked device must be cut off by the server.
     for stream in streams {
         let _ = stream.join();
     }
@@ -588,6 +623,7 @@ fn record_device_stream(
     mode: StreamEncryptMode,
     encrypted: EncryptPolicy,
     fixture: Fixture,
+    tamper: bool,
     uid: &str,
 ) -> (
     TestServer,
@@ -616,6 +652,7 @@ fn record_device_stream(
             battery: false,
             fixture,
             first_passes: Some(PASSES),
+            tamper,
         };
         std::thread::spawn(move || run_camera(addrs, camera, events_tx, stop));
     }
@@ -768,6 +805,7 @@ fn tls_stream_h264_aac_is_relayed_frame_for_frame_and_stops_after_the_linger() {
         StreamEncryptMode::Tls,
         EncryptPolicy::All,
         H264_AAC,
+        false,
         "95270000STRMTLS1",
     );
     expect_preview(&events, StreamMode::Tls);
@@ -801,7 +839,8 @@ fn relays_frame_for_frame(
     uid: &str,
     expected_mode: StreamMode,
 ) {
-    let (server, recording, events, stop) = record_device_stream(mode, encrypted, fixture, uid);
+    let (server, recording, events, stop) =
+        record_device_stream(mode, encrypted, fixture, false, uid);
     expect_preview(&events, expected_mode);
     assert_relayed(&recording, fixture, expect_sent(&events));
     stop.store(true, Ordering::Relaxed);
@@ -864,6 +903,146 @@ fn selective_encryption_h265_aac_is_relayed_frame_for_frame() {
     );
 }
 
+/// Frames damaged on the way to 61007 while a viewer records: each is dropped (the HMAC or
+/// the sequence number says so), the stream survives on its connection, and the viewer gets
+/// everything else: the next keyframe restarts the video after a lost frame.
+#[test]
+fn tampered_frames_on_a_live_encrypt_tcp_stream_are_dropped_and_the_viewer_keeps_playing() {
+    let (server, recording, events, stop) = record_device_stream(
+        StreamEncryptMode::EncryptTcp,
+        EncryptPolicy::All,
+        H264_AAC,
+        true,
+        "95270000TAMPER01",
+    );
+    expect_preview(&events, StreamMode::EncryptTcp);
+    // The server never closed the connection: the camera sent everything and hung up itself.
+    let (video, audio) = expect_sent(&events);
+    assert_eq!(video, 75 * PASSES);
+    eprintln!("sent {video} video and {audio} audio frames; recorded {recording:?}");
+    assert_eq!(recording.video, "h264,320,240");
+    assert_eq!(recording.audio, "aac,16000,1");
+    // Lost: frames 10-24 and 35-49 (to the next keyframe); the replayed frame costs nothing.
+    let lost = 2 * 15;
+    assert!(
+        recording.video_frames.abs_diff(video - lost) <= 2,
+        "video frames: {} recorded, {video} sent, {lost} expected lost",
+        recording.video_frames
+    );
+    // Audio is in the same core-packet stream: a resync loses what was in the damaged frame
+    // and up to the next keyframe, never the rest of the stream.
+    assert!(
+        recording.audio_frames > audio / 2 && recording.audio_frames <= audio,
+        "audio frames: {} recorded, {audio} sent",
+        recording.audio_frames
+    );
+    stop.store(true, Ordering::Relaxed);
+    drop(server);
+}
+
+/// Revoking a device (`DELETE /v1.0/devices/{uid}`) closes its running stream connection at
+/// once, and the CRL keeps it off 61006 afterwards.
+#[test]
+fn revoked_device_loses_its_running_stream_and_is_refused_on_61006() {
+    let server = TestServer::start_with(|c| {
+        c.stream_encrypt_mode = StreamEncryptMode::Tls;
+        c.shards = Some(2);
+    });
+    let uid = "95270000REVOKED1";
+    let device = provision(&server, uid);
+    let (events_tx, events) = mpsc::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let addrs = (
+        server.server.addrs.signaling,
+        server.server.addrs.stream_tls,
+        server.server.addrs.stream_tcp,
+    );
+    let camera = Camera {
+        device: device.clone(),
+        encrypted: EncryptPolicy::All,
+        behaviour: Behaviour::Streams,
+        battery: false,
+        fixture: H264_AAC,
+        first_passes: None,
+        tamper: false,
+    };
+    {
+        let stop = stop.clone();
+        std::thread::spawn(move || run_camera(addrs, camera, events_tx, stop));
+    }
+    wait_online(&server, uid, |p| p["signalling"] == true);
+    let mut viewer = std::process::Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-rtsp_transport",
+            "tcp",
+            "-i",
+            &play_url(&server, uid),
+            "-t",
+            "30",
+            "-f",
+            "null",
+            "-",
+        ])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("ffmpeg");
+    wait_online(&server, uid, |p| {
+        p["streams"][0]["viewers"].as_u64() == Some(1)
+    });
+    expect_preview(&events, StreamMode::Tls);
+    assert!(matches!(
+        events.recv_timeout(IO_TIMEOUT).unwrap(),
+        DeviceEvent::StreamHandshakeOk
+    ));
+
+    let revoked = tests::curl(&[
+        "-X",
+        "DELETE",
+        &format!("{}/v1.0/devices/{uid}", server.api_url()),
+    ]);
+    assert_eq!(revoked.status, 200);
+    // The camera's writes fail once the server closed its stream connection.
+    match events.recv_timeout(IO_TIMEOUT) {
+        Ok(DeviceEvent::StreamSent { .. }) => {}
+        other => panic!("the revoked device's stream was not closed: {other:?}"),
+    }
+    let _ = viewer.kill();
+    let _ = viewer.wait();
+
+    // A new stream connection with the revoked certificate fails its handshake.
+    let tcp = TcpStream::connect(server.server.addrs.stream_tls).unwrap();
+    tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = ClientConnection::new(device.tls_config(), name).unwrap();
+    let mut tcp = tcp;
+    let mut handshake = Ok((0, 0));
+    while tls.is_handshaking() && handshake.is_ok() {
+        handshake = tls.complete_io(&mut tcp);
+    }
+    // TLS 1.3: the client finishes first; the server's refusal (an alert naming the revoked
+    // certificate) comes with the first read.
+    let refusal = match handshake {
+        Err(e) => e,
+        Ok(_) => {
+            let mut stream = StreamOwned::new(tls, tcp);
+            let _ = stream.write_all(b"x");
+            let mut byte = [0u8; 1];
+            match stream.read(&mut byte) {
+                Err(e) => e,
+                Ok(n) => panic!("61006 accepted a revoked certificate (read {n})"),
+            }
+        }
+    };
+    eprintln!("refusal: {refusal}");
+    assert!(
+        refusal.to_string().contains("CertificateRevoked"),
+        "not refused for revocation: {refusal}"
+    );
+    stop.store(true, Ordering::Relaxed);
+}
+
 /// The status line of the server's answer to an RTSP DESCRIBE of `url`.
 fn describe_status(server: &TestServer, url: &str) -> String {
     let mut rtsp = TcpStream::connect(server.server.addrs.rtsp).unwrap();
@@ -909,6 +1088,7 @@ fn camera_with(
         battery: false,
         fixture: H264_AAC,
         first_passes: None,
+        tamper: false,
     };
     {
         let stop = stop.clone();
@@ -1000,6 +1180,7 @@ fn sleeping_battery_camera_is_woken_before_its_preview() {
         battery: true,
         fixture: H264_AAC,
         first_passes: None,
+        tamper: false,
     };
     let keepalive = server.server.addrs.keepalive;
     {
@@ -1099,6 +1280,7 @@ fn camera_with_both_links_and_heartbeats_plays_on_demand() {
         battery: false,
         fixture: H264_AAC,
         first_passes: None,
+        tamper: false,
     };
     let keepalive = server.server.addrs.keepalive;
     {

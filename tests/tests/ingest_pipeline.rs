@@ -559,11 +559,7 @@ fn check_gap(server: &Server, expect_gap: bool) {
 
 #[test]
 fn flipped_ciphertext_bit_is_dropped_counted_and_the_stream_recovers() {
-    let server = tampered_run(|_, bytes| {
-        let mut bytes = bytes.to_vec();
-        bytes[12 + 40] ^= 0x04;
-        bytes
-    });
+    let server = tampered_run(|_, bytes| tests::tamper::flip_ciphertext_bit(&bytes));
     let stats = server.stats();
     assert_eq!(stats.bad_hmac, 1);
     assert!(stats.resyncs >= 1);
@@ -573,26 +569,14 @@ fn flipped_ciphertext_bit_is_dropped_counted_and_the_stream_recovers() {
 
 #[test]
 fn bad_hmac_trailer_is_dropped_counted_and_the_stream_recovers() {
-    let server = tampered_run(|_, bytes| {
-        let mut bytes = bytes.to_vec();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0x80;
-        bytes
-    });
+    let server = tampered_run(|_, bytes| tests::tamper::break_hmac(&bytes));
     assert_eq!(server.stats().bad_hmac, 1);
     check_gap(&server, true);
 }
 
 #[test]
 fn replayed_frame_is_dropped_counted_and_nothing_is_lost() {
-    let server = tampered_run(|_, bytes| {
-        // The frame sent twice: the copy repeats a sequence number.
-        let first = 12 + u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize;
-        let mut twice = bytes[..first].to_vec();
-        twice.extend_from_slice(&bytes[..first]);
-        twice.extend_from_slice(&bytes[first..]);
-        twice
-    });
+    let server = tampered_run(|_, bytes| tests::tamper::replay_first_frame(&bytes));
     let stats = server.stats();
     assert_eq!(stats.bad_sequence, 1);
     assert_eq!(stats.resyncs, 0);

@@ -123,12 +123,15 @@ impl DeviceShard {
                     .borrow_mut()
                     .close_device(&uid, OfflineReason::ServerClosed(reason));
                 let closed = evicted.len();
-                if closed > 0 {
+                // Its streams too: a revoked device must not keep sending video.
+                let streams = self.close_streams_of(&uid);
+                if closed > 0 || streams > 0 {
                     info!(
                         shard = self.id,
                         uid,
                         reason,
                         links = closed,
+                        streams,
                         "device links closed by the server"
                     );
                 }

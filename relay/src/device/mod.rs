@@ -61,6 +61,9 @@ pub type KnownCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 pub trait DeviceStreams {
     /// The previews of `uid` on this shard.
     fn streams_of(&self, uid: &str) -> Vec<signal::devices::StreamPresence>;
+    /// Ends every preview of `uid` and closes its stream connections (revocation); returns
+    /// how many there were.
+    fn close_streams_of(&self, uid: &str) -> usize;
 }
 
 /// How a preview of a device can start now ([`DeviceShard::preview_route`]).
@@ -252,6 +255,16 @@ impl DeviceShard {
     /// Sets the shard whose media counters the answer to [`DeviceCommand::Stats`] carries.
     pub fn set_data_plane(&self, shard: &Rc<crate::shard::Shard>) {
         *self.data_plane.borrow_mut() = Rc::downgrade(shard);
+    }
+
+    /// Closes the stream connections of `uid` on this shard; returns how many.
+    fn close_streams_of(&self, uid: &str) -> usize {
+        let streams = self
+            .streams
+            .borrow()
+            .as_ref()
+            .and_then(std::rc::Weak::upgrade);
+        streams.map_or(0, |s| s.close_streams_of(uid))
     }
 
     /// Starts the shard's device side: the sweeper, the handoff flusher, the control plane's

@@ -568,6 +568,20 @@ impl DeviceStreams for StreamShard {
         streams.sort_by(|a, b| (a.channel, a.stream_type).cmp(&(b.channel, b.stream_type)));
         streams
     }
+
+    fn close_streams_of(&self, uid: &str) -> usize {
+        let mut closed = 0;
+        self.previews.borrow_mut().retain(|&stream_id, preview| {
+            if preview.key.uid() != uid {
+                return true;
+            }
+            info!(shard = self.id, stream = %preview.key, stream_id, "device closed by the server: stream connection closed");
+            preview.close.notify();
+            closed += 1;
+            false
+        });
+        closed
+    }
 }
 
 impl OnDemand for StreamShard {
