@@ -904,8 +904,8 @@ fn selective_encryption_h265_aac_is_relayed_frame_for_frame() {
 }
 
 /// Frames damaged on the way to 61007 while a viewer records: each is dropped (the HMAC or
-/// the sequence number says so), the stream survives on its connection, and the viewer gets
-/// everything else: the next keyframe restarts the video after a lost frame.
+/// the sequence number says so) and counted on /metrics, the stream survives on its connection,
+/// and the viewer gets everything else: the next keyframe restarts the video after a lost frame.
 #[test]
 fn tampered_frames_on_a_live_encrypt_tcp_stream_are_dropped_and_the_viewer_keeps_playing() {
     let (server, recording, events, stop) = record_device_stream(
@@ -936,6 +936,17 @@ fn tampered_frames_on_a_live_encrypt_tcp_stream_are_dropped_and_the_viewer_keeps
         "audio frames: {} recorded, {audio} sent",
         recording.audio_frames
     );
+    // Each damaged frame is counted by what gave it away.
+    let samples = scrape(&server);
+    let rejected = |reason| {
+        tests::prom_value(
+            &samples,
+            "rop_ingest_rejections_total",
+            &[("reason", reason)],
+        )
+    };
+    assert_eq!(rejected("bad_hmac"), 2.0);
+    assert_eq!(rejected("bad_sequence"), 1.0);
     stop.store(true, Ordering::Relaxed);
     drop(server);
 }
