@@ -260,6 +260,10 @@ impl Shard {
         media.packets_dropped += hubs.packets_dropped;
         media.frames_dropped += hubs.frames_dropped;
         media.viewers_evicted += hubs.viewers_evicted;
+        let connections = self.stats.get();
+        media.rtsp_accepted += connections.accepted;
+        media.rtsp_handed_off += connections.handed_off;
+        media.rtsp_received += connections.received;
         media
     }
 

@@ -206,6 +206,12 @@ pub struct MediaStats {
     pub previews_abandoned: u64,
     /// Failed TLS handshakes on the shard's TLS ports.
     pub tls_failures: TlsFailures,
+    /// RTSP and RTSPS connections the shard's listeners accepted.
+    pub rtsp_accepted: u64,
+    /// RTSP connections handed to the shard that owns their stream.
+    pub rtsp_handed_off: u64,
+    /// RTSP connections received from another shard.
+    pub rtsp_received: u64,
 }
 
 impl MediaStats {
@@ -247,6 +253,9 @@ impl MediaStats {
         self.previews_stopped += other.previews_stopped;
         self.previews_abandoned += other.previews_abandoned;
         self.tls_failures.merge(&other.tls_failures);
+        self.rtsp_accepted += other.rtsp_accepted;
+        self.rtsp_handed_off += other.rtsp_handed_off;
+        self.rtsp_received += other.rtsp_received;
     }
 
     /// Prometheus text of every media family (TLS failures are rendered with the control
@@ -307,6 +316,26 @@ impl MediaStats {
             "rop_viewer_frames_dropped_total {}",
             self.frames_dropped
         );
+        for (name, help, value) in [
+            (
+                "rop_rtsp_connections_accepted_total",
+                "RTSP and RTSPS connections accepted.",
+                self.rtsp_accepted,
+            ),
+            (
+                "rop_rtsp_connections_handed_off_total",
+                "RTSP connections handed to the shard that owns their stream.",
+                self.rtsp_handed_off,
+            ),
+            (
+                "rop_rtsp_connections_received_total",
+                "RTSP connections received from another shard.",
+                self.rtsp_received,
+            ),
+        ] {
+            family(out, name, "counter", help);
+            let _ = writeln!(out, "{name} {value}");
+        }
         family(
             out,
             "rop_viewers_evicted_total",

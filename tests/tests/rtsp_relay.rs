@@ -855,7 +855,13 @@ fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
         .set_read_timeout(Some(Duration::from_secs(15)))
         .unwrap();
     let mut all = Vec::new();
-    let _ = stream.read_to_end(&mut all);
+    // Ok only at end of stream: a timeout means the server kept the connection open.
+    if let Err(e) = stream.read_to_end(&mut all) {
+        panic!(
+            "the server did not close the connection ({e}); received {:?}",
+            String::from_utf8_lossy(&all)
+        );
+    }
     all
 }
 
@@ -908,27 +914,19 @@ fn bad_input_is_refused_precisely() {
             .into_bytes(),
             400,
         ),
+        (
+            "unknown method",
+            format!("FLY {play} RTSP/1.0\r\nCSeq: 1\r\n\r\n").into_bytes(),
+            501,
+        ),
     ];
     for (what, bytes, status) in cases {
         let mut stream = TcpStream::connect(addr).unwrap();
         stream.write_all(&bytes).unwrap();
-        if what == "broken SDP" {
-            // A refused ANNOUNCE is an answer, not a protocol error: the connection stays.
-            let mut client = Client::from_stream(stream);
-            client.cseq = 1;
-            let response = client.response().unwrap();
-            assert_eq!(response.status.0, status, "{what}");
-            continue;
-        }
+        // One answer, then the server closes the connection.
         let answer = read_to_close(&mut stream);
         assert_eq!(status_of(&answer), status, "{what}");
     }
-    // An unknown method is answered and the connection stays usable.
-    let mut client = Client::connect(addr);
-    let response = client.request(Method::Other("FLY".into()), &play, &[]);
-    assert_eq!(response.status, StatusCode::NOT_IMPLEMENTED);
-    let response = client.request(Method::Options, &play, &[]);
-    assert_eq!(response.status, StatusCode::OK);
     // A request that never completes (slowloris) gets 408 after the request timeout (10 s).
     let mut slow = TcpStream::connect(addr).unwrap();
     slow.write_all(b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n")
@@ -1029,4 +1027,171 @@ fn gstreamer_rtspclientsink_publishes() {
         .parse()
         .unwrap();
     assert!((97..=100).contains(&video), "video frames relayed: {video}");
+}
+
+/// RTP sequence number of a packet.
+fn seq_of(packet: &[u8]) -> u16 {
+    u16::from_be_bytes([packet[2], packet[3]])
+}
+
+/// Reads frames until the packet with sequence number `seq`; panics if the stream ends first.
+fn wait_for_seq(viewer: &mut Client, seq: u16) {
+    loop {
+        let (_, packet) = viewer.frame().expect("the stream ended early");
+        if seq_of(&packet) == seq {
+            return;
+        }
+    }
+}
+
+/// A playing session over a real socket: SETUP announces the session timeout, GET_PARAMETER and
+/// SET_PARAMETER keep it alive, a token for another stream is refused with 403 inside it, PLAY
+/// after PAUSE starts again on a keyframe, and a publisher that returns within the grace
+/// period feeds the same viewer, whose connection never closes.
+#[test]
+fn session_keepalive_pause_play_and_publisher_return() {
+    let server = TestServer::start();
+    let urls = Urls::new(&server);
+    let addr = server.server.addrs.rtsp;
+    let mut publisher = SynthPublisher::start(addr, &urls.publish(UID)).unwrap();
+    publisher.send(0..100, 100);
+
+    let mut viewer = Client::connect(addr);
+    let play = urls.play(UID);
+    let described = viewer.request(Method::Describe, &play, &[("Accept", "application/sdp")]);
+    assert_eq!(described.status, StatusCode::OK);
+    let base = described.headers.get("Content-Base").unwrap().to_owned();
+    let setup = viewer.request(
+        Method::Setup,
+        &format!("{base}trackID=0"),
+        &[("Transport", "RTP/AVP/TCP;unicast;interleaved=0-1")],
+    );
+    assert_eq!(setup.status, StatusCode::OK);
+    let session = SessionHeader::parse(setup.headers.get("Session").unwrap()).unwrap();
+    assert_eq!(session.timeout, Some(60), "the announced session timeout");
+
+    // Keep-alives inside the session.
+    let kept = viewer.request(Method::GetParameter, &base, &[]);
+    assert_eq!(kept.status, StatusCode::OK);
+    assert!(kept.headers.get("Session").unwrap().contains("timeout=60"));
+    assert_eq!(
+        viewer.request(Method::SetParameter, &base, &[]).status,
+        StatusCode::OK
+    );
+    let unknown = viewer.request_with_body(Method::SetParameter, &base, &[], Some("volume: 3\r\n"));
+    assert_eq!(unknown.status, StatusCode::PARAMETER_NOT_UNDERSTOOD);
+    // A valid token, but for another stream: 403 with nothing else.
+    let other = viewer.request(
+        Method::Setup,
+        &format!("{}/trackID=0", urls.play("AAAAAAAAAAAAAAAA")),
+        &[("Transport", "RTP/AVP/TCP;unicast;interleaved=2-3")],
+    );
+    assert_eq!(other.status, StatusCode::FORBIDDEN);
+    assert!(other.body.is_empty());
+    // The wrong session id.
+    let real = viewer.session.replace("0000000000000000".into());
+    assert_eq!(
+        viewer.request(Method::GetParameter, &base, &[]).status,
+        StatusCode::SESSION_NOT_FOUND
+    );
+    viewer.session = real;
+
+    let played = viewer.request(Method::Play, &base, &[("Range", "npt=0.000-")]);
+    assert_eq!(played.status, StatusCode::OK);
+    let (_, first) = viewer.frame().unwrap();
+    assert!(is_idr_start(&first), "a new viewer starts on a keyframe");
+
+    // PAUSE, more packets meanwhile, PLAY again: it starts on a keyframe again and goes on.
+    assert_eq!(
+        viewer.request(Method::Pause, &base, &[]).status,
+        StatusCode::OK
+    );
+    publisher.send(100..200, 100);
+    let replayed = viewer.request(Method::Play, &base, &[]);
+    assert_eq!(replayed.status, StatusCode::OK);
+    let (_, resumed) = viewer.frame().unwrap();
+    assert!(
+        is_idr_start(&resumed),
+        "PLAY after PAUSE starts on a keyframe"
+    );
+    assert!([0, 100].contains(&seq_of(&resumed)), "{}", seq_of(&resumed));
+    wait_for_seq(&mut viewer, 199);
+
+    // The publisher goes and comes back within the grace period (5 s): the viewer's connection
+    // stays and the new publisher's packets (longer payloads) reach it.
+    drop(publisher);
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let mut returned = loop {
+        match SynthPublisher::start(addr, &urls.publish(UID)) {
+            Ok(publisher) => break publisher,
+            // The server has not seen the first one go yet.
+            Err(refused) => {
+                assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{refused:?}");
+                assert!(Instant::now() < deadline, "the publisher could not return");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
+    returned.send(0..100, 300);
+    let returned_len = synth_packet(0, 300).len();
+    loop {
+        let (_, packet) = viewer
+            .frame()
+            .expect("the viewer was closed although its publisher returned");
+        if packet.len() == returned_len {
+            assert!(
+                is_idr_start(&packet),
+                "the returned publisher's first packet"
+            );
+            break;
+        }
+    }
+}
+
+/// The value of a counter on /metrics.
+fn metric(server: &TestServer, name: &str) -> u64 {
+    let metrics = tests::curl(&[&format!("{}/metrics", server.api_url())]);
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} on /metrics:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// With two shards, a viewer whose connection the kernel gives to the shard that does not own
+/// its stream is handed to the owner (counted on /metrics) and plays from there.
+#[test]
+fn viewer_on_the_other_shard_is_handed_to_the_owner() {
+    let server = TestServer::start_with(|c| c.shards = Some(2));
+    let urls = Urls::new(&server);
+    let addr = server.server.addrs.rtsp;
+    let mut publisher = SynthPublisher::start(addr, &urls.publish(UID)).unwrap();
+    publisher.send(0..100, 100);
+    let handed_before = metric(&server, "rop_rtsp_connections_handed_off_total");
+    let mut viewers = Vec::new();
+    // SO_REUSEPORT spreads connections by their addresses: within a few, one lands on the
+    // other shard (each misses it with probability 1/2).
+    while metric(&server, "rop_rtsp_connections_handed_off_total") == handed_before {
+        assert!(
+            viewers.len() < 40,
+            "no connection landed on the other shard"
+        );
+        let mut viewer = Client::connect(addr);
+        viewer.play(&urls.play(UID), 1);
+        let (_, first) = viewer.frame().unwrap();
+        assert!(is_idr_start(&first));
+        viewers.push(viewer);
+    }
+    assert_eq!(
+        metric(&server, "rop_rtsp_connections_received_total"),
+        metric(&server, "rop_rtsp_connections_handed_off_total"),
+        "every handed-off connection arrives"
+    );
+    assert!(metric(&server, "rop_rtsp_connections_accepted_total") > viewers.len() as u64);
+    // The handed-off viewer (the last one) gets the packets that follow.
+    publisher.send(100..110, 100);
+    let last = viewers.last_mut().unwrap();
+    wait_for_seq(last, 109);
 }

@@ -35,7 +35,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BytesMut};
 use futures_lite::future::{or, poll_fn};
-use futures_lite::io::{AsyncRead, AsyncWrite};
+use futures_lite::io::AsyncWrite;
 use rt::{Handoff, MaybeTls};
 use tracing::{debug, info};
 
@@ -406,15 +406,11 @@ async fn read_loop(
         if buf.capacity() - filled < chunk / 4 {
             buf.reserve(chunk);
         }
-        let room = buf.capacity() - filled;
-        buf.resize(filled + room, 0);
-        let read =
-            poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_read(cx, &mut buf[filled..]))
-                .await;
+        // Straight into the spare capacity: no zeroing of the chunk before each read.
+        let read = poll_fn(|cx| stream.borrow_mut().poll_read_spare(cx, &mut buf)).await;
         match read {
             Ok(0) | Err(_) => return ReaderEnd::Gone,
             Ok(n) => {
-                buf.truncate(filled + n);
                 conn.watch.last_activity.set(Instant::now());
                 if session.state() == State::Recording {
                     conn.shard.count_media(|m| {

@@ -313,7 +313,11 @@ impl Session {
             Method::Record => self.record(request, now_unix),
             Method::Teardown => self.teardown(request, now_unix),
             Method::GetParameter | Method::SetParameter => self.keepalive(request),
-            Method::Redirect | Method::Other(_) => self.reply(request, StatusCode::NOT_IMPLEMENTED),
+            // A client speaking methods we do not know is not one this server can help: answer,
+            // then close (what follows may not be RTSP we can frame).
+            Method::Redirect | Method::Other(_) => {
+                self.reply_and_close(request, StatusCode::NOT_IMPLEMENTED, None)
+            }
         }
     }
 
@@ -449,13 +453,16 @@ impl Session {
         }
         let mut sdp = match SessionDescription::parse(&request.body) {
             Ok(sdp) => sdp,
-            Err(_) => return self.reply_reason(request, StatusCode::BAD_REQUEST, "Invalid SDP"),
+            // Broken SDP: the publisher cannot go on; answer, then close.
+            Err(_) => {
+                return self.reply_and_close(request, StatusCode::BAD_REQUEST, Some("Invalid SDP"))
+            }
         };
         if sdp.media.is_empty() || sdp.media.len() > MAX_TRACKS {
-            return self.reply_reason(
+            return self.reply_and_close(
                 request,
                 StatusCode::BAD_REQUEST,
-                "SDP Needs 1 To 8 Media Sections",
+                Some("SDP Needs 1 To 8 Media Sections"),
             );
         }
         let stream = match self.bind(request, TokenOp::Publish, now_unix) {
@@ -749,11 +756,10 @@ impl Session {
         if let Some((bound, _)) = &self.bound {
             if *bound != stream {
                 if self.state != State::Init {
-                    return Err(self.reply_with(
-                        request,
-                        StatusCode::BAD_REQUEST,
-                        Some("Stream Changed"),
-                    ));
+                    // A valid token, but for another stream than this session's: the token
+                    // does not grant this session anything (403, like a play token used to
+                    // publish).
+                    return Err(self.reply_with(request, StatusCode::FORBIDDEN, None));
                 }
                 // A fresh session about another stream: forget the other one's description.
                 self.description = None;
@@ -799,7 +805,8 @@ impl Session {
         }
         let named = self.verify(request, &path, op, now_unix)?;
         if named != stream {
-            return Err(self.reply_with(request, StatusCode::BAD_REQUEST, Some("Stream Changed")));
+            // As in `bind`: a token for another stream grants nothing here.
+            return Err(self.reply_with(request, StatusCode::FORBIDDEN, None));
         }
         Ok(())
     }
@@ -863,6 +870,18 @@ impl Session {
 
     fn reply(&self, request: &RtspRequest, status: StatusCode) -> Step {
         Step::Reply(self.reply_with(request, status, None))
+    }
+
+    /// A refusal after which the connection is closed (the peer broke the protocol).
+    fn reply_and_close(
+        &self,
+        request: &RtspRequest,
+        status: StatusCode,
+        reason: Option<&str>,
+    ) -> Step {
+        let mut reply = self.reply_with(request, status, reason);
+        reply.close = true;
+        Step::Reply(reply)
     }
 
     fn reply_reason(&self, request: &RtspRequest, status: StatusCode, reason: &str) -> Step {

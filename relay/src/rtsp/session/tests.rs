@@ -363,6 +363,33 @@ fn state_and_protocol_errors() {
         reply(s.on_request(&other, NOW)).response.status,
         StatusCode::OK
     );
+    // A valid token for another stream inside this session: 403, for SETUP and for PLAY.
+    let sub = signer().sign_url(
+        "rtsp",
+        "127.0.0.1",
+        8554,
+        &StreamGrant {
+            uid: "952700000A5S348E".into(),
+            channel: 0,
+            stream_type: "subStream".into(),
+            op: TokenOp::Play,
+            exp: NOW + 60,
+        },
+    );
+    let mut setup_sub = request(Method::Setup, &format!("{sub}/trackID=1"));
+    setup_sub
+        .headers
+        .set("Transport", "RTP/AVP/TCP;unicast;interleaved=4-5");
+    setup_sub.headers.set("Session", "abcdef0123456789");
+    let refused = reply(s.on_request(&setup_sub, NOW)).response;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert!(refused.body.is_empty());
+    let mut play_sub = request(Method::Play, &sub);
+    play_sub.headers.set("Session", "abcdef0123456789");
+    assert_eq!(
+        reply(s.on_request(&play_sub, NOW)).response.status,
+        StatusCode::FORBIDDEN
+    );
 }
 
 #[test]
