@@ -1148,16 +1148,11 @@ fn session_keepalive_pause_play_and_publisher_return() {
     }
 }
 
-/// The value of a counter on /metrics.
+/// The value of a counter on /metrics (read by the Prometheus parser).
 fn metric(server: &TestServer, name: &str) -> u64 {
     let metrics = tests::curl(&[&format!("{}/metrics", server.api_url())]);
-    let text = String::from_utf8_lossy(&metrics.body).into_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("no {name} on /metrics:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
+    let (_, samples) = tests::parse_prometheus(&String::from_utf8_lossy(&metrics.body));
+    tests::prom_value(&samples, name, &[]) as u64
 }
 
 /// With two shards, a viewer whose connection the kernel gives to the shard that does not own
