@@ -231,6 +231,11 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
         },
         ready: streams_ready_tx,
     };
+    let sources = load_sources(&config, &store)?;
+    let pulls = crate::pull::PullWiring {
+        directory: sources.clone(),
+        settings: crate::pull::PullSettings::default(),
+    };
     let (devices, directory, devices_ready) =
         crate::device::DeviceWiring::new(device_settings, shard_count);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -257,6 +262,7 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
                                 directory,
                                 alarm_delivery,
                                 advertised,
+                                sources,
                             },
                             shutdown,
                             ready_tx,
@@ -280,6 +286,7 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
         devices,
         devices_ready,
         (streams, streams_ready),
+        pulls,
         &shutdown,
         limits,
     );
@@ -327,6 +334,37 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
     })
 }
 
+/// The pull sources of the config file, then those added through the API (kept in the store).
+/// A stored source whose UID the file also declares is shadowed by the file's.
+fn load_sources(
+    config: &Config,
+    store: &signal::store::Store,
+) -> anyhow::Result<signal::sources::SourceDirectory> {
+    use signal::sources::{SourceDirectory, SourceOrigin};
+    let directory = SourceDirectory::new();
+    for source in &config.sources {
+        directory.insert(source.clone(), SourceOrigin::Config);
+    }
+    for source in store
+        .sources()
+        .context("reading the pull sources from the store")?
+    {
+        if directory.get(&source.uid).is_some() {
+            warn!(source = %source.uid, "stored pull source shadowed by the config file's");
+            continue;
+        }
+        if let Err(e) = source.validate() {
+            warn!(source = %source.uid, "stored pull source ignored: {e}");
+            continue;
+        }
+        directory.insert(source, SourceOrigin::Api);
+    }
+    if !directory.is_empty() {
+        info!(sources = directory.len(), "pull sources");
+    }
+    Ok(directory)
+}
+
 /// The bound (keep-alive, signalling) addresses of the device links.
 type DeviceAddrs = (SocketAddr, SocketAddr);
 
@@ -342,6 +380,7 @@ fn start_shards(
         crate::stream_conn::StreamWiring,
         std::sync::mpsc::Receiver<Result<DeviceAddrs, String>>,
     ),
+    pulls: crate::pull::PullWiring,
     shutdown: &Shutdown,
     limits: Arc<signal::limits::ConnectionLimits>,
 ) -> anyhow::Result<(
@@ -368,6 +407,7 @@ fn start_shards(
                 ready_tx.clone(),
                 Some(devices.clone()),
                 Some(streams.clone()),
+                Some(pulls.clone()),
             )
         })
         .context("starting the shards")?;
@@ -414,6 +454,7 @@ struct ControlPlaneParts {
     directory: signal::devices::DeviceDirectory,
     alarm_delivery: signal::alarms::AlarmDelivery,
     advertised: Arc<signal::api::AdvertisedPorts>,
+    sources: signal::sources::SourceDirectory,
 }
 
 async fn run_control_plane(
@@ -429,6 +470,7 @@ async fn run_control_plane(
         directory,
         alarm_delivery,
         advertised,
+        sources,
     } = parts;
     let bind = |what: &str, addr: SocketAddr| {
         TcpListener::bind(addr).with_context(|| format!("binding the {what} listener on {addr}"))
@@ -510,6 +552,7 @@ async fn run_control_plane(
         advertised,
         wifi_scans: Default::default(),
         tls_failures: Default::default(),
+        sources,
     });
     let http = Rc::new(HttpConfig::default());
     let server_tls = pki.server_config();

@@ -175,7 +175,8 @@ pub struct Shard {
     media: RefCell<MediaStats>,
     /// Counters of the hubs already dropped, so that totals survive their streams.
     retired_hubs: Cell<HubStats>,
-    on_demand: RefCell<Option<std::rc::Weak<dyn OnDemand>>>,
+    /// Who starts streams on demand, asked in order (device previews, pull sources).
+    on_demand: RefCell<Vec<std::rc::Weak<dyn OnDemand>>>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -212,15 +213,27 @@ impl Shard {
             stats: Cell::new(ShardStats::default()),
             media: RefCell::new(MediaStats::default()),
             retired_hubs: Cell::new(HubStats::default()),
-            on_demand: RefCell::new(None),
+            on_demand: RefCell::new(Vec::new()),
         }
     }
 
-    /// Sets who starts device streams on demand. The shard keeps only a weak reference: the
-    /// starter holds the shard, and a cycle would keep both (and the store behind them) alive
-    /// after shutdown.
+    /// Adds a starter of streams on demand (asked after those added before). The shard keeps
+    /// only a weak reference: the starter holds the shard, and a cycle would keep both (and the
+    /// store behind them) alive after shutdown.
     pub fn set_on_demand(&self, on_demand: &Rc<dyn OnDemand>) {
-        *self.on_demand.borrow_mut() = Some(Rc::downgrade(on_demand));
+        self.on_demand.borrow_mut().push(Rc::downgrade(on_demand));
+    }
+
+    /// Viewers of `stream` plus DESCRIBEs waiting for it (0 when it has no hub).
+    pub fn audience(&self, stream: &StreamKey) -> usize {
+        self.streams.borrow().get(stream).map_or(0, |entry| {
+            entry.hub.borrow().viewer_count()
+                + entry
+                    .waiters
+                    .iter()
+                    .filter(|w| Rc::strong_count(w) > 1)
+                    .count()
+        })
     }
 
     /// The shard's counters.
@@ -316,12 +329,13 @@ impl Shard {
         if let Some(entry) = self.streams.borrow_mut().get_mut(stream) {
             entry.waiters.push(waiter.clone());
         }
-        let on_demand = self
+        let starters: Vec<Rc<dyn OnDemand>> = self
             .on_demand
             .borrow()
-            .as_ref()
-            .and_then(std::rc::Weak::upgrade);
-        let started = on_demand.and_then(|d| {
+            .iter()
+            .filter_map(std::rc::Weak::upgrade)
+            .collect();
+        let started = starters.into_iter().find_map(|d| {
             let timeout = d.start_timeout();
             d.start(stream).map(|started| (started, timeout))
         });
@@ -558,6 +572,7 @@ pub async fn run(
     ready: ReadySender,
     devices: Option<crate::device::DeviceWiring>,
     streams: Option<crate::stream_conn::StreamWiring>,
+    pulls: Option<crate::pull::PullWiring>,
 ) {
     let port = match ctx.join(&mesh).await {
         Ok(port) => Rc::new(port),
@@ -597,6 +612,8 @@ pub async fn run(
             port.clone(),
         )
     });
+    // After the device streams: a DESCRIBE asks device previews first, then pull sources.
+    let _pulls = pulls.map(|wiring| crate::pull::PullShard::start(&wiring, shard.clone()));
     let mut accept_loops = Vec::new();
     if ctx.id == 0 {
         match listen_rtsp(&shard, &listen, listen.addrs, &mut accept_loops) {

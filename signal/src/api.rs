@@ -64,6 +64,8 @@ pub struct ControlPlane {
     pub wifi_scans: crate::wifi_scan::WifiScans,
     /// Failed TLS handshakes on the control plane's HTTPS ports (61000-61002, 61010).
     pub tls_failures: std::sync::Mutex<crate::metrics::TlsFailures>,
+    /// Pull sources (config file and API) with the state their shards report.
+    pub sources: crate::sources::SourceDirectory,
 }
 
 /// Data-plane ports the client API hands out, known only once the shards have bound them

@@ -280,6 +280,8 @@ pub struct Config {
     pub device: DeviceConfig,
     /// Connection limits and guessing protection (`[limits]`).
     pub limits: crate::limits::LimitsConfig,
+    /// Pull sources (`[[sources]]`): cameras serving RTSP/RTSPS that the relay connects to.
+    pub sources: Vec<crate::sources::SourceSpec>,
 }
 
 impl Default for Config {
@@ -298,6 +300,7 @@ impl Default for Config {
             provisioning: ProvisioningConfig::default(),
             device: DeviceConfig::default(),
             limits: crate::limits::LimitsConfig::default(),
+            sources: Vec::new(),
         }
     }
 }
@@ -437,6 +440,21 @@ impl Config {
         }
         if !(1..=10_000_000).contains(&self.alarm_backlog_max) {
             return invalid("alarm_backlog_max", "must be between 1 and 10000000");
+        }
+        let mut uids = std::collections::HashSet::new();
+        for source in &self.sources {
+            if let Err(e) = source.validate() {
+                return Err(ConfigError::Invalid {
+                    field: "sources",
+                    reason: format!("source {:?}: {e}", source.uid),
+                });
+            }
+            if !uids.insert(source.uid.as_str()) {
+                return Err(ConfigError::Invalid {
+                    field: "sources",
+                    reason: format!("uid {:?} is declared twice", source.uid),
+                });
+            }
         }
         Ok(())
     }

@@ -224,6 +224,56 @@ impl SourceSpec {
     }
 }
 
+/// The rustls client configuration for an `rtsps://` source: its CA bundle (else the system's
+/// roots) and its client certificate and key, if any. Read when a connection starts, so renewed
+/// files are picked up by the next attempt.
+pub fn tls_client_config(spec: &SourceSpec) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))
+    };
+    let certs = |path: &std::path::Path| -> Result<Vec<CertificateDer<'static>>, String> {
+        let pem = read(path)?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{}: not PEM: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{}: no certificate", path.display()));
+        }
+        Ok(certs)
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    match &spec.ca {
+        Some(path) => {
+            let (added, _) = roots.add_parsable_certificates(certs(path)?);
+            if added == 0 {
+                return Err(format!("{}: no usable CA certificate", path.display()));
+            }
+        }
+        None => {
+            let loaded = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(loaded.certs);
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(pki::crypto_provider())
+        .with_protocol_versions(pki::PROTOCOL_VERSIONS)
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let config = match (&spec.client_cert, &spec.client_key) {
+        (Some(cert), Some(key)) => {
+            let chain = certs(cert)?;
+            let key = PrivateKeyDer::from_pem_slice(&read(key)?)
+                .map_err(|e| format!("{}: no private key: {e}", key.display()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("client certificate and key: {e}"))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
 /// `scheme://user:***@host/...` for a URL with a password; other URLs unchanged.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {

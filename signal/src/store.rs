@@ -14,6 +14,8 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
 const CODES: TableDefinition<&str, &[u8]> = TableDefinition::new("codes");
 const REVOKED: TableDefinition<&str, &[u8]> = TableDefinition::new("revoked_serials");
+/// Pull sources added through the API (`SourceSpec` as JSON, by UID).
+const SOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("sources");
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +161,7 @@ impl Store {
         txn.open_table(DEVICES)?;
         txn.open_table(CODES)?;
         txn.open_table(REVOKED)?;
+        txn.open_table(SOURCES)?;
         txn.commit()?;
         Ok(Self {
             db: std::sync::RwLock::new(Some(db)),
@@ -360,6 +363,35 @@ impl Store {
             let (key, value) = entry?;
             let record: RevokedRecord = decode("revoked_serials", key.value(), value.value())?;
             out.push((key.value().to_owned(), record.revoked_at));
+        }
+        Ok(out)
+    }
+
+    /// Adds or replaces a pull source (committed, fsynced, before the API answers).
+    pub fn put_source(&self, source: &crate::sources::SourceSpec) -> Result<(), StoreError> {
+        let txn = self.database()?.begin_write()?;
+        txn.open_table(SOURCES)?
+            .insert(source.uid.as_str(), encode(source).as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Removes a pull source; returns whether it existed.
+    pub fn delete_source(&self, uid: &str) -> Result<bool, StoreError> {
+        let txn = self.database()?.begin_write()?;
+        let existed = txn.open_table(SOURCES)?.remove(uid)?.is_some();
+        txn.commit()?;
+        Ok(existed)
+    }
+
+    /// Every stored pull source, in UID order.
+    pub fn sources(&self) -> Result<Vec<crate::sources::SourceSpec>, StoreError> {
+        let txn = self.database()?.begin_read()?;
+        let table = txn.open_table(SOURCES)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            out.push(decode("sources", key.value(), value.value())?);
         }
         Ok(out)
     }
