@@ -96,8 +96,8 @@ pub struct RtspListen {
 /// Resolves when the device accepted a preview start (`Ok`) or refused it.
 pub type PreviewStarted = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Refusal>>>>;
 
-/// Starts device streams when a viewer asks for one nobody publishes (set by
-/// [`crate::stream_conn::StreamShard`]).
+/// Starts streams when a viewer asks for one nobody publishes: device previews
+/// ([`crate::stream_conn::StreamShard`]) and pull sources ([`crate::pull::PullShard`]).
 pub trait OnDemand {
     /// Asks the device of `stream` to start sending it. `None`: not a device online on this
     /// shard (wait for an RTSP publisher as usual). The future resolves when the device
@@ -407,12 +407,13 @@ impl Shard {
                 _ => Refusal::StreamEnded,
             })?;
         if hub.borrow().gop_cache().packets == 0 {
-            let on_demand = self
+            let starters: Vec<Rc<dyn OnDemand>> = self
                 .on_demand
                 .borrow()
-                .as_ref()
-                .and_then(std::rc::Weak::upgrade);
-            if let Some(on_demand) = on_demand {
+                .iter()
+                .filter_map(std::rc::Weak::upgrade)
+                .collect();
+            for on_demand in starters {
                 on_demand.viewer_without_gop(stream);
             }
         }

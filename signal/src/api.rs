@@ -130,6 +130,9 @@ impl Handler for PortHandler {
                 );
                 return refusal;
             }
+            if let Some(response) = self.plane.source_routes(&request) {
+                return response;
+            }
             if let Some(response) = self.plane.device_routes(&request).await {
                 return response;
             }
@@ -324,6 +327,7 @@ impl ControlPlane {
             Some(stats) => crate::devices::render_link_stats(stats, &own_tls, &mut out),
             None => own_tls.render_prometheus(&mut out),
         }
+        self.sources.render_metrics(&mut out);
         let mut response = http::Response::new(out.into_bytes());
         response.headers_mut().insert(
             header::CONTENT_TYPE,

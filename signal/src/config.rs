@@ -501,6 +501,24 @@ mod tests {
     }
 
     #[test]
+    fn sample_sources_example_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../relay.sample.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let start = text
+            .find("# [[sources]]")
+            .expect("the sample documents [[sources]]");
+        let example: String = text[start..]
+            .lines()
+            .map(|l| l.strip_prefix("# ").or(l.strip_prefix("#")).unwrap_or(l))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = Config::from_toml(&example).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.sources[0].headers[0].counter, Some(0));
+        assert!(c.sources[0].client_cert.is_some());
+    }
+
+    #[test]
     fn toml_overrides_and_unknown_keys() {
         let c = Config::from_toml(
             "hostname = \"cams.example.net\"\nstream_encrypt_mode = \"encryptTCP\"\n[listen]\nrtsp = \"127.0.0.1:7554\"\n",

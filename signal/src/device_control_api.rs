@@ -310,6 +310,20 @@ impl ControlPlane {
                 Err(response) => return response,
             },
         };
+        if self.sources.get(uid).is_some() {
+            // A pull source publishes one stream: channel 0, mainStream.
+            if channel != 0 {
+                return channel_not_found();
+            }
+            if stream.as_str() != "mainStream" {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    "stream_type_not_support",
+                    "The stream type is not suport on this device.",
+                );
+            }
+            return self.sign_play_url(uid, 0, stream.as_str(), tls);
+        }
         let presence = match self.device_presence(uid).await {
             Ok(p) => p,
             Err(response) => return response,
@@ -326,11 +340,21 @@ impl ControlPlane {
                 );
             }
         }
+        self.sign_play_url(
+            uid,
+            u8::try_from(channel).unwrap_or(0),
+            stream.as_str(),
+            tls,
+        )
+    }
+
+    /// `{playURL, expiredIn}` for a stream, on the RTSP or RTSPS port.
+    fn sign_play_url(&self, uid: &str, channel: u8, stream_type: &str, tls: bool) -> Response {
         let ttl = self.config.play_url_ttl_secs;
         let grant = StreamGrant {
             uid: uid.to_owned(),
-            channel: u8::try_from(channel).unwrap_or(0),
-            stream_type: stream.as_str().to_owned(),
+            channel,
+            stream_type: stream_type.to_owned(),
             op: TokenOp::Play,
             exp: crate::clock::unix_now() + ttl,
         };
@@ -1048,6 +1072,8 @@ mod tests {
         for path in [
             "/v1.0/devices/{uid}/live/play-session",
             "/v1.0/devices/{uid}/snap/snapshot.jpg",
+            "/v1.0/sources",
+            "/v1.0/sources/{uid}",
             "/openapi.json",
         ] {
             assert!(paths.contains_key(path), "{path}");

@@ -18,6 +18,7 @@ pub mod provisioning;
 pub mod secrets;
 pub mod session;
 pub mod sources;
+mod sources_api;
 pub mod store;
 pub mod tokens;
 pub mod wifi_scan;

@@ -282,6 +282,9 @@ impl OnDemand for PullShard {
     fn start_timeout(&self) -> Duration {
         self.settings.start_timeout
     }
+
+    /// An RTSP source cannot be asked for a keyframe; the viewer waits for the next one.
+    fn viewer_without_gop(&self, _stream: &StreamKey) {}
 }
 
 /// The life of one source on its shard: wait until wanted, pull, back off after failures.

@@ -1,0 +1,652 @@
+//! Pull sources end to end: the relay pulls from GStreamer's RTSP server (Digest authentication)
+//! and from its own RTSPS port, from a strict in-test upstream that refuses any handshake whose
+//! `Nonce` header does not follow the counter rule, and keeps viewers through an upstream that
+//! dies. ffprobe and an in-test RTSP player read what the relay serves; the client API shows the
+//! sources' state.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use relay::proto::interleaved::{Demuxed, Demuxer};
+use relay::proto::rtsp::{
+    Method, Parsed, RtspMessage, RtspRequest, RtspResponse, SessionHeader, StatusCode, Transport,
+};
+use signal::sources::{HeaderRule, PullTransport, SourceSpec};
+use signal::tokens::{StreamGrant, TokenOp, TokenSigner};
+use tests::{curl, require_tool, run, TestServer};
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn source(uid: &str, url: &str) -> SourceSpec {
+    SourceSpec {
+        uid: uid.into(),
+        url: url.into(),
+        transport: PullTransport::Tcp,
+        client_cert: None,
+        client_key: None,
+        ca: None,
+        on_demand: true,
+        headers: Vec::new(),
+    }
+}
+
+fn nonce_rule() -> HeaderRule {
+    HeaderRule {
+        name: "Nonce".into(),
+        value: None,
+        counter: Some(0),
+    }
+}
+
+/// A play URL of the test server, as `relay url play` prints it.
+fn play_url(server: &TestServer, uid: &str, scheme: &str) -> String {
+    let secrets = signal::secrets::Secrets::open_or_create(server.data_dir()).unwrap();
+    let grant = StreamGrant {
+        uid: uid.into(),
+        channel: 0,
+        stream_type: "mainStream".into(),
+        op: TokenOp::Play,
+        exp: unix_now() + 3600,
+    };
+    let port = if scheme == "rtsps" {
+        server.server.addrs.rtsps.port()
+    } else {
+        server.server.addrs.rtsp.port()
+    };
+    TokenSigner::new(secrets.token_key).sign_url(scheme, "127.0.0.1", port, &grant)
+}
+
+/// `GET /v1.0/sources/{uid}`.
+fn source_status(server: &TestServer, uid: &str) -> serde_json::Value {
+    let response = curl(&[&format!("{}/v1.0/sources/{uid}", server.api_url())]);
+    assert_eq!(
+        response.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
+    response.json()
+}
+
+/// Polls the source's status until `done` holds (panics after `limit` with the last status).
+fn wait_status(
+    server: &TestServer,
+    uid: &str,
+    limit: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let status = source_status(server, uid);
+        if done(&status) {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "source {uid} never got there: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ffprobe_codecs(url: &str) -> String {
+    require_tool("ffprobe");
+    let out = run(
+        "timeout",
+        &[
+            "30",
+            "ffprobe",
+            "-v",
+            "error",
+            "-rtsp_transport",
+            "tcp",
+            "-show_entries",
+            "stream=codec_name,width,height",
+            "-of",
+            "default=nw=1",
+            url,
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "ffprobe failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+// ----- a GStreamer RTSP server -----
+
+struct Gst {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Gst {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn gst_server(user: &str, password: &str) -> Gst {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/gst_rtsp_server.py");
+    let mut child = Command::new("/usr/bin/python3")
+        .arg(script)
+        .args([user, password])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python3 runs (scripts/test installs python3-gi and gir1.2-gst-rtsp-server-1.0)");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .strip_prefix("PORT ")
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the GStreamer RTSP server did not start: {line:?}"));
+    Gst { child, port }
+}
+
+#[test]
+fn pulls_from_gstreamer_with_digest_auth_on_demand() {
+    let gst = gst_server("viewer", "s3cret");
+    let good = source(
+        "GSTCAM1",
+        &format!("rtsp://viewer:s3cret@127.0.0.1:{}/test", gst.port),
+    );
+    let bad = source(
+        "GSTCAM2",
+        &format!("rtsp://viewer:wrong@127.0.0.1:{}/test", gst.port),
+    );
+    let server = TestServer::start_with(|c| c.sources = vec![good, bad]);
+    let status = source_status(&server, "GSTCAM1");
+    assert_eq!(
+        status["status"]["state"], "idle",
+        "on demand: idle until a viewer"
+    );
+    assert_eq!(
+        status["url"],
+        format!("rtsp://viewer:***@127.0.0.1:{}/test", gst.port)
+    );
+
+    let probed = ffprobe_codecs(&play_url(&server, "GSTCAM1", "rtsp"));
+    assert!(probed.contains("codec_name=h264"), "{probed}");
+    assert!(
+        probed.contains("width=320") && probed.contains("height=240"),
+        "{probed}"
+    );
+    let status = source_status(&server, "GSTCAM1");
+    assert!(
+        status["status"]["sessions"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+
+    // A wrong password: the viewer gets 503 after the start timeout, the source shows why.
+    let url = play_url(&server, "GSTCAM2", "rtsp");
+    std::thread::spawn(move || {
+        let _ = Command::new("timeout")
+            .args([
+                "20",
+                "ffprobe",
+                "-v",
+                "quiet",
+                "-rtsp_transport",
+                "tcp",
+                &url,
+            ])
+            .output();
+    });
+    let status = wait_status(&server, "GSTCAM2", Duration::from_secs(20), |s| {
+        s["status"]["state"] == "backoff"
+    });
+    let error = status["status"]["last_error"].as_str().unwrap();
+    assert!(error.contains("refused the user and password"), "{error}");
+}
+
+// ----- an in-test upstream with the Nonce rule -----
+
+/// What the strict upstream saw.
+#[derive(Default)]
+struct UpstreamStats {
+    /// Handshakes that reached PLAY.
+    played: AtomicUsize,
+    /// Handshakes refused for a wrong Nonce.
+    refused: AtomicUsize,
+    /// Connections accepted.
+    connections: AtomicUsize,
+}
+
+const SPS: &[u8] = &[0x67, 0x42, 0xc0, 0x1e, 0xd9, 0x00, 0xa0, 0x47, 0xfe, 0xc8];
+const PPS: &[u8] = &[0x68, 0xce, 0x3c, 0x80];
+
+fn upstream_sdp() -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=strict\r\nt=0 0\r\na=control:*\r\n\
+         m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n\
+         a=fmtp:96 packetization-mode=1;sprop-parameter-sets={},{}\r\na=control:track1\r\n",
+        b64.encode(SPS),
+        b64.encode(PPS)
+    )
+}
+
+/// Listens on port 0; each connection must send `Nonce: 0` first and then the previous answer's
+/// Nonce plus one, or it gets 400 and is closed. After PLAY it sends one IDR packet every 20 ms;
+/// the first connection is cut after `cut_first_after` packets when set.
+fn strict_upstream(cut_first_after: Option<usize>) -> (SocketAddr, Arc<UpstreamStats>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stats = Arc::new(UpstreamStats::default());
+    let shared = stats.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let n = shared.connections.fetch_add(1, Ordering::SeqCst);
+            let cut = if n == 0 { cut_first_after } else { None };
+            let stats = shared.clone();
+            std::thread::spawn(move || serve_strict(stream, cut, &stats));
+        }
+    });
+    (addr, stats)
+}
+
+fn serve_strict(mut stream: TcpStream, cut_after: Option<usize>, stats: &UpstreamStats) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut expected_nonce: u64 = 0;
+    let mut playing = false;
+    let mut channel = 0u8;
+    let stop = Arc::new(AtomicBool::new(false));
+    loop {
+        let request = loop {
+            match RtspRequest::parse(&buf) {
+                Ok(Parsed::Complete { message, consumed }) => {
+                    buf.drain(..consumed);
+                    break message;
+                }
+                Ok(Parsed::Incomplete) => {}
+                Err(_) => return,
+            }
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => {
+                    stop.store(true, Ordering::SeqCst);
+                    return;
+                }
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        if !playing {
+            let sent = request
+                .headers
+                .get("Nonce")
+                .and_then(|v| v.parse::<u64>().ok());
+            if sent != Some(expected_nonce) {
+                stats.refused.fetch_add(1, Ordering::SeqCst);
+                let refusal = RtspResponse::reply_to(&request, StatusCode::BAD_REQUEST).build();
+                let _ = stream.write_all(&refusal.to_bytes());
+                return;
+            }
+        }
+        let answer_nonce: u64 = rand::random::<u32>().into();
+        expected_nonce = answer_nonce + 1;
+        let mut reply = RtspResponse::reply_to(&request, StatusCode::OK);
+        if !playing {
+            reply = reply.header("Nonce", answer_nonce.to_string());
+        }
+        let session = SessionHeader {
+            id: "5ec7e7".into(),
+            timeout: Some(60),
+        };
+        let reply = match request.method {
+            Method::Options => reply.public(&[
+                Method::Options,
+                Method::Describe,
+                Method::Setup,
+                Method::Play,
+                Method::Teardown,
+            ]),
+            Method::Describe => reply.body("application/sdp", upstream_sdp().into_bytes()),
+            Method::Setup => {
+                let asked = request.headers.transports().unwrap_or_default();
+                channel = asked
+                    .first()
+                    .and_then(|t| t.interleaved)
+                    .map_or(0, |p| p.rtp);
+                reply
+                    .session(&session)
+                    .transport(&Transport::tcp_interleaved(channel))
+            }
+            Method::Play => reply.session(&session),
+            Method::Teardown => {
+                let _ = stream.write_all(&reply.build().to_bytes());
+                stop.store(true, Ordering::SeqCst);
+                return;
+            }
+            _ => reply,
+        };
+        if stream.write_all(&reply.build().to_bytes()).is_err() {
+            return;
+        }
+        if request.method == Method::Play && !playing {
+            playing = true;
+            stats.played.fetch_add(1, Ordering::SeqCst);
+            let mut media = stream.try_clone().unwrap();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                for seq in 0u16.. {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    if cut_after.is_some_and(|cut| usize::from(seq) >= cut) {
+                        let _ = media.shutdown(std::net::Shutdown::Both);
+                        return;
+                    }
+                    let ts = u32::from(seq) * 3600;
+                    let mut rtp = vec![0x80, 0x80 | 96];
+                    rtp.extend_from_slice(&seq.to_be_bytes());
+                    rtp.extend_from_slice(&ts.to_be_bytes());
+                    rtp.extend_from_slice(&[0, 0, 0, 7]);
+                    rtp.extend_from_slice(&[0x65, 0x88, 0x84, 0x00, 0x33]);
+                    let mut frame = vec![b'$', channel];
+                    frame.extend_from_slice(&(rtp.len() as u16).to_be_bytes());
+                    frame.extend_from_slice(&rtp);
+                    if media.write_all(&frame).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            });
+        }
+    }
+}
+
+/// A minimal RTSP player of the relay: DESCRIBE, SETUP (interleaved 0-1), PLAY.
+fn play(url: &str, addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut cseq = 0;
+    let mut session: Option<String> = None;
+    for (method, uri) in [
+        (Method::Describe, url.to_owned()),
+        (Method::Setup, format!("{url}/trackID=0")),
+        (Method::Play, url.to_owned()),
+    ] {
+        cseq += 1;
+        let mut builder = RtspRequest::builder(method.clone(), uri).cseq(cseq);
+        if method == Method::Setup {
+            builder = builder.transport(&Transport::tcp_interleaved(0));
+        }
+        if let Some(id) = &session {
+            builder = builder.session(id);
+        }
+        stream.write_all(&builder.build().to_bytes()).unwrap();
+        let response = read_response(&mut stream);
+        assert_eq!(response.status, StatusCode::OK, "{method}: {response:?}");
+        if let Ok(Some(s)) = response.headers.session() {
+            session = Some(s.id);
+        }
+    }
+    stream
+}
+
+fn read_response(stream: &mut TcpStream) -> RtspResponse {
+    let mut buf = Vec::new();
+    loop {
+        if let Ok(Parsed::Complete {
+            message: RtspMessage::Response(r),
+            ..
+        }) = RtspMessage::parse(&buf)
+        {
+            return r;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).expect("response in time");
+        assert!(n > 0, "connection closed before the response");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Reads media from a playing connection until `want` RTP packets arrived; returns their count
+/// (fewer only if the connection ended or stalled for the read timeout).
+fn read_packets(stream: &mut TcpStream, want: usize) -> usize {
+    let mut demuxer = Demuxer::default();
+    let mut buf = BytesMut::new();
+    let mut packets = 0;
+    while packets < want {
+        match demuxer.feed_bytes(&mut buf) {
+            Ok(Some(Demuxed::Interleaved { channel: 0, .. })) => packets += 1,
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                let mut chunk = [0u8; 16384];
+                match stream.read(&mut chunk) {
+                    Ok(0) | Err(_) => return packets,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            Err(e) => panic!("bad media from the relay: {e}"),
+        }
+    }
+    packets
+}
+
+#[test]
+fn counter_header_rule_satisfies_a_strict_upstream() {
+    let (upstream, stats) = strict_upstream(None);
+    let mut with_rule = source("ARLOCAM", &format!("rtsp://{upstream}/cam/tcp/avc"));
+    with_rule.on_demand = false;
+    with_rule.headers = vec![nonce_rule()];
+    let mut without = source("PLAINCAM", &format!("rtsp://{upstream}/cam/tcp/avc"));
+    without.on_demand = false;
+    let server = TestServer::start_with(|c| c.sources = vec![with_rule, without]);
+
+    wait_status(&server, "ARLOCAM", Duration::from_secs(20), |s| {
+        s["status"]["state"] == "playing"
+    });
+    let refused = wait_status(&server, "PLAINCAM", Duration::from_secs(20), |s| {
+        s["status"]["state"] == "backoff"
+    });
+    let error = refused["status"]["last_error"].as_str().unwrap();
+    assert!(error.contains("OPTIONS answered 400"), "{error}");
+    assert!(stats.played.load(Ordering::SeqCst) >= 1);
+    assert!(
+        stats.refused.load(Ordering::SeqCst) >= 1,
+        "the rule-less source was refused"
+    );
+
+    // Viewers get the pulled media through the hub.
+    let mut player = play(
+        &play_url(&server, "ARLOCAM", "rtsp"),
+        server.server.addrs.rtsp,
+    );
+    assert_eq!(read_packets(&mut player, 20), 20);
+    let metrics = curl(&[&format!("{}/metrics", server.api_url())]);
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.contains("rop_pull_sources{state=\"playing\"} 1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn upstream_dies_viewer_waits_and_the_stream_resumes() {
+    // The first connection is cut after 60 packets (1.2 s); the relay must reconnect.
+    let (upstream, stats) = strict_upstream(Some(60));
+    let mut spec = source("FLAKYCAM", &format!("rtsp://{upstream}/cam"));
+    spec.headers = vec![nonce_rule()];
+    let server = TestServer::start_with(|c| c.sources = vec![spec]);
+
+    // On demand: the viewer's DESCRIBE starts the pull.
+    let mut player = play(
+        &play_url(&server, "FLAKYCAM", "rtsp"),
+        server.server.addrs.rtsp,
+    );
+    let received = read_packets(&mut player, 150);
+    assert_eq!(
+        received, 150,
+        "the viewer kept receiving across the upstream's death"
+    );
+    assert!(stats.connections.load(Ordering::SeqCst) >= 2);
+    let status = source_status(&server, "FLAKYCAM");
+    assert!(
+        status["status"]["sessions"].as_u64().unwrap() >= 2,
+        "{status}"
+    );
+    assert!(
+        status["status"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("connection lost"),
+        "{status}"
+    );
+}
+
+#[test]
+fn sources_through_the_api_are_stored_and_pulled() {
+    let (upstream, stats) = strict_upstream(None);
+    let dir = tempfile::tempdir().unwrap();
+    let body = serde_json::json!({
+        "uid": "APICAM",
+        "url": format!("rtsp://u:pw@{upstream}/cam"),
+        "on_demand": false,
+        "headers": [{"name": "Nonce", "counter": 0}, {"name": "User-Agent", "value": "Arlo"}],
+    })
+    .to_string();
+    {
+        let server = relay_in(dir.path());
+        let api = format!("http://{}", server.addrs.api);
+        let created = curl(&["-X", "POST", "-d", &body, &format!("{api}/v1.0/sources")]);
+        assert_eq!(
+            created.status,
+            201,
+            "{}",
+            String::from_utf8_lossy(&created.body)
+        );
+        assert_eq!(
+            created.json()["url"],
+            format!("rtsp://u:***@{upstream}/cam")
+        );
+        let bad = curl(&[
+            "-X",
+            "POST",
+            "-d",
+            r#"{"uid":"X-1","url":"http://h"}"#,
+            &format!("{api}/v1.0/sources"),
+        ]);
+        assert_eq!(bad.status, 400);
+        let listed = curl(&[&format!("{api}/v1.0/sources")]).json();
+        assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+        server.stop();
+    }
+    // Survives a restart (it was in the store before the 201) and is pulled always-on.
+    let server = relay_in(dir.path());
+    let api = format!("http://{}", server.addrs.api);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = curl(&[&format!("{api}/v1.0/sources/APICAM")]).json();
+        if status["status"]["state"] == "playing" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never played: {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(stats.played.load(Ordering::SeqCst) >= 1);
+    let deleted = curl(&["-X", "DELETE", &format!("{api}/v1.0/sources/APICAM")]);
+    assert_eq!(deleted.status, 200);
+    let gone = curl(&[&format!("{api}/v1.0/sources/APICAM")]);
+    assert_eq!(gone.status, 404);
+    server.stop();
+}
+
+fn relay_in(dir: &std::path::Path) -> relay::server::RunningServer {
+    let config = signal::config::Config {
+        listen: signal::config::ListenConfig::ephemeral(std::net::IpAddr::V4(
+            std::net::Ipv4Addr::LOCALHOST,
+        )),
+        ..Default::default()
+    };
+    relay::server::start(config, dir).expect("server starts")
+}
+
+#[test]
+fn pulls_its_own_rtsps_port() {
+    require_tool("ffmpeg");
+    let clip = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/clip_h264_aac.mp4");
+    // The source URL needs the server's port and CA, known once it runs: add it over the API.
+    let server = TestServer::start();
+    let publish = {
+        let secrets = signal::secrets::Secrets::open_or_create(server.data_dir()).unwrap();
+        let grant = StreamGrant {
+            uid: "ORIGIN1".into(),
+            channel: 0,
+            stream_type: "mainStream".into(),
+            op: TokenOp::Publish,
+            exp: unix_now() + 3600,
+        };
+        TokenSigner::new(secrets.token_key).sign_url(
+            "rtsp",
+            "127.0.0.1",
+            server.server.addrs.rtsp.port(),
+            &grant,
+        )
+    };
+    let mut ffmpeg = Command::new("ffmpeg")
+        .args(["-v", "error", "-re", "-stream_loop", "-1", "-i"])
+        .arg(&clip)
+        .args([
+            "-c",
+            "copy",
+            "-f",
+            "rtsp",
+            "-rtsp_transport",
+            "tcp",
+            &publish,
+        ])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let origin = play_url(&server, "ORIGIN1", "rtsps").replace("127.0.0.1", "localhost");
+    let body = serde_json::json!({
+        "uid": "RELAYED1",
+        "url": origin,
+        "ca": server.ca_file(),
+    })
+    .to_string();
+    let created = curl(&[
+        "-X",
+        "POST",
+        "-d",
+        &body,
+        &format!("{}/v1.0/sources", server.api_url()),
+    ]);
+    assert_eq!(
+        created.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&created.body)
+    );
+    let probed = ffprobe_codecs(&play_url(&server, "RELAYED1", "rtsp"));
+    let _ = ffmpeg.kill();
+    let _ = ffmpeg.wait();
+    assert!(probed.contains("codec_name=h264"), "{probed}");
+    assert!(probed.contains("codec_name=aac"), "{probed}");
+}
