@@ -1,7 +1,7 @@
-//! Pull sources end to end: the relay pulls from GStreamer's RTSP server (Digest authentication)
-//! and from its own RTSPS port, from a strict in-test upstream that refuses any handshake whose
-//! `Nonce` header does not follow the counter rule, and keeps viewers through an upstream that
-//! dies. ffprobe and an in-test RTSP player read what the relay serves; the client API shows the
+//! Pull sources end to end: the relay pulls from GStreamer's RTSP server (Digest authentication),
+//! from its own RTSPS port, from a strict in-test upstream that refuses any handshake whose
+//! `Nonce` header does not follow the counter rule (also over mutual TLS, with a client
+//! certificate), and keeps viewers through an upstream that dies. ffprobe and an in-test RTSP player read what the relay serves; the client API shows the
 //! sources' state.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -245,10 +245,21 @@ fn upstream_sdp() -> String {
     )
 }
 
-/// Listens on port 0; each connection must send `Nonce: 0` first and then the previous answer's
-/// Nonce plus one, or it gets 400 and is closed. After PLAY it sends one IDR packet every 20 ms;
-/// the first connection is cut after `cut_first_after` packets when set.
-fn strict_upstream(cut_first_after: Option<usize>) -> (SocketAddr, Arc<UpstreamStats>) {
+/// Either side of the upstream's connection: plain TCP or rustls over TCP.
+trait Wire: Read + Write + Send {}
+impl<T: Read + Write + Send> Wire for T {}
+
+/// One upstream connection, shared by the request reader and the media writer. Reads poll with
+/// a short socket timeout so the lock is never held long.
+type Shared = Arc<std::sync::Mutex<Box<dyn Wire>>>;
+
+/// Listens on port 0 (TLS with `tls`); each connection must send `Nonce: 0` first and then the
+/// previous answer's Nonce plus one, or it gets 400 and is closed. After PLAY it sends one IDR
+/// packet every 20 ms; the first connection is cut after `cut_first_after` packets when set.
+fn strict_upstream_with(
+    cut_first_after: Option<usize>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> (SocketAddr, Arc<UpstreamStats>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let stats = Arc::new(UpstreamStats::default());
@@ -259,22 +270,51 @@ fn strict_upstream(cut_first_after: Option<usize>) -> (SocketAddr, Arc<UpstreamS
             let n = shared.connections.fetch_add(1, Ordering::SeqCst);
             let cut = if n == 0 { cut_first_after } else { None };
             let stats = shared.clone();
-            std::thread::spawn(move || serve_strict(stream, cut, &stats));
+            let tls = tls.clone();
+            std::thread::spawn(move || {
+                stream
+                    .set_read_timeout(Some(Duration::from_millis(20)))
+                    .unwrap();
+                let tcp = stream.try_clone().unwrap();
+                let wire: Box<dyn Wire> = match tls {
+                    Some(config) => {
+                        let session = rustls::ServerConnection::new(config).unwrap();
+                        Box::new(rustls::StreamOwned::new(session, stream))
+                    }
+                    None => Box::new(stream),
+                };
+                serve_strict(Arc::new(std::sync::Mutex::new(wire)), &tcp, cut, &stats);
+            });
         }
     });
     (addr, stats)
 }
 
-fn serve_strict(mut stream: TcpStream, cut_after: Option<usize>, stats: &UpstreamStats) {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
+fn strict_upstream(cut_first_after: Option<usize>) -> (SocketAddr, Arc<UpstreamStats>) {
+    strict_upstream_with(cut_first_after, None)
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+fn serve_strict(wire: Shared, tcp: &TcpStream, cut_after: Option<usize>, stats: &UpstreamStats) {
+    let write = |bytes: &[u8]| {
+        let mut w = wire.lock().unwrap();
+        w.write_all(bytes).and_then(|_| w.flush())
+    };
     let mut buf = Vec::new();
     let mut expected_nonce: u64 = 0;
     let mut playing = false;
     let mut channel = 0u8;
     let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_exit = StopOnDrop(stop.clone());
+    let idle_limit = Duration::from_secs(30);
     loop {
+        let mut idle_since = Instant::now();
         let request = loop {
             match RtspRequest::parse(&buf) {
                 Ok(Parsed::Complete { message, consumed }) => {
@@ -285,12 +325,20 @@ fn serve_strict(mut stream: TcpStream, cut_after: Option<usize>, stats: &Upstrea
                 Err(_) => return,
             }
             let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk) {
-                Ok(0) | Err(_) => {
-                    stop.store(true, Ordering::SeqCst);
-                    return;
+            let read = wire.lock().unwrap().read(&mut chunk);
+            match read {
+                Ok(0) => return,
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    idle_since = Instant::now();
                 }
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) if is_timeout(&e) => {
+                    if idle_since.elapsed() > idle_limit {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(_) => return,
             }
         };
         if !playing {
@@ -301,7 +349,7 @@ fn serve_strict(mut stream: TcpStream, cut_after: Option<usize>, stats: &Upstrea
             if sent != Some(expected_nonce) {
                 stats.refused.fetch_add(1, Ordering::SeqCst);
                 let refusal = RtspResponse::reply_to(&request, StatusCode::BAD_REQUEST).build();
-                let _ = stream.write_all(&refusal.to_bytes());
+                let _ = write(&refusal.to_bytes());
                 return;
             }
         }
@@ -336,19 +384,19 @@ fn serve_strict(mut stream: TcpStream, cut_after: Option<usize>, stats: &Upstrea
             }
             Method::Play => reply.session(&session),
             Method::Teardown => {
-                let _ = stream.write_all(&reply.build().to_bytes());
-                stop.store(true, Ordering::SeqCst);
+                let _ = write(&reply.build().to_bytes());
                 return;
             }
             _ => reply,
         };
-        if stream.write_all(&reply.build().to_bytes()).is_err() {
+        if write(&reply.build().to_bytes()).is_err() {
             return;
         }
         if request.method == Method::Play && !playing {
             playing = true;
             stats.played.fetch_add(1, Ordering::SeqCst);
-            let mut media = stream.try_clone().unwrap();
+            let wire = wire.clone();
+            let tcp = tcp.try_clone().unwrap();
             let stop = stop.clone();
             std::thread::spawn(move || {
                 for seq in 0u16.. {
@@ -356,7 +404,7 @@ fn serve_strict(mut stream: TcpStream, cut_after: Option<usize>, stats: &Upstrea
                         return;
                     }
                     if cut_after.is_some_and(|cut| usize::from(seq) >= cut) {
-                        let _ = media.shutdown(std::net::Shutdown::Both);
+                        let _ = tcp.shutdown(std::net::Shutdown::Both);
                         return;
                     }
                     let ts = u32::from(seq) * 3600;
@@ -368,13 +416,26 @@ fn serve_strict(mut stream: TcpStream, cut_after: Option<usize>, stats: &Upstrea
                     let mut frame = vec![b'$', channel];
                     frame.extend_from_slice(&(rtp.len() as u16).to_be_bytes());
                     frame.extend_from_slice(&rtp);
-                    if media.write_all(&frame).is_err() {
+                    let sent = {
+                        let mut w = wire.lock().unwrap();
+                        w.write_all(&frame).and_then(|_| w.flush())
+                    };
+                    if sent.is_err() {
                         return;
                     }
                     std::thread::sleep(Duration::from_millis(20));
                 }
             });
         }
+    }
+}
+
+/// Stops the media thread when the request reader ends.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
     }
 }
 
@@ -649,4 +710,69 @@ fn pulls_its_own_rtsps_port() {
     let _ = ffmpeg.wait();
     assert!(probed.contains("codec_name=h264"), "{probed}");
     assert!(probed.contains("codec_name=aac"), "{probed}");
+}
+
+#[test]
+fn pulls_rtsps_with_a_client_certificate() {
+    // The upstream asks for a client certificate chained to the server's CA (its mutual-TLS
+    // configuration, as on the device ports); the pull presents one issued by that CA.
+    let server = TestServer::start();
+    let pki = &server.server.pki;
+    let (upstream, stats) = strict_upstream_with(None, Some(pki.mtls_config()));
+    let issued = pki
+        .issue_device(
+            "95270000PULLCL01",
+            pki::DeviceKey::Generate,
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("client.crt");
+    let key = dir.path().join("client.key");
+    std::fs::write(&cert, &issued.cert_chain_pem).unwrap();
+    std::fs::write(&key, issued.key_pem.unwrap()).unwrap();
+    let url = format!("rtsps://localhost:{}/cam", upstream.port());
+    let post = |uid: &str, with_cert: bool| {
+        let mut body = serde_json::json!({
+            "uid": uid,
+            "url": url,
+            "ca": server.ca_file(),
+            "on_demand": false,
+            "headers": [{"name": "Nonce", "counter": 0}],
+        });
+        if with_cert {
+            body["client_cert"] = serde_json::json!(cert);
+            body["client_key"] = serde_json::json!(key);
+        }
+        let created = curl(&[
+            "-X",
+            "POST",
+            "-d",
+            &body.to_string(),
+            &format!("{}/v1.0/sources", server.api_url()),
+        ]);
+        assert_eq!(
+            created.status,
+            201,
+            "{}",
+            String::from_utf8_lossy(&created.body)
+        );
+    };
+    post("MTLSCAM", true);
+    post("NOCERTCAM", false);
+    wait_status(&server, "MTLSCAM", Duration::from_secs(20), |s| {
+        s["status"]["state"] == "playing"
+    });
+    let refused = wait_status(&server, "NOCERTCAM", Duration::from_secs(20), |s| {
+        s["status"]["state"] == "backoff"
+    });
+    assert!(stats.played.load(Ordering::SeqCst) >= 1);
+    let error = refused["status"]["last_error"].as_str().unwrap();
+    // TLS 1.3: the client learns of the refusal from the alert on its first read.
+    assert!(error.contains("CertificateRequired"), "{refused}");
+    let mut player = play(
+        &play_url(&server, "MTLSCAM", "rtsp"),
+        server.server.addrs.rtsp,
+    );
+    assert_eq!(read_packets(&mut player, 20), 20);
 }
