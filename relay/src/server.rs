@@ -246,6 +246,7 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
     let advertised = Arc::new(signal::api::AdvertisedPorts::default());
     // One set of connection limits for every port of every thread (installed per thread).
     let limits = signal::limits::ConnectionLimits::new(config.limits.clone());
+    let firmware_dir = data_dir.join("firmware");
     let control = {
         let pki = pki.clone();
         let advertised = advertised.clone();
@@ -267,6 +268,7 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
                                 alarm_delivery,
                                 advertised,
                                 sources,
+                                firmware_dir,
                             },
                             shutdown,
                             ready_tx,
@@ -459,6 +461,7 @@ struct ControlPlaneParts {
     alarm_delivery: signal::alarms::AlarmDelivery,
     advertised: Arc<signal::api::AdvertisedPorts>,
     sources: signal::sources::SourceDirectory,
+    firmware_dir: PathBuf,
 }
 
 async fn run_control_plane(
@@ -475,6 +478,7 @@ async fn run_control_plane(
         alarm_delivery,
         advertised,
         sources,
+        firmware_dir,
     } = parts;
     let bind = |what: &str, addr: SocketAddr| {
         TcpListener::bind(addr).with_context(|| format!("binding the {what} listener on {addr}"))
@@ -532,6 +536,8 @@ async fn run_control_plane(
     let api_token =
         (config.api.auth == signal::config::ApiAuth::Token).then(|| secrets.api_token.clone());
     let alarm_metrics = Some(alarm_delivery.queue().metrics().clone());
+    let firmware =
+        signal::firmware::FirmwareStore::new(firmware_dir, config.api.firmware_max_bytes);
     let alarm_sender = rt::spawn_local(alarm_delivery.run(shutdown.clone()));
     let plane = Arc::new(ControlPlane {
         alarm_metrics,
@@ -555,6 +561,7 @@ async fn run_control_plane(
         devices: Some(directory),
         advertised,
         wifi_scans: Default::default(),
+        firmware,
         tls_failures: Default::default(),
         sources,
     });

@@ -10,8 +10,8 @@ use serde::Serialize;
 
 use crate::clock::unix_now;
 use crate::config::Config;
-use crate::http_server::{ConnInfo, Handler, Request};
-use crate::proto::http::{json_error, json_response, Response};
+use crate::http_server::{BodyChunks, ConnInfo, Handler, Request};
+use crate::proto::http::{json_error, json_response, RequestHead, Response};
 use crate::provisioning::{
     CredentialsRequest, Provisioning, ProvisioningError, RegistrationRequest,
 };
@@ -62,6 +62,8 @@ pub struct ControlPlane {
     pub advertised: Arc<AdvertisedPorts>,
     /// Wi-Fi scan sessions of the client API.
     pub wifi_scans: crate::wifi_scan::WifiScans,
+    /// Uploaded firmware files (`DATA/firmware`).
+    pub firmware: crate::firmware::FirmwareStore,
     /// Failed TLS handshakes on the control plane's HTTPS ports (61000-61002, 61010).
     pub tls_failures: std::sync::Mutex<crate::metrics::TlsFailures>,
     /// Pull sources (config file and API) with the state their shards report.
@@ -119,15 +121,61 @@ pub struct PortHandler {
     pub port: Port,
 }
 
+impl PortHandler {
+    /// The firmware file name of a firmware upload on the client port.
+    fn firmware_upload<'h>(&self, head: &'h RequestHead) -> Option<&'h str> {
+        if self.port != Port::Client || head.method != Method::POST {
+            return None;
+        }
+        head.path.strip_prefix("/v1.0/firmware/")
+    }
+
+    /// The API token check, counted per address when it fails.
+    fn refuse_unauthorized(&self, head: &RequestHead, conn: &ConnInfo) -> Option<Response> {
+        let refusal = self.plane.check_api_auth(head)?;
+        crate::limits::record_failure("http", crate::limits::Failure::ApiToken, conn.peer.ip());
+        Some(refusal)
+    }
+}
+
 impl Handler for PortHandler {
+    fn body_limit(&self, head: &RequestHead, _conn: &ConnInfo) -> Option<usize> {
+        self.firmware_upload(head)
+            .map(|_| usize::try_from(self.plane.firmware.max_bytes).unwrap_or(usize::MAX))
+    }
+
+    fn streams_body(&self, head: &RequestHead, _conn: &ConnInfo) -> bool {
+        self.firmware_upload(head).is_some()
+    }
+
+    async fn handle_streamed<B: BodyChunks>(
+        &self,
+        head: RequestHead,
+        body: &mut B,
+        conn: &ConnInfo,
+    ) -> Response {
+        if let Some(refusal) = self.refuse_unauthorized(&head, conn) {
+            return refusal;
+        }
+        let Some(name) = self.firmware_upload(&head) else {
+            return url_not_found();
+        };
+        match self.plane.firmware.receive(name, body).await {
+            Ok(size) => {
+                tracing::info!(name, size, "firmware uploaded");
+                json_response(StatusCode::OK, &serde_json::json!({ "message": "ok" }))
+            }
+            Err(e @ crate::firmware::FirmwareError::Io { .. }) => {
+                tracing::warn!("{e}");
+                internal_error(&e.to_string())
+            }
+            Err(e) => invalid_parameter(&e.to_string()),
+        }
+    }
+
     async fn handle(&self, request: Request, conn: &ConnInfo) -> Response {
         if self.port == Port::Client {
-            if let Some(refusal) = self.plane.check_api_auth(&request) {
-                crate::limits::record_failure(
-                    "http",
-                    crate::limits::Failure::ApiToken,
-                    conn.peer.ip(),
-                );
+            if let Some(refusal) = self.refuse_unauthorized(&request.head, conn) {
                 return refusal;
             }
             if let Some(response) = self.plane.source_routes(&request) {
@@ -162,7 +210,7 @@ impl ControlPlane {
                 _ => url_not_found(),
             },
             Port::Client => {
-                if let Some(refusal) = self.check_api_auth(req) {
+                if let Some(refusal) = self.check_api_auth(&req.head) {
                     return refusal;
                 }
                 self.client_api(req)
@@ -170,13 +218,13 @@ impl ControlPlane {
         }
     }
 
-    fn check_api_auth(&self, req: &Request) -> Option<Response> {
+    fn check_api_auth(&self, head: &RequestHead) -> Option<Response> {
         let token = self.api_token.as_deref()?;
-        if req.path() == "/healthz" {
+        if head.path == "/healthz" {
             return None;
         }
-        let given = req
-            .headers()
+        let given = head
+            .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
@@ -216,6 +264,7 @@ impl ControlPlane {
                 Method::GET | Method::HEAD => self.get_certificates(),
                 _ => method_not_allowed("GET, HEAD"),
             },
+            ["v1.0", "firmware", _] => method_not_allowed("POST"),
             ["v1.0", "devices", "initialization-session"] => match *method {
                 Method::POST => self.post_initialization_session(req),
                 _ => method_not_allowed("POST"),

@@ -167,6 +167,8 @@ pub struct ApiConfig {
     pub auth: ApiAuth,
     /// Serve HTTPS on `listen.api_tls` as well as HTTP.
     pub https: bool,
+    /// Largest firmware file `POST /v1.0/firmware/{fileName}` accepts (streamed to disk).
+    pub firmware_max_bytes: u64,
 }
 
 impl Default for ApiConfig {
@@ -174,6 +176,7 @@ impl Default for ApiConfig {
         Self {
             auth: ApiAuth::None,
             https: true,
+            firmware_max_bytes: crate::firmware::DEFAULT_MAX_BYTES,
         }
     }
 }

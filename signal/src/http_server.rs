@@ -98,11 +98,105 @@ pub trait Handler {
     fn handle(&self, request: Request, conn: &ConnInfo) -> impl Future<Output = Response>;
 
     /// The largest body this handler accepts for a request with this head; `None` means the
-    /// server's [`Limits::max_body`]. A route that takes large uploads raises it here; the body
-    /// is still buffered whole (streaming it is a later extension of this trait).
+    /// server's [`Limits::max_body`]. A route that takes large uploads raises it here (and
+    /// streams the body, see [`Handler::streams_body`]).
     fn body_limit(&self, head: &RequestHead, conn: &ConnInfo) -> Option<usize> {
         let _ = (head, conn);
         None
+    }
+
+    /// Whether this request's body goes to [`Handler::handle_streamed`] chunk by chunk instead
+    /// of being buffered whole (uploads larger than a connection should hold in memory).
+    fn streams_body(&self, head: &RequestHead, conn: &ConnInfo) -> bool {
+        let _ = (head, conn);
+        false
+    }
+
+    /// Answers a request whose body [`Handler::streams_body`] asked to stream; `body` yields it
+    /// as it arrives. A body not read to its end closes the connection after the response.
+    fn handle_streamed<B: BodyChunks>(
+        &self,
+        head: RequestHead,
+        body: &mut B,
+        conn: &ConnInfo,
+    ) -> impl Future<Output = Response> {
+        let _ = (head, body, conn);
+        async {
+            json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_internal_error",
+                "this route does not take a streamed body",
+            )
+        }
+    }
+}
+
+/// The body of a streamed request, read from the connection as the handler asks for it.
+pub trait BodyChunks {
+    /// The next chunk (at most one socket read); `Ok(None)` once the whole body was read. An
+    /// error means the client stalled past [`ServerConfig::request_timeout`] between two reads
+    /// (it got 408) or closed the connection; the driver closes the connection either way.
+    fn next_chunk(&mut self) -> impl Future<Output = Result<Option<Bytes>, BodyError>>;
+
+    /// Body bytes not yet returned.
+    fn remaining(&self) -> usize;
+}
+
+/// Why a streamed body could not be read to its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the request body ended {remaining} bytes early: {reason}")]
+pub struct BodyError {
+    /// Bytes that did not arrive.
+    pub remaining: usize,
+    /// `timeout` or `closed`.
+    pub reason: &'static str,
+}
+
+/// [`BodyChunks`] over a connection of the driver.
+struct BodyStream<'c, 'a, S> {
+    conn: &'c mut Connection<'a, S>,
+    remaining: usize,
+    failure: Option<ConnErrorKind>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> BodyChunks for BodyStream<'_, '_, S> {
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, BodyError> {
+        if let Some(failure) = &self.failure {
+            return Err(BodyError {
+                remaining: self.remaining,
+                reason: body_failure_reason(failure),
+            });
+        }
+        if self.remaining == 0 {
+            return Ok(None);
+        }
+        if self.conn.buf.is_empty() {
+            // Each read must come within the request timeout: a large upload may take longer
+            // than it in all, a stalled one may not hold the connection.
+            let deadline = Instant::now() + self.conn.cfg.request_timeout;
+            if let Err(failure) = self.conn.read_request_bytes(deadline).await {
+                let error = BodyError {
+                    remaining: self.remaining,
+                    reason: body_failure_reason(&failure),
+                };
+                self.failure = Some(failure);
+                return Err(error);
+            }
+        }
+        let take = self.conn.buf.len().min(self.remaining);
+        self.remaining -= take;
+        Ok(Some(self.conn.buf.split_to(take).freeze()))
+    }
+
+    fn remaining(&self) -> usize {
+        self.remaining
+    }
+}
+
+fn body_failure_reason(failure: &ConnErrorKind) -> &'static str {
+    match failure {
+        ConnErrorKind::RequestTimeout(_) => "timeout",
+        _ => "closed",
     }
 }
 
@@ -345,6 +439,36 @@ where
         if head.expects_continue && conn.buf.len() < message_len {
             conn.out.extend_from_slice(CONTINUE_RESPONSE);
             conn.write_out().await?;
+        }
+        if handler.streams_body(&head, info) {
+            let _ = conn.buf.split_to(head_len);
+            served += 1;
+            let head_only = head.method == Method::HEAD;
+            let keep_alive = head.keep_alive && served < cfg.max_requests_per_connection;
+            let mut body = BodyStream {
+                conn: &mut *conn,
+                remaining: body_len,
+                failure: None,
+            };
+            let response = handler.handle_streamed(head, &mut body, info).await;
+            let (unread, failure) = (body.remaining, body.failure.take());
+            if let Some(failure) = failure {
+                // 408 was sent (a timeout), or the client is gone.
+                return Err(failure);
+            }
+            // A body the handler did not read to its end cannot be skipped reliably: close.
+            let keep_alive = keep_alive && unread == 0 && !response_closes(&response);
+            if head_only {
+                encode_response_head(&response, keep_alive, &mut conn.out);
+            } else {
+                encode_response(&response, keep_alive, &mut conn.out);
+            }
+            if !keep_alive {
+                conn.write_out().await?;
+                conn.close_lingering().await;
+                return Ok(());
+            }
+            continue;
         }
         while conn.buf.len() < message_len {
             conn.read_request_bytes(deadline).await?;

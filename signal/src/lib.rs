@@ -10,6 +10,7 @@ pub mod config;
 mod device_api;
 mod device_control_api;
 pub mod devices;
+pub mod firmware;
 pub mod http_server;
 pub mod limits;
 pub mod metrics;

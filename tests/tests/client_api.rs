@@ -688,7 +688,8 @@ fn openapi_document_matches_the_served_routes() {
     for (template, operations) in paths {
         let path = template
             .replace("{uid}", OFFLINE_UID)
-            .replace("{sessionId}", &"a".repeat(32));
+            .replace("{sessionId}", &"a".repeat(32))
+            .replace("{fileName}", "fw.pak");
         let documented: BTreeSet<String> = operations
             .as_object()
             .unwrap()
