@@ -222,7 +222,12 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
             tcp: config.listen.stream_tcp,
             mtls: pki.mtls_config(),
             device_keys: Arc::new(secrets.device_keys.clone()),
-            policy: crate::ingest::IngestPolicy::default(),
+            policy: crate::ingest::IngestPolicy {
+                verify_hmac: config.stream.verify_hmac,
+                verify_sequence: config.stream.verify_sequence,
+                bind_access_key_to_uid: config.stream.bind_access_key_to_uid,
+            },
+            rtp_max_payload: config.stream.rtp_max_payload,
             mode: crate::stream_conn::stream_mode(config.stream_encrypt_mode),
             start_timeout: Duration::from_secs(config.device.stream_start_timeout_secs),
             linger: Duration::from_secs(config.device.stream_linger_secs),

@@ -250,6 +250,36 @@ impl Default for DeviceConfig {
     }
 }
 
+/// Device stream ingest (61006/61007) and its RTP out (`[stream]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamConfig {
+    /// Drop encryptTCP frames whose HMAC-SHA256 trailer does not verify. The platform's server
+    /// does not check it; turn off only for devices that send wrong trailers (each frame that
+    /// fails is still counted in `rop_ingest_rejections_total{reason="bad_hmac"}`).
+    pub verify_hmac: bool,
+    /// Drop encryptTCP frames whose sequence number is not the previous plus one (replays).
+    pub verify_sequence: bool,
+    /// Close a stream connection whose handshake UID is not the device the hello's access key
+    /// belongs to.
+    pub bind_access_key_to_uid: bool,
+    /// Largest RTP payload of the device streams, bytes (64 to 65000): H.264 FU-A and H.265 FU
+    /// fragments are cut to fit. 1400 keeps packets under a 1500-byte MTU when a client
+    /// relays them over UDP.
+    pub rtp_max_payload: usize,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self {
+            verify_hmac: true,
+            verify_sequence: true,
+            bind_access_key_to_uid: true,
+            rtp_max_payload: 1400,
+        }
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -281,6 +311,8 @@ pub struct Config {
     pub provisioning: ProvisioningConfig,
     /// Device sessions.
     pub device: DeviceConfig,
+    /// Device stream ingest.
+    pub stream: StreamConfig,
     /// Connection limits and guessing protection (`[limits]`).
     pub limits: crate::limits::LimitsConfig,
     /// Pull sources (`[[sources]]`): cameras serving RTSP/RTSPS that the relay connects to.
@@ -302,6 +334,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             provisioning: ProvisioningConfig::default(),
             device: DeviceConfig::default(),
+            stream: StreamConfig::default(),
             limits: crate::limits::LimitsConfig::default(),
             sources: Vec::new(),
         }
@@ -422,6 +455,9 @@ impl Config {
         }
         if !(1..=3600).contains(&self.device.stream_linger_secs) {
             return invalid("device.stream_linger_secs", "must be between 1 and 3600");
+        }
+        if !(64..=65_000).contains(&self.stream.rtp_max_payload) {
+            return invalid("stream.rtp_max_payload", "must be between 64 and 65000");
         }
         if !(1..=86_400).contains(&self.play_url_ttl_secs) {
             return invalid("play_url_ttl_secs", "must be between 1 and 86400");
@@ -588,5 +624,37 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+        for payload in [63, 65_001] {
+            let mut c = Config::default();
+            c.stream.rtp_max_payload = payload;
+            assert!(c
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("rtp_max_payload"));
+        }
+    }
+
+    #[test]
+    fn stream_section_sets_the_ingest_policy_and_the_rtp_payload() {
+        let c = Config::from_toml(
+            "[stream]\nverify_hmac = false\nverify_sequence = false\nbind_access_key_to_uid = false\nrtp_max_payload = 1200\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.stream,
+            StreamConfig {
+                verify_hmac: false,
+                verify_sequence: false,
+                bind_access_key_to_uid: false,
+                rtp_max_payload: 1200,
+            }
+        );
+        assert_eq!(Config::default().stream, StreamConfig::default());
+        assert!(StreamConfig::default().verify_hmac);
+        assert!(Config::from_toml("[stream]\nverify_hmacs = true\n")
+            .unwrap_err()
+            .contains("unknown field"));
     }
 }

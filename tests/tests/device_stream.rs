@@ -631,9 +631,27 @@ fn record_device_stream(
     mpsc::Receiver<DeviceEvent>,
     Arc<AtomicBool>,
 ) {
+    record_device_stream_with(mode, encrypted, fixture, tamper, uid, |_| {})
+}
+
+/// [`record_device_stream`] with more configuration.
+fn record_device_stream_with(
+    mode: StreamEncryptMode,
+    encrypted: EncryptPolicy,
+    fixture: Fixture,
+    tamper: bool,
+    uid: &str,
+    configure: impl FnOnce(&mut signal::config::Config),
+) -> (
+    TestServer,
+    Recording,
+    mpsc::Receiver<DeviceEvent>,
+    Arc<AtomicBool>,
+) {
     let server = TestServer::start_with(|c| {
         c.stream_encrypt_mode = mode;
         c.shards = Some(2);
+        configure(c);
     });
     let device = provision(&server, uid);
     let (events_tx, events) = mpsc::channel();
@@ -890,6 +908,24 @@ fn tls_stream_h265_aac_is_relayed_frame_for_frame() {
         "95270000STRM265T",
         StreamMode::Tls,
     );
+}
+
+/// `[stream] rtp_max_payload` small: every H.265 picture goes out as many FU fragments, and
+/// ffmpeg reassembles each of them.
+#[test]
+fn h265_with_a_small_rtp_payload_is_relayed_frame_for_frame() {
+    let (server, recording, events, stop) = record_device_stream_with(
+        StreamEncryptMode::Tls,
+        EncryptPolicy::All,
+        H265_AAC,
+        false,
+        "95270000STRMMTU1",
+        |c| c.stream.rtp_max_payload = 200,
+    );
+    expect_preview(&events, StreamMode::Tls);
+    assert_relayed(&recording, H265_AAC, expect_sent(&events));
+    stop.store(true, Ordering::Relaxed);
+    drop(server);
 }
 
 #[test]

@@ -271,6 +271,7 @@ async fn serve(
     let mut config = IngestConfig::new(mode, rand::random());
     config.expected_uid = uid;
     config.policy = shard.settings.policy;
+    config.max_rtp_payload = shard.settings.rtp_max_payload;
     let mut ingest =
         match DeviceStreamIngest::new(config, secret_lookup(shard.settings.device_keys.clone())) {
             Ok(ingest) => ingest,

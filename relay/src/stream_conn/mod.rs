@@ -58,6 +58,8 @@ pub struct StreamSettings {
     pub device_keys: Arc<DeviceKeys>,
     /// Checks the platform's server does not make (HMAC, sequence, access key bound to UID).
     pub policy: IngestPolicy,
+    /// Largest RTP payload of the streams (`[stream] rtp_max_payload`).
+    pub rtp_max_payload: usize,
     /// The mode devices are asked for (the deployment's `stream_encrypt_mode`).
     pub mode: StreamMode,
     /// How long a DESCRIBE waits for the device's first keyframe after preview start.
