@@ -86,6 +86,10 @@ pub struct DevicesArgs {
     /// Source addresses 127.0.0.1.. to spread connections over (0: one per 20,000 devices).
     #[arg(long, default_value_t = 0)]
     sources: usize,
+    /// Frames without SEI send stamps (the platform's own server refuses SEI); viewers then
+    /// measure no latency.
+    #[arg(long)]
+    no_stamps: bool,
     /// Keep-alive port to connect to instead of the one registration names.
     #[arg(long)]
     keepalive_port: Option<u16>,
@@ -213,6 +217,7 @@ pub fn devices_command(args: DevicesArgs) -> anyhow::Result<bool> {
         sources: args.sources,
         keepalive_port: args.keepalive_port,
         signaling_port: args.signaling_port,
+        stamps: !args.no_stamps,
     };
     let started_unix_secs = unix_secs();
     let mut fleet = Fleet::start(config, args.server_pid)?;
@@ -450,6 +455,9 @@ pub fn viewers_command(args: ViewersArgs) -> anyhow::Result<bool> {
         shards: args.shards,
         server_pid: args.server_pid,
         progress: !args.quiet,
+        // A server may answer the first DESCRIBE before the camera's stream is up (the
+        // platform's answers 404 then): viewers try again for up to --wait.
+        describe_retry: args.wait,
     };
     let report = run_viewers(&config, "viewers", &expectations, args.api.to_string())?;
     crate::output_viewer_report(&report, args.report.as_deref(), args.svg.as_deref())?;

@@ -245,6 +245,7 @@ fn rtsp_command(args: RtspArgs) -> anyhow::Result<bool> {
         shards: args.shards,
         server_pid: args.server_pid,
         progress: !args.quiet,
+        describe_retry: Duration::ZERO,
     };
     let started_unix_secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -533,23 +533,43 @@ async fn start_playing(
     Ok(plans)
 }
 
+/// Pause between DESCRIBE attempts while a stream is not up yet.
+const RETRY_PAUSE: Duration = Duration::from_millis(300);
+
 /// How long the DESCRIBE..PLAY exchange may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// One viewer from connect to the end of the run (the caller drops this future at the end);
 /// the record is filled in as it goes, so it is complete whenever the future stops.
-async fn play(target: &PlayTarget, totals: &Totals, record: &mut ViewerRecord) -> ViewerEnd {
+async fn play(
+    target: &PlayTarget,
+    totals: &Totals,
+    record: &mut ViewerRecord,
+    describe_retry: Duration,
+) -> ViewerEnd {
     let started = Instant::now();
-    let stream = match rt::TcpStream::connect_timeout(target.addr, SETUP_TIMEOUT).await {
-        Ok(stream) => stream,
-        Err(e) => return ViewerEnd::Failed(ViewerError::Connect(e).to_string()),
-    };
-    let _ = stream.set_nodelay(true);
-    let mut client = RtspClient::new(stream, target.authorization.clone());
-    let plans = match rt::timer::timeout(SETUP_TIMEOUT, start_playing(&mut client, target)).await {
-        Ok(Ok(plans)) => plans,
-        Ok(Err(e)) => return ViewerEnd::Failed(e.to_string()),
-        Err(_) => return ViewerEnd::Failed(ViewerError::Timeout("PLAY").to_string()),
+    let (mut client, plans) = loop {
+        let stream = match rt::TcpStream::connect_timeout(target.addr, SETUP_TIMEOUT).await {
+            Ok(stream) => stream,
+            Err(e) => return ViewerEnd::Failed(ViewerError::Connect(e).to_string()),
+        };
+        let _ = stream.set_nodelay(true);
+        let mut client = RtspClient::new(stream, target.authorization.clone());
+        match rt::timer::timeout(SETUP_TIMEOUT, start_playing(&mut client, target)).await {
+            Ok(Ok(plans)) => break (client, plans),
+            // The stream is not up yet (a server that starts the camera on DESCRIBE may say so
+            // before it is): try again on a new connection, as a player retrying would.
+            Ok(Err(ViewerError::Status {
+                method: "DESCRIBE",
+                status: 404 | 454 | 503,
+                ..
+            })) if started.elapsed() + RETRY_PAUSE < describe_retry => {
+                drop(client);
+                rt::timer::sleep(RETRY_PAUSE).await;
+            }
+            Ok(Err(e)) => return ViewerEnd::Failed(e.to_string()),
+            Err(_) => return ViewerEnd::Failed(ViewerError::Timeout("PLAY").to_string()),
+        }
     };
     let playing_since = Instant::now();
     record.setup_us = Some(duration_us(playing_since - started));
@@ -665,6 +685,9 @@ pub struct LoadConfig {
     pub server_pid: Option<u32>,
     /// Print a progress line to stderr every second.
     pub progress: bool,
+    /// For how long after its start a viewer tries DESCRIBE again when it is answered 404, 454
+    /// or 503 (the stream is not up yet); zero: never.
+    pub describe_retry: Duration,
 }
 
 /// What a run produced, for [`crate::report::Summary::compute`].
@@ -847,6 +870,7 @@ async fn shard_viewers(
             break;
         };
         let (records, totals, shutdown) = (records.clone(), totals.clone(), ctx.shutdown.clone());
+        let describe_retry = config.describe_retry;
         tasks.push(rt::spawn_local(async move {
             let mut record = ViewerRecord {
                 id,
@@ -861,7 +885,9 @@ async fn shard_viewers(
                 end: ViewerEnd::RunEnded,
                 latency_us: None,
             };
-            let ended = shutdown.until(play(&target, &totals, &mut record)).await;
+            let ended = shutdown
+                .until(play(&target, &totals, &mut record, describe_retry))
+                .await;
             if let Some(end) = ended {
                 if matches!(end, ViewerEnd::Failed(_)) {
                     totals.failed.fetch_add(1, Ordering::Relaxed);

@@ -43,6 +43,7 @@ fn fleet_config(server: &TestServer, identities: &std::path::Path) -> FleetConfi
         // The test server listens on ephemeral ports; registration names the configured ones.
         keepalive_port: Some(server.server.addrs.keepalive.port()),
         signaling_port: Some(server.server.addrs.signaling.port()),
+        stamps: true,
     }
 }
 
@@ -86,6 +87,7 @@ fn twenty_devices_come_online_and_one_stream_is_viewed_with_latency() {
         shards: 1,
         server_pid: None,
         progress: false,
+        describe_retry: Duration::from_secs(10),
     })
     .unwrap();
     let viewer = &outcome.records[0];

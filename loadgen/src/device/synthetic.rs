@@ -137,6 +137,7 @@ pub struct VideoStream {
     /// Clip position (clips restart on their first keyframe).
     clip_index: usize,
     keyframe_wanted: bool,
+    stamps: bool,
 }
 
 impl VideoStream {
@@ -148,7 +149,14 @@ impl VideoStream {
             last_keyframe: None,
             clip_index: 0,
             keyframe_wanted: false,
+            stamps: true,
         }
+    }
+
+    /// No SEI stamps (for servers whose packetizer refuses SEI, like the platform's own).
+    pub fn without_stamps(mut self) -> Self {
+        self.stamps = false;
+        self
     }
 
     /// The next frame is a keyframe (a server's keyframe request); clips go back to their start.
@@ -182,8 +190,10 @@ impl VideoStream {
                         head.extend_from_slice(nal);
                     }
                 }
-                head.extend_from_slice(&START_CODE);
-                head.extend_from_slice(&stamp.to_sei_nal());
+                if self.stamps {
+                    head.extend_from_slice(&START_CODE);
+                    head.extend_from_slice(&stamp.to_sei_nal());
+                }
                 head.extend_from_slice(&START_CODE);
                 let (header, size) = if keyframe {
                     (IDR_HEADER, i_size)
@@ -204,7 +214,7 @@ impl VideoStream {
                 let unit = &clip.access_units[self.clip_index];
                 self.clip_index += 1;
                 let mut payload: SmallVec<[Bytes; 2]> = SmallVec::new();
-                let mut stamped = clip.codec != Codec::H264;
+                let mut stamped = clip.codec != Codec::H264 || !self.stamps;
                 let mut head = Vec::new();
                 for nal in &unit.nal_units {
                     let kind = nal.first().map_or(0, |b| b & 0x1f);
@@ -325,6 +335,20 @@ mod tests {
         }
         assert_eq!(stream.next_frame(0).kind, FrameKind::VideoI);
         assert_eq!(stream.frames(), 53);
+    }
+
+    #[test]
+    fn streams_without_stamps_have_no_sei() {
+        let source = VideoSource::Synthetic(StreamShape::default());
+        let mut stream =
+            VideoStream::new(source.clone(), Filler::for_source(&source)).without_stamps();
+        let (p_size, i_size) = StreamShape::default().frame_sizes();
+        let keyframe = stream.next_frame(0);
+        assert_eq!(nal_types(&keyframe), [7, 8, 5]);
+        assert_eq!(keyframe.payload_len(), i_size);
+        let p = stream.next_frame(0);
+        assert_eq!(nal_types(&p), [1]);
+        assert_eq!(p.payload_len(), p_size);
     }
 
     #[test]

@@ -619,6 +619,9 @@ async fn send_stream<S: AsyncRead + AsyncWrite + Unpin>(
         .map_err(|_| SessionError::Timeout { link })??;
     totals.streams_started.fetch_add(1, Ordering::Relaxed);
     let mut video = VideoStream::new(shared.source.clone(), shared.filler.clone());
+    if !shared.config.stamps {
+        video = video.without_stamps();
+    }
     let period = Duration::from_secs(1) / video_fps(shared);
     let started = Instant::now();
     while !control.stop.get() {

@@ -61,6 +61,8 @@ pub struct FleetConfig {
     /// server behind a port mapping, or one listening on ephemeral ports).
     pub keepalive_port: Option<u16>,
     pub signaling_port: Option<u16>,
+    /// Put SEI send stamps in the frames (off for servers that refuse SEI).
+    pub stamps: bool,
 }
 
 impl FleetConfig {
