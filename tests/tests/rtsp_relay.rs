@@ -363,8 +363,13 @@ impl SynthPublisher {
     }
 
     /// Publishes over an already connected client (e.g. RTSPS).
-    fn over(mut client: Client, url: &str) -> Result<SynthPublisher, RtspResponse> {
-        let announced = client.request_with_body(Method::Announce, url, &[], Some(SYNTH_SDP));
+    fn over(client: Client, url: &str) -> Result<SynthPublisher, RtspResponse> {
+        Self::with_sdp(client, url, SYNTH_SDP)
+    }
+
+    /// Publishes with the given SDP (one H.264 track, control `streamid=0`).
+    fn with_sdp(mut client: Client, url: &str, sdp: &str) -> Result<SynthPublisher, RtspResponse> {
+        let announced = client.request_with_body(Method::Announce, url, &[], Some(sdp));
         if announced.status != StatusCode::OK {
             return Err(announced);
         }
@@ -383,13 +388,18 @@ impl SynthPublisher {
     }
 
     fn send(&mut self, packets: std::ops::Range<u32>, payload_len: usize) {
+        let packets: Vec<Vec<u8>> = packets.map(|i| synth_packet(i, payload_len)).collect();
+        self.send_packets(&packets);
+    }
+
+    /// Sends RTP packets on channel 0.
+    fn send_packets(&mut self, packets: &[Vec<u8>]) {
         let mut out = Vec::new();
-        for index in packets {
-            let packet = synth_packet(index, payload_len);
+        for packet in packets {
             out.push(b'$');
             out.push(0);
             out.extend_from_slice(&(packet.len() as u16).to_be_bytes());
-            out.extend_from_slice(&packet);
+            out.extend_from_slice(packet);
         }
         self.client.send_raw(&out);
     }
@@ -1382,4 +1392,61 @@ fn h265_opus_and_g711_pass_through_untouched() {
         assert_eq!(probe_streams(source.to_str().unwrap()).len(), 2, "{name}");
         assert_same_streams(source.to_str().unwrap(), recording.to_str().unwrap(), 1.0);
     }
+}
+
+/// A publisher whose SDP has no sprop-parameter-sets sends its SPS and PPS in band only: once
+/// they went through, viewers' DESCRIBE gets them in the SDP (and the profile-level-id).
+#[test]
+fn parameter_sets_sent_in_band_are_filled_into_describe() {
+    use base64::Engine as _;
+    let server = TestServer::start();
+    let urls = Urls::new(&server);
+    let addr = server.server.addrs.rtsp;
+    let bare_sdp = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=in-band\r\nt=0 0\r\n\
+m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1\r\n\
+a=control:streamid=0\r\n";
+    let mut publisher =
+        SynthPublisher::with_sdp(Client::connect(addr), &urls.publish(UID), bare_sdp).unwrap();
+    let play = urls.play(UID);
+    let mut early = Client::connect(addr);
+    let described = early.request(Method::Describe, &play, &[]);
+    assert_eq!(described.status, StatusCode::OK);
+    let sdp = String::from_utf8_lossy(&described.body).into_owned();
+    assert!(!sdp.contains("sprop-parameter-sets"), "{sdp}");
+
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (sps, pps) = (
+        b64.decode("Z0LADYyNQKD5APCIRqA=").unwrap(),
+        b64.decode("aM48gA==").unwrap(),
+    );
+    // SPS and PPS as single NAL unit packets with the IDR picture's timestamp, then the picture.
+    let single = |seq: u16, nal: &[u8]| {
+        let mut packet = vec![0x80, 96];
+        packet.extend_from_slice(&seq.to_be_bytes());
+        packet.extend_from_slice(&0u32.to_be_bytes());
+        packet.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+        packet.extend_from_slice(nal);
+        packet
+    };
+    let mut viewer = Client::connect(addr);
+    viewer.play(&play, 1);
+    let mut packets = vec![single(60000, &sps), single(60001, &pps)];
+    packets.extend((0..PACKETS_PER_FRAME).map(|i| synth_packet(i, 100)));
+    publisher.send_packets(&packets);
+    // The viewer gets the parameter sets, then the picture: the server has seen them all.
+    while !is_idr_start(&viewer.frame().expect("the stream ended early").1) {}
+
+    let described = Client::connect(addr).request(Method::Describe, &play, &[]);
+    assert_eq!(described.status, StatusCode::OK);
+    let sdp = String::from_utf8_lossy(&described.body).into_owned();
+    let fmtp = sdp
+        .lines()
+        .find(|l| l.starts_with("a=fmtp:96"))
+        .unwrap_or_else(|| panic!("no fmtp in {sdp}"));
+    assert!(
+        fmtp.contains("sprop-parameter-sets=Z0LADYyNQKD5APCIRqA=,aM48gA=="),
+        "{sdp}"
+    );
+    assert!(fmtp.contains("packetization-mode=1"), "{sdp}");
+    assert!(fmtp.contains("profile-level-id=42C00D"), "{sdp}");
 }

@@ -452,6 +452,59 @@ impl MediaDescription {
             .unwrap_or_default()
     }
 
+    /// Sets format parameters of the first payload type (`a=fmtp:PT …`), replacing those of
+    /// the same name (case-insensitively) and keeping the others in order; adds the attribute
+    /// when there is none. Used to fill in parameter sets a publisher only sends in band.
+    pub fn set_format_parameters(&mut self, params: &[(&str, String)]) {
+        let Some(pt) = self.payload_type() else {
+            return;
+        };
+        let mut fmtp = self.fmtp();
+        for (name, value) in params {
+            match fmtp
+                .0
+                .iter_mut()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            {
+                Some(entry) => entry.1 = value.clone(),
+                None => fmtp.0.push(((*name).to_owned(), value.clone())),
+            }
+        }
+        let encoded = fmtp
+            .0
+            .iter()
+            .map(|(k, v)| {
+                if v.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{k}={v}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(";");
+        let value = format!("{pt} {encoded}");
+        let existing = self.attributes.iter_mut().find(|a| {
+            a.name == "fmtp"
+                && a.value
+                    .as_deref()
+                    .and_then(|v| v.split_once(' '))
+                    .is_some_and(|(p, _)| p.trim().parse() == Ok(pt))
+        });
+        match existing {
+            Some(attribute) => attribute.value = Some(value),
+            None => {
+                // Before `a=control`, where players expect it; at the end otherwise.
+                let at = self
+                    .attributes
+                    .iter()
+                    .position(|a| a.name == "control")
+                    .unwrap_or(self.attributes.len());
+                self.attributes
+                    .insert(at, Attribute::new("fmtp", Some(&value)));
+            }
+        }
+    }
+
     pub fn codec(&self) -> Codec {
         let Some(map) = self.rtpmap() else {
             return Codec::Other(self.formats.first().cloned().unwrap_or_default());
@@ -637,6 +690,27 @@ mod tests {
         let config = audio.fmtp().aac_config().unwrap();
         assert_eq!(config.sample_rate(), Some(16000));
         assert_eq!(audio.fields, vec![('b', "AS:69".to_owned())]);
+    }
+
+    #[test]
+    fn format_parameters_are_filled_in_and_replaced() {
+        let body = b"v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nt=0 0\r\nm=video 0 RTP/AVP 96\r\n\
+a=rtpmap:96 H264/90000\r\na=control:streamid=0\r\n";
+        let mut sdp = SessionDescription::parse(body).unwrap();
+        let video = &mut sdp.media[0];
+        assert!(video.fmtp().get("sprop-parameter-sets").is_none());
+        video.set_format_parameters(&[("packetization-mode", "1".into())]);
+        video.set_format_parameters(&[(
+            "sprop-parameter-sets",
+            "Z0LADYyNQKD5APCIRqA=,aM48gA==".into(),
+        )]);
+        assert_eq!(video.fmtp().base64_list("sprop-parameter-sets").len(), 2);
+        assert_eq!(video.fmtp().get("packetization-mode"), Some("1"));
+        video.set_format_parameters(&[("packetization-mode", "0".into())]);
+        assert_eq!(video.fmtp().get("packetization-mode"), Some("0"));
+        let again = SessionDescription::parse(sdp.encode().as_bytes()).unwrap();
+        assert_eq!(again.media[0].fmtp(), sdp.media[0].fmtp());
+        assert_eq!(again.media[0].control(), Some("streamid=0"));
     }
 
     #[test]

@@ -366,7 +366,12 @@ async fn read_loop(
                 Demuxed::Interleaved { channel, payload } => {
                     let frame = buf.split_to(consumed).freeze().slice(payload);
                     match session.on_frame(channel, &frame) {
-                        FrameAction::Push(meta) => push_frame(conn, meta, frame),
+                        FrameAction::Push(meta) => {
+                            push_frame(conn, meta, frame);
+                            if let Some(sdp) = session.take_updated_description() {
+                                update_description(conn, sdp);
+                            }
+                        }
                         FrameAction::Ignore => {}
                         FrameAction::Invalid(e) => {
                             invalid_packets += 1;
@@ -533,6 +538,21 @@ fn push_frame(conn: &Conn, meta: crate::hub::PacketMeta, frame: bytes::Bytes) {
     if let Ok(packet) = RtpPacket::passthrough(meta, frame) {
         let _ = hub.borrow_mut().push(*publisher, packet);
     }
+}
+
+/// Serves `sdp` (the publisher's, completed with in-band parameter sets) to later DESCRIBEs.
+fn update_description(conn: &Conn, sdp: String) {
+    let publisher = conn.publisher.borrow();
+    let Some((hub, _)) = publisher.as_ref() else {
+        return;
+    };
+    let mut hub = hub.borrow_mut();
+    let tracks = hub
+        .description()
+        .map(|d| d.tracks.clone())
+        .unwrap_or_default();
+    debug!(conn = conn.id, peer = %conn.peer, "stream description completed with in-band parameter sets");
+    hub.set_description(crate::hub::StreamDescription { sdp, tracks });
 }
 
 /// Polls a notify once, registering the task's waker.

@@ -6,6 +6,10 @@
 //! or VPS, as single NAL units, aggregates or first fragments). A keyframe whose parameter sets
 //! arrive as separate packets just before the picture is marked once, on its first packet (same
 //! RTP timestamp), so a viewer starting there receives the in-band parameter sets too.
+//!
+//! A publisher whose SDP lacks the parameter sets (`sprop-parameter-sets`, `sprop-vps/sps/pps`)
+//! sends them in band only; they are collected from its packets here, so that viewers'
+//! DESCRIBE gets them in the SDP (some players need them before the first keyframe).
 #![forbid(unsafe_code)]
 
 use crate::hub::{PacketMeta, TrackKind};
@@ -34,6 +38,15 @@ pub struct TrackIngest {
     keyframe_timestamp: Option<u32>,
     /// The previous RTP packet ended an access unit (or none came yet).
     at_access_unit_start: bool,
+    /// Parameter sets the SDP lacks, collected from the packets until complete.
+    missing: Option<MissingParameterSets>,
+}
+
+/// The parameter sets of a video track whose SDP left them out, as seen in band so far.
+#[derive(Debug, Clone)]
+enum MissingParameterSets {
+    H264(h264::H264ParameterSets),
+    H265(h265::H265ParameterSets),
 }
 
 /// Why a publisher's RTP packet is not relayed. The publisher's fault.
@@ -61,13 +74,70 @@ impl TrackIngest {
             (TrackKind::Video, _) => KeyframeRule::OpaqueVideo,
             _ => KeyframeRule::NotVideo,
         };
+        let fmtp = media.fmtp();
+        let missing = match rule {
+            KeyframeRule::H264 if fmtp.base64_list("sprop-parameter-sets").len() < 2 => {
+                Some(MissingParameterSets::H264(Default::default()))
+            }
+            KeyframeRule::H265
+                if ["sprop-vps", "sprop-sps", "sprop-pps"]
+                    .iter()
+                    .any(|name| fmtp.base64_list(name).is_empty()) =>
+            {
+                Some(MissingParameterSets::H265(Default::default()))
+            }
+            _ => None,
+        };
         TrackIngest {
             track,
             kind,
             rule,
             keyframe_timestamp: None,
             at_access_unit_start: true,
+            missing,
         }
+    }
+
+    /// For a track whose SDP lacked its parameter sets: looks for them in `packet` (RTP), and
+    /// once every one has been seen returns the format parameters to add to the track's SDP
+    /// (once; `None` before and after).
+    pub fn observe_parameter_sets(&mut self, packet: &[u8]) -> Option<Vec<(&'static str, String)>> {
+        use base64::Engine as _;
+        let missing = self.missing.as_mut()?;
+        let (_, payload) = RtpHeader::parse(packet).ok()?;
+        let payload = packet.get(payload)?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let params = match missing {
+            MissingParameterSets::H264(sets) => {
+                if !sets.observe_rtp_payload(payload) || !sets.is_complete() {
+                    return None;
+                }
+                let (sps, pps) = (sets.sps.as_deref()?, sets.pps.as_deref()?);
+                let mut params = vec![(
+                    "sprop-parameter-sets",
+                    format!("{},{}", b64.encode(sps), b64.encode(pps)),
+                )];
+                if let Some(profile) = sps.get(1..4) {
+                    params.push((
+                        "profile-level-id",
+                        format!("{:02X}{:02X}{:02X}", profile[0], profile[1], profile[2]),
+                    ));
+                }
+                params
+            }
+            MissingParameterSets::H265(sets) => {
+                if !sets.observe_rtp_payload(payload) || !sets.is_complete() {
+                    return None;
+                }
+                vec![
+                    ("sprop-vps", b64.encode(sets.vps.as_deref()?)),
+                    ("sprop-sps", b64.encode(sets.sps.as_deref()?)),
+                    ("sprop-pps", b64.encode(sets.pps.as_deref()?)),
+                ]
+            }
+        };
+        self.missing = None;
+        Some(params)
     }
 
     /// The track's media kind.

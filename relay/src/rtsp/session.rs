@@ -228,6 +228,10 @@ pub struct Session {
     play_channels: ChannelMap,
     /// Publish side: one ingest per announced track, and the channel routes set up.
     ingest: Vec<TrackIngest>,
+    /// The publisher's SDP as announced (controls rewritten), to fill in what it left out.
+    announced: Option<SessionDescription>,
+    /// The announced SDP with parameter sets filled in from the packets, for the hub.
+    updated_description: Option<String>,
     routes: Box<[Option<ChannelRoute>; 256]>,
     /// Whether a SETUP created the session id (the client must then present it).
     established: bool,
@@ -246,6 +250,8 @@ impl Session {
             description: None,
             play_channels: ChannelMap::new(),
             ingest: Vec::new(),
+            announced: None,
+            updated_description: None,
             routes: Box::new([None; 256]),
             established: false,
             pending: None,
@@ -350,6 +356,7 @@ impl Session {
                         // At most MAX_TRACKS sections: checked before the Need.
                         .map(|(index, media)| TrackIngest::new(index as u8, media))
                         .collect();
+                    self.announced = Some(sdp);
                     self.state = State::Announced;
                     self.reply_with(&request, StatusCode::OK, None)
                 }
@@ -386,12 +393,27 @@ impl Session {
                 if route.rtcp {
                     return FrameAction::Push(track.rtcp_meta());
                 }
-                match track.rtp_meta(payload) {
-                    Ok(meta) => FrameAction::Push(meta),
-                    Err(e) => FrameAction::Invalid(e),
+                let meta = match track.rtp_meta(payload) {
+                    Ok(meta) => meta,
+                    Err(e) => return FrameAction::Invalid(e),
+                };
+                if let Some(params) = track.observe_parameter_sets(payload) {
+                    if let Some(sdp) = self.announced.as_mut() {
+                        if let Some(media) = sdp.media.get_mut(usize::from(route.track)) {
+                            media.set_format_parameters(&params);
+                            self.updated_description = Some(sdp.encode());
+                        }
+                    }
                 }
+                FrameAction::Push(meta)
             }
         }
+    }
+
+    /// The stream's SDP with parameter sets the publisher left out of its ANNOUNCE, once its
+    /// packets carried them all (once); the connection hands it to the hub for DESCRIBE.
+    pub fn take_updated_description(&mut self) -> Option<String> {
+        self.updated_description.take()
     }
 
     /// The connection's viewer or publisher is gone (stream ended, evicted): back to Init.
@@ -401,6 +423,8 @@ impl Session {
         self.description = None;
         self.play_channels = ChannelMap::new();
         self.ingest.clear();
+        self.announced = None;
+        self.updated_description = None;
         self.routes.fill(None);
         self.established = false;
         self.pending = None;
