@@ -401,6 +401,7 @@ fn url_command(args: UrlArgs) -> anyhow::Result<()> {
         stream_type: args.stream,
         op,
         exp: signal::clock::unix_now() + args.ttl.as_secs().max(1),
+        file: None,
     };
     let (scheme, default_port) = if args.tls {
         ("rtsps", config.listen.rtsps.port())

@@ -23,6 +23,9 @@ pub enum StreamKind {
     Sub,
     /// `externStream`: balanced mode, between the two.
     Extern,
+    /// `replay`: a recording on the device's storage, named by [`StreamKey::file`] (not one of
+    /// [`StreamKind::ALL`]: no live stream has this name).
+    Replay,
 }
 
 impl StreamKind {
@@ -35,6 +38,7 @@ impl StreamKind {
             StreamKind::Main => "mainStream",
             StreamKind::Sub => "subStream",
             StreamKind::Extern => "externStream",
+            StreamKind::Replay => "replay",
         }
     }
 }
@@ -94,7 +98,12 @@ pub struct StreamKey {
     uid: String,
     channel: u8,
     stream: StreamKind,
+    /// The recording of a [`StreamKind::Replay`] key.
+    file: Option<std::sync::Arc<str>>,
 }
+
+/// Longest recording file name (the platform's `fileName` range).
+pub const MAX_FILE_LEN: usize = 255;
 
 impl StreamKey {
     /// Builds a key after checking the UID and channel ranges.
@@ -110,11 +119,44 @@ impl StreamKey {
                 channel: channel.to_string(),
             });
         }
+        if stream == StreamKind::Replay {
+            return Err(StreamKeyError::UnknownStream {
+                name: "replay without a file".into(),
+            });
+        }
         Ok(StreamKey {
             uid,
             channel,
             stream,
+            file: None,
         })
+    }
+
+    /// The key of the replay of recording `file` (1 to 255 bytes, no control characters).
+    pub fn replay(uid: impl Into<String>, channel: u8, file: &str) -> Result<Self, StreamKeyError> {
+        let mut key = StreamKey::new(uid, channel, StreamKind::Main)?;
+        if file.is_empty() || file.len() > MAX_FILE_LEN || file.chars().any(char::is_control) {
+            return Err(StreamKeyError::UnknownStream {
+                name: truncated(file),
+            });
+        }
+        key.stream = StreamKind::Replay;
+        key.file = Some(file.into());
+        Ok(key)
+    }
+
+    /// The key a play or publish token names: `streamType` `replay` with its file, or a live
+    /// stream.
+    pub fn from_grant(grant: &signal::tokens::StreamGrant) -> Result<Self, StreamKeyError> {
+        match (grant.stream_type.as_str(), grant.file.as_deref()) {
+            ("replay", Some(file)) => StreamKey::replay(grant.uid.clone(), grant.channel, file),
+            (kind, _) => StreamKey::new(grant.uid.clone(), grant.channel, kind.parse()?),
+        }
+    }
+
+    /// The recording a replay key names.
+    pub fn file(&self) -> Option<&str> {
+        self.file.as_deref()
     }
 
     /// The device UID.
@@ -135,7 +177,11 @@ impl StreamKey {
 
 impl fmt::Display for StreamKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}", self.uid, self.channel, self.stream)
+        write!(f, "{}/{}/{}", self.uid, self.channel, self.stream)?;
+        match &self.file {
+            Some(file) => write!(f, ":{}", truncated(file)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -245,5 +291,36 @@ mod tests {
             panic!("expected Malformed");
         };
         assert_eq!(key.len(), 64);
+    }
+
+    #[test]
+    fn replay_keys_name_their_file_and_only_tokens_make_them() {
+        let file = "/mnt/sda/Mp4Record/2022-01-10/RecS02.mp4";
+        let key = StreamKey::replay("95270000ABCDEFGH", 0, file).unwrap();
+        assert_eq!(key.stream(), StreamKind::Replay);
+        assert_eq!(key.file(), Some(file));
+        assert_ne!(
+            key,
+            StreamKey::replay("95270000ABCDEFGH", 0, "other.mp4").unwrap()
+        );
+        assert!(StreamKey::new("95270000ABCDEFGH", 0, StreamKind::Replay).is_err());
+        assert!(StreamKey::replay("95270000ABCDEFGH", 0, "").is_err());
+        assert!(StreamKey::replay("95270000ABCDEFGH", 0, "a\nb").is_err());
+        assert!(StreamKey::replay("95270000ABCDEFGH", 0, &"f".repeat(256)).is_err());
+        assert!("95270000ABCDEFGH/0/replay".parse::<StreamKey>().is_err());
+        let grant = signal::tokens::StreamGrant {
+            uid: "95270000ABCDEFGH".into(),
+            channel: 0,
+            stream_type: "replay".into(),
+            op: signal::tokens::TokenOp::Play,
+            exp: 0,
+            file: Some(file.into()),
+        };
+        assert_eq!(StreamKey::from_grant(&grant).unwrap(), key);
+        let without_file = signal::tokens::StreamGrant {
+            file: None,
+            ..grant
+        };
+        assert!(StreamKey::from_grant(&without_file).is_err());
     }
 }

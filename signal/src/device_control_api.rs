@@ -21,7 +21,7 @@ use crate::api::ControlPlane;
 use crate::device_api::{device_error, method_not_allowed};
 use crate::devices::{ChannelPresence, DeviceDirectory, DeviceError, DevicePresence};
 use crate::http_server::Request;
-use crate::proto::body::{StreamType, XmlBody, XmlElement};
+use crate::proto::body::{BodyMessage, RecordFile, StreamType, XmlBody, XmlElement};
 use crate::proto::core_packet::cmd;
 use crate::proto::http::{json_error, json_response, Response};
 use crate::tokens::{StreamGrant, TokenOp};
@@ -160,6 +160,10 @@ impl ControlPlane {
                 Method::POST => self.live_play_session(uid, req).await,
                 _ => method_not_allowed("POST"),
             },
+            ["records", "play-session"] => match *method {
+                Method::POST => self.record_play_session(uid, req).await,
+                _ => method_not_allowed("POST"),
+            },
             ["records", "calendar"] | ["records", "calendar", ""] => match *method {
                 _ if get => match calendar_query(req) {
                     Err(response) => response,
@@ -288,6 +292,60 @@ impl ControlPlane {
 
     /// `{channel, streamType}` -> `{playURL, expiredIn}`: a signed play URL on our RTSP port.
     /// The stream starts when a player DESCRIBEs the URL, not here.
+    /// The play URL of a recording's replay: the device is asked whether it has the file
+    /// (record info 13); the URL's token names the file, and its DESCRIBE makes the owner shard
+    /// send replay start 5.
+    async fn record_play_session(&self, uid: &str, req: &Request) -> Response {
+        let object = match body_object(req) {
+            Ok(o) => o,
+            Err(response) => return response,
+        };
+        let channel = match uint_field(&object, "channel", 0, 31) {
+            Ok(c) => c,
+            Err(response) => return response,
+        };
+        let file = match object.get("fileName").and_then(Value::as_str) {
+            Some(f) if (1..=255).contains(&f.len()) && !f.chars().any(char::is_control) => f,
+            _ => return invalid("fileName", "a recording's file name of 1 to 255 bytes"),
+        };
+        let Some(directory) = &self.devices else {
+            return device_error(&DeviceError::Offline);
+        };
+        let info = RecordFile {
+            channel,
+            file: file.to_owned(),
+            stream_id: None,
+        };
+        let found = match directory
+            .command(uid, cmd::RECORD_INFO, Some(info.to_body()), None)
+            .await
+        {
+            Ok(reply) => reply.text_at(&["Param006", "attr001", "attr001"]).is_some(),
+            Err(e) => return device_error(&e),
+        };
+        if !found {
+            return json_error(
+                StatusCode::NOT_FOUND,
+                "file_not_found",
+                "The file is not been found.",
+            );
+        }
+        let ttl = self.config.play_url_ttl_secs;
+        let grant = StreamGrant {
+            uid: uid.to_owned(),
+            channel: u8::try_from(channel).unwrap_or(0),
+            stream_type: "replay".to_owned(),
+            op: TokenOp::Play,
+            exp: crate::clock::unix_now() + ttl,
+            file: Some(file.to_owned()),
+        };
+        let port = self.advertised.rtsp_or(self.config.listen.rtsp.port());
+        let url = self
+            .tokens
+            .sign_url("rtsp", &self.config.hostname, port, &grant);
+        json_response(StatusCode::OK, &json!({ "playURL": url, "expiredIn": ttl }))
+    }
+
     async fn live_play_session(&self, uid: &str, req: &Request) -> Response {
         let object = match body_object(req) {
             Ok(o) => o,
@@ -357,6 +415,7 @@ impl ControlPlane {
             stream_type: stream_type.to_owned(),
             op: TokenOp::Play,
             exp: crate::clock::unix_now() + ttl,
+            file: None,
         };
         let (scheme, port) = if tls {
             (

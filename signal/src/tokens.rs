@@ -42,6 +42,9 @@ pub struct StreamGrant {
     pub op: TokenOp,
     /// Unix seconds after which the token is refused.
     pub exp: u64,
+    /// For a recording's replay (`streamType` `replay`): the file name the device replays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
 }
 
 /// Why a token was refused. `Forged`, `Malformed` and `Expired` are 401 in RTSP terms,
@@ -182,6 +185,7 @@ mod tests {
             stream_type: "mainStream".into(),
             op,
             exp,
+            file: None,
         }
     }
 

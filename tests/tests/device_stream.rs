@@ -28,7 +28,7 @@ use signal::config::StreamEncryptMode;
 use signal::proto::access_key::AccessKeyPair;
 use signal::proto::body::{
     BatteryState, BodyMessage, Capabilities, ChannelCapabilities, Handshake, Heartbeat,
-    PreviewStart, PreviewStartReply, StreamMode, VideoCodecId,
+    PreviewStart, PreviewStartReply, RecordFile, ReplayStart, StreamMode, VideoCodecId,
 };
 use signal::proto::core_packet::{cmd, CorePacket};
 use signal::session::sim::SimDevice;
@@ -161,6 +161,7 @@ fn play_url(server: &TestServer, uid: &str) -> String {
         stream_type: "mainStream".into(),
         op: TokenOp::Play,
         exp: unix_now() + 600,
+        file: None,
     };
     TokenSigner::new(secrets.token_key).sign_url(
         "rtsp",
@@ -228,6 +229,8 @@ enum DeviceEvent {
     },
     KeyframeRequest,
     WakeUp,
+    ReplayStart(ReplayStart),
+    ReplayStop(RecordFile),
 }
 
 /// How the simulated camera answers preview start.
@@ -344,6 +347,58 @@ fn stream_media(
     (sent_video, sent_audio)
 }
 
+/// A stream connection of the camera in `mode` to `port` for `stream_id` (a replay's when
+/// `replay`), streaming `fixture` (`passes` times, or until `stop` or the server closes).
+fn spawn_stream(
+    (stream_tls, stream_tcp): (SocketAddr, SocketAddr),
+    (device, encrypted, fixture): (Device, EncryptPolicy, Fixture),
+    (mode, port, stream_id, replay): (StreamMode, u16, u32, bool),
+    (passes, tamper): (Option<usize>, bool),
+    events: mpsc::Sender<DeviceEvent>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let kind = move |sd: StreamDevice| if replay { sd.replay() } else { sd };
+    std::thread::spawn(move || {
+        let (video, audio) = match mode {
+            StreamMode::Tls => {
+                let mut addr = stream_tls;
+                addr.set_port(port);
+                let mut stream = tls_connect(addr, device.tls_config());
+                let mut sd = kind(StreamDevice::tls(stream_id));
+                stream_handshake(&mut stream, &mut sd, &device.uid);
+                let _ = events.send(DeviceEvent::StreamHandshakeOk);
+                stream_media(&mut stream, &mut sd, fixture, passes, tamper, &stop)
+            }
+            mode => {
+                let mut addr = stream_tcp;
+                addr.set_port(port);
+                let policy = match mode {
+                    StreamMode::Tcp => EncryptPolicy::None,
+                    _ => encrypted,
+                };
+                let mut stream = TcpStream::connect(addr).unwrap();
+                stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                let (sd, hello) =
+                    StreamDevice::encrypt_tcp(&device.keys, rand_nonce(), stream_id, policy);
+                let mut sd = kind(sd);
+                stream.write_all(&hello).unwrap();
+                let mut reply = [0u8; 100];
+                stream.read_exact(&mut reply).unwrap();
+                sd.receive(&reply).unwrap();
+                assert_eq!(sd.hello_code(), Some(200));
+                stream_handshake(&mut stream, &mut sd, &device.uid);
+                let _ = events.send(DeviceEvent::StreamHandshakeOk);
+                stream_media(&mut stream, &mut sd, fixture, passes, tamper, &stop)
+            }
+        };
+        let _ = events.send(DeviceEvent::StreamSent { video, audio });
+    })
+}
+
+/// The recording the simulated camera has on its card.
+const RECORDING: &str =
+    "/mnt/sda/Mp4Record/2022-01-10/RecS02_DST20220110_000107_000310_2B14808_3F6F88.mp4";
+
 /// The camera: signalling link, then for each preview start a stream connection in the asked
 /// mode (or what its behaviour says). Reports what it saw on `events`; ends when `stop` is set.
 fn run_camera(
@@ -425,65 +480,52 @@ fn run_camera(
                     );
                     link.write_all(&reply).unwrap();
                     link.flush().unwrap();
-                    let (device, events, stop) = (device.clone(), events.clone(), stop.clone());
                     let passes = first_passes.filter(|_| streams.is_empty());
                     let _ = events.send(DeviceEvent::PreviewStart(start));
                     if behaviour == Behaviour::NeverStreams {
                         continue;
                     }
-                    streams.push(std::thread::spawn(move || {
-                        let mut addr = stream_tcp;
-                        addr.set_port(start.port);
-                        match start.mode {
-                            StreamMode::Tls => {
-                                let mut addr = stream_tls;
-                                addr.set_port(start.port);
-                                let mut stream = tls_connect(addr, device.tls_config());
-                                let mut sd = StreamDevice::tls(start.stream_id);
-                                stream_handshake(&mut stream, &mut sd, &device.uid);
-                                let _ = events.send(DeviceEvent::StreamHandshakeOk);
-                                let (video, audio) = stream_media(
-                                    &mut stream,
-                                    &mut sd,
-                                    fixture,
-                                    passes,
-                                    tamper,
-                                    &stop,
-                                );
-                                let _ = events.send(DeviceEvent::StreamSent { video, audio });
-                            }
-                            mode => {
-                                let policy = match mode {
-                                    StreamMode::Tcp => EncryptPolicy::None,
-                                    _ => encrypted,
-                                };
-                                let mut stream = TcpStream::connect(addr).unwrap();
-                                stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-                                let (mut sd, hello) = StreamDevice::encrypt_tcp(
-                                    &device.keys,
-                                    rand_nonce(),
-                                    start.stream_id,
-                                    policy,
-                                );
-                                stream.write_all(&hello).unwrap();
-                                let mut reply = [0u8; 100];
-                                stream.read_exact(&mut reply).unwrap();
-                                sd.receive(&reply).unwrap();
-                                assert_eq!(sd.hello_code(), Some(200));
-                                stream_handshake(&mut stream, &mut sd, &device.uid);
-                                let _ = events.send(DeviceEvent::StreamHandshakeOk);
-                                let (video, audio) = stream_media(
-                                    &mut stream,
-                                    &mut sd,
-                                    fixture,
-                                    passes,
-                                    tamper,
-                                    &stop,
-                                );
-                                let _ = events.send(DeviceEvent::StreamSent { video, audio });
-                            }
-                        }
-                    }));
+                    streams.push(spawn_stream(
+                        (stream_tls, stream_tcp),
+                        (device.clone(), encrypted, fixture),
+                        (start.mode, start.port, start.stream_id, false),
+                        (passes, tamper),
+                        events.clone(),
+                        stop.clone(),
+                    ));
+                }
+                cmd::RECORD_INFO => {
+                    let asked = RecordFile::parse(&packet.body.to_contiguous()).unwrap();
+                    let reply = match asked.file == RECORDING {
+                        true => sim.reply_ok(cmd::RECORD_INFO, id, &asked),
+                        false => sim.reply(cmd::RECORD_INFO, id, 200, b""),
+                    };
+                    link.write_all(&reply).unwrap();
+                }
+                cmd::REPLAY_START => {
+                    let start = ReplayStart::parse(&packet.body.to_contiguous()).unwrap();
+                    let answer = PreviewStartReply {
+                        fps: FPS as u8,
+                        codec: fixture.reply_codec,
+                    };
+                    let reply = sim.reply(cmd::REPLAY_START, id, 200, &answer.encode());
+                    link.write_all(&reply).unwrap();
+                    link.flush().unwrap();
+                    streams.push(spawn_stream(
+                        (stream_tls, stream_tcp),
+                        (device.clone(), encrypted, fixture),
+                        (start.mode, start.port, start.stream_id, true),
+                        (None, false),
+                        events.clone(),
+                        stop.clone(),
+                    ));
+                    let _ = events.send(DeviceEvent::ReplayStart(start));
+                }
+                cmd::REPLAY_STOP => {
+                    let stopped = RecordFile::parse(&packet.body.to_contiguous()).unwrap();
+                    let reply = sim.reply(cmd::REPLAY_STOP, id, 200, b"");
+                    link.write_all(&reply).unwrap();
+                    let _ = events.send(DeviceEvent::ReplayStop(stopped));
                 }
                 cmd::PREVIEW_STOP => {
                     let stream_id = packet.body.to_contiguous();
@@ -1468,4 +1510,72 @@ fn metrics_count_a_device_stream_its_viewers_and_tls_failures() {
     });
     stop.store(true, Ordering::Relaxed);
     drop(server);
+}
+
+/// `POST /v1.0/devices/{uid}/records/play-session` with `fileName`: status and body.
+fn record_play_session(server: &TestServer, uid: &str, file: &str) -> tests::CurlResponse {
+    let body = json!({ "channel": 0, "fileName": file }).to_string();
+    tests::curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        &body,
+        &format!(
+            "{}/v1.0/devices/{uid}/records/play-session",
+            server.api_url()
+        ),
+    ])
+}
+
+#[test]
+fn recording_replays_through_its_play_session_and_stops_when_the_viewer_goes() {
+    let uid = "95270000REPLAY01";
+    let (server, events, stop) = camera_with(uid, Behaviour::Streams, 10);
+    let missing = record_play_session(&server, uid, "/mnt/sda/none.mp4");
+    assert_eq!(missing.status, 404);
+    assert_eq!(
+        missing.json()["error"]["symbol"],
+        "file_not_found",
+        "{missing:?}"
+    );
+
+    let session = record_play_session(&server, uid, RECORDING);
+    assert_eq!(session.status, 200, "{session:?}");
+    let answer = session.json();
+    let url = answer["playURL"].as_str().expect("playURL").to_owned();
+    assert!(url.starts_with("rtsp://"), "{url}");
+    assert_eq!(answer["expiredIn"], 30);
+    // The session asked nothing of the device but record info: replay starts on DESCRIBE.
+    assert!(events.try_recv().is_err());
+
+    assert_eq!(ffprobe(&url), "h264,320,240");
+    let stream_id = match events.recv_timeout(IO_TIMEOUT).unwrap() {
+        DeviceEvent::ReplayStart(start) => {
+            assert_eq!(start.file, RECORDING);
+            assert_eq!(start.channel, 0);
+            assert_eq!(start.mode, StreamMode::EncryptTcp);
+            start.stream_id
+        }
+        other => panic!("expected replay start, got {other:?}"),
+    };
+    // ffprobe is gone: replay stop names the replay, sent at the next sweep (no linger).
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left).expect("replay stop") {
+            DeviceEvent::ReplayStop(stopped) => {
+                assert_eq!(stopped.stream_id, Some(stream_id));
+                assert_eq!(stopped.file, RECORDING);
+                assert_eq!(stopped.channel, 0);
+                break;
+            }
+            DeviceEvent::StreamHandshakeOk
+            | DeviceEvent::KeyframeRequest
+            | DeviceEvent::StreamSent { .. } => {}
+            other => panic!("expected replay stop, got {other:?}"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
 }

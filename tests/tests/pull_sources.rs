@@ -58,6 +58,7 @@ fn play_url(server: &TestServer, uid: &str, scheme: &str) -> String {
         stream_type: "mainStream".into(),
         op: TokenOp::Play,
         exp: unix_now() + 3600,
+        file: None,
     };
     let port = if scheme == "rtsps" {
         server.server.addrs.rtsps.port()
@@ -662,6 +663,7 @@ fn pulls_its_own_rtsps_port() {
             stream_type: "mainStream".into(),
             op: TokenOp::Publish,
             exp: unix_now() + 3600,
+            file: None,
         };
         TokenSigner::new(secrets.token_key).sign_url(
             "rtsp",

@@ -62,6 +62,7 @@ impl Urls {
             stream_type: "mainStream".into(),
             op,
             exp,
+            file: None,
         };
         self.signer
             .sign_url(self.scheme, "127.0.0.1", self.addr.port(), &grant)
@@ -787,6 +788,7 @@ fn tokens_are_checked() {
             stream_type: "mainStream".into(),
             op: TokenOp::Play,
             exp: unix_now() + 60,
+            file: None,
         };
         other.sign_url("rtsp", "127.0.0.1", addr.port(), &grant)
     };

@@ -115,6 +115,8 @@ pub struct StreamDevice {
     chunking: Chunking,
     next_request_id: u32,
     hello_code: Option<u16>,
+    /// Command of the media packets: 3 for a preview, 5 for a recording's replay.
+    media_command: u32,
 }
 
 impl std::fmt::Debug for StreamDevice {
@@ -137,6 +139,7 @@ impl StreamDevice {
             chunking: Chunking::default(),
             next_request_id: 1,
             hello_code: None,
+            media_command: cmd::PREVIEW_START,
         }
     }
 
@@ -169,8 +172,15 @@ impl StreamDevice {
             chunking: Chunking::default(),
             next_request_id: 1,
             hello_code: None,
+            media_command: cmd::PREVIEW_START,
         };
         (device, Bytes::copy_from_slice(&hello))
+    }
+
+    /// Sends a recording's replay: media packets carry command 5 (replay start) instead of 3.
+    pub fn replay(mut self) -> Self {
+        self.media_command = cmd::REPLAY_START;
+        self
     }
 
     /// Changes how the stream is cut into packets and frames.
@@ -273,14 +283,15 @@ impl StreamDevice {
         self.frames(&packet, self.policy != EncryptPolicy::None)
     }
 
-    /// One media frame as command-3 packets carrying the stream id, framed per the policy.
+    /// One media frame as command-3 packets (5 for a replay) carrying the stream id, framed per
+    /// the policy.
     pub fn media(&mut self, frame: &MediaFrame) -> Result<Bytes, DeviceError> {
         let mut media = BytesMut::with_capacity(frame.payload_len() + 32);
         frame.encode(&mut media)?;
         let mut core = BytesMut::with_capacity(media.len() + 24 * (media.len() / 1024 + 1));
         for piece in media.chunks(self.chunking.max_packet_body) {
             encode_packet(
-                CoreHeader::request(cmd::PREVIEW_START, self.stream_id),
+                CoreHeader::request(self.media_command, self.stream_id),
                 &[],
                 piece,
                 &mut core,

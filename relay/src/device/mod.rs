@@ -553,6 +553,59 @@ impl DeviceShard {
         Ok((id, self.wait_reply(conn, id)))
     }
 
+    /// Sends replay start 5 of recording `file` on `uid`'s signalling link; returns the stream
+    /// id (the request id) and where the device's reply arrives.
+    pub fn replay_start(
+        &self,
+        uid: &str,
+        channel: u32,
+        file: &str,
+        mode: signal::proto::body::StreamMode,
+        port: u16,
+    ) -> Result<
+        (
+            RequestId,
+            rt::xchan::OneshotReceiver<Result<Reply, DeviceError>>,
+        ),
+        DeviceError,
+    > {
+        let (conn, id) = {
+            let mut registry = self.registry.borrow_mut();
+            let (conn, session) = registry
+                .link_mut(uid, LinkKind::Signalling)
+                .ok_or(DeviceError::Offline)?;
+            let id = session
+                .replay_start(channel, file, mode, port, Instant::now())
+                .map_err(|e| DeviceError::BadReply(e.to_string()))?;
+            (conn, id)
+        };
+        Ok((id, self.wait_reply(conn, id)))
+    }
+
+    /// Sends replay stop 7 on `uid`'s signalling link (its reply is not waited for).
+    pub fn replay_stop(
+        &self,
+        uid: &str,
+        channel: u32,
+        file: &str,
+        stream_id: u32,
+    ) -> Result<(), DeviceError> {
+        let conn = {
+            let mut registry = self.registry.borrow_mut();
+            let (conn, session) = registry
+                .link_mut(uid, LinkKind::Signalling)
+                .ok_or(DeviceError::Offline)?;
+            session
+                .replay_stop(channel, file, stream_id, Instant::now())
+                .map_err(|e| DeviceError::BadReply(e.to_string()))?;
+            conn
+        };
+        if let Some(signal) = self.conns.borrow().get(&conn) {
+            signal.notify.notify();
+        }
+        Ok(())
+    }
+
     /// Sends preview stop 4 on `uid`'s signalling link (its reply is not waited for).
     pub fn preview_stop(&self, uid: &str, channel: u32, stream_id: u32) -> Result<(), DeviceError> {
         let conn = {

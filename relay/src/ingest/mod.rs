@@ -840,7 +840,8 @@ impl DeviceStreamIngest {
     fn on_packet(&mut self, packet: CorePacket) {
         self.stats.core_packets += 1;
         match packet.header.command {
-            cmd::PREVIEW_START => self.on_media_packet(packet),
+            // Live media carries preview start's id, a recording's replay start's.
+            cmd::PREVIEW_START | cmd::REPLAY_START => self.on_media_packet(packet),
             cmd::HANDSHAKE => self.on_handshake(&packet),
             _ => self.stats.unexpected_commands += 1,
         }
@@ -1020,7 +1021,7 @@ fn plausible_media_packet(window: &[u8; WINDOW], stream_id: Option<u32>, max_len
     fixed.copy_from_slice(&window[..HEADER_LEN]);
     let header = CoreHeader::parse(&fixed);
     header.magic <= 1
-        && header.command == cmd::PREVIEW_START
+        && matches!(header.command, cmd::PREVIEW_START | cmd::REPLAY_START)
         && stream_id.is_none_or(|id| header.request_id == id)
         && header.length > 0
         && header.length <= max_length

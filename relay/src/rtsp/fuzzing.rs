@@ -26,6 +26,7 @@ fn url(signer: &TokenSigner, op: TokenOp) -> String {
         stream_type: "mainStream".into(),
         op,
         exp: NOW + 60,
+        file: None,
     };
     signer.sign_url("rtsp", "127.0.0.1", 8554, &grant)
 }

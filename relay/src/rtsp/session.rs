@@ -288,7 +288,7 @@ impl Session {
             Err(TokenError::WrongOperation { .. }) => return None,
             Err(_) => return None,
         };
-        StreamKey::new(grant.uid, grant.channel, grant.stream_type.parse().ok()?).ok()
+        StreamKey::from_grant(&grant).ok()
     }
 
     /// Handles one request at `now_unix` (seconds, for token expiry).
@@ -849,11 +849,7 @@ impl Session {
             .signer
             .verify_path(path, op, now_unix)
             .map_err(|e| self.reply_with(request, StatusCode(e.status()), None))?;
-        let kind = grant
-            .stream_type
-            .parse()
-            .map_err(|_| self.reply_with(request, StatusCode::NOT_FOUND, None))?;
-        StreamKey::new(grant.uid, grant.channel, kind)
+        StreamKey::from_grant(&grant)
             .map_err(|_| self.reply_with(request, StatusCode::NOT_FOUND, None))
     }
 

@@ -142,6 +142,8 @@ struct Preview {
     close: LocalNotify,
     /// The stream connection is attached.
     connected: bool,
+    /// It has had a viewer.
+    watched: bool,
 }
 
 /// Counters of one shard's stream connections (media, previews and TLS failures are counted
@@ -197,6 +199,8 @@ fn stream_type(kind: StreamKind) -> StreamType {
         StreamKind::Main => StreamType::Main,
         StreamKind::Sub => StreamType::Sub,
         StreamKind::Extern => StreamType::Extern,
+        // Recordings are of the main stream.
+        StreamKind::Replay => StreamType::Main,
     }
 }
 
@@ -334,6 +338,7 @@ impl StreamShard {
                 last_watched: now,
                 close: LocalNotify::new(),
                 connected: false,
+                watched: false,
             },
         );
     }
@@ -385,10 +390,16 @@ impl StreamShard {
         })
     }
 
-    /// Sends preview stop for a preview that ends (best effort: the device may be gone).
+    /// Sends preview stop (replay stop for a recording) for a preview that ends (best effort:
+    /// the device may be gone).
     fn stop_preview(&self, stream_id: u32, key: &StreamKey) {
         if let Some(devices) = &self.devices {
-            if let Err(e) = devices.preview_stop(key.uid(), u32::from(key.channel()), stream_id) {
+            let channel = u32::from(key.channel());
+            let sent = match key.file() {
+                Some(file) => devices.replay_stop(key.uid(), channel, file, stream_id),
+                None => devices.preview_stop(key.uid(), channel, stream_id),
+            };
+            if let Err(e) = sent {
                 debug!(shard = self.id, stream = %key, "preview stop not sent: {e}");
             }
         }
@@ -405,9 +416,13 @@ impl StreamShard {
                 Some(hub) => {
                     if hub.borrow().viewer_count() > 0 {
                         preview.last_watched = now;
+                        preview.watched = true;
                         return true;
                     }
-                    if now.saturating_duration_since(preview.last_watched) < linger {
+                    // A replay is one viewer's: it stops once its viewers are gone.
+                    let replay_done = preview.watched && preview.key.file().is_some();
+                    if !replay_done && now.saturating_duration_since(preview.last_watched) < linger
+                    {
                         return true;
                     }
                     info!(shard = self.id, stream = %preview.key, stream_id, "no viewer for the linger time: preview stop");
@@ -467,13 +482,17 @@ impl StreamShard {
         let Some(port) = self.port_for(mode) else {
             return ready(Err(Refusal::DeviceRefused));
         };
-        let sent = devices.preview_start(
-            stream.uid(),
-            u32::from(stream.channel()),
-            stream_type(stream.stream()),
-            mode,
-            port,
-        );
+        let channel = u32::from(stream.channel());
+        let sent = match stream.file() {
+            Some(file) => devices.replay_start(stream.uid(), channel, file, mode, port),
+            None => devices.preview_start(
+                stream.uid(),
+                channel,
+                stream_type(stream.stream()),
+                mode,
+                port,
+            ),
+        };
         let (stream_id, reply) = match sent {
             Ok(sent) => sent,
             Err(e) => {
@@ -483,7 +502,12 @@ impl StreamShard {
             }
         };
         self.shard.count_media(|m| m.previews_started += 1);
-        info!(shard = self.id, %stream, stream_id, mode = mode.as_str(), port, woken, "preview start");
+        let what = if stream.file().is_some() {
+            "replay start"
+        } else {
+            "preview start"
+        };
+        info!(shard = self.id, %stream, stream_id, mode = mode.as_str(), port, woken, "{what}");
         self.insert_preview(stream_id, stream.clone(), mode, requested, woken);
         Box::pin(async move {
             let refused = match reply.await {
@@ -554,7 +578,10 @@ impl DeviceStreams for StreamShard {
                 });
                 signal::devices::StreamPresence {
                     channel: u32::from(p.key.channel()),
-                    stream_type: stream_type(p.key.stream()).as_str(),
+                    stream_type: match p.key.file() {
+                        Some(_) => StreamKind::Replay.as_str(),
+                        None => stream_type(p.key.stream()).as_str(),
+                    },
                     mode: p.mode.as_str(),
                     state: if p.hub.is_some() { "live" } else { "starting" },
                     since: p.requested_unix_ms,

@@ -883,6 +883,88 @@ impl BodyMessage for PreviewStart {
     }
 }
 
+/// Replay start 5 from the server (`Param006.attr001`): the device streams the recording
+/// `file` over a stream connection like a preview's, its media packets carrying `stream_id`.
+/// The reply is binary like preview start's ([`PreviewStartReply`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayStart {
+    /// attr001: channel.
+    pub channel: u32,
+    /// attr007: the recording's file name, as the records list gives it.
+    pub file: String,
+    /// attr004: stream id (the request id of this replay start).
+    pub stream_id: u32,
+    /// attr009: connection mode.
+    pub mode: StreamMode,
+    /// attr017: the port to connect to.
+    pub port: u16,
+}
+
+impl BodyMessage for ReplayStart {
+    fn from_body(body: &XmlBody) -> Result<Self, BodyError> {
+        let at = |leaf| ["Param006", "attr001", leaf];
+        let mode_value = required(body, &at("attr009"), "Param006/attr001/attr009")?;
+        Ok(ReplayStart {
+            channel: required_number(body, &at("attr001"), "Param006/attr001/attr001")?,
+            file: required(body, &at("attr007"), "Param006/attr001/attr007")?.to_owned(),
+            stream_id: required_number(body, &at("attr004"), "Param006/attr001/attr004")?,
+            mode: StreamMode::from_name(mode_value).ok_or_else(|| BodyError::InvalidValue {
+                path: "Param006/attr001/attr009",
+                value: truncate(mode_value),
+                expected: "TLS, encryptTCP or TCP",
+            })?,
+            port: required_number(body, &at("attr017"), "Param006/attr001/attr017")?,
+        })
+    }
+
+    fn to_body(&self) -> XmlBody {
+        XmlBody::new().with(
+            XmlElement::new("Param006").with(
+                XmlElement::new("attr001")
+                    .with_leaf("attr001", self.channel)
+                    .with_leaf("attr007", &self.file)
+                    .with_leaf("attr004", self.stream_id)
+                    .with_leaf("attr009", self.mode.as_str())
+                    .with_leaf("attr017", self.port),
+            ),
+        )
+    }
+}
+
+/// Replay stop 7 (`Param006.attr001`) of the replay whose stream id is `stream_id`; also the
+/// body of record info 13 with `stream_id: None` (is `file` on the device?).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordFile {
+    /// attr001: channel.
+    pub channel: u32,
+    /// attr007: the recording's file name.
+    pub file: String,
+    /// attr004: the replay's stream id (replay stop only).
+    pub stream_id: Option<u32>,
+}
+
+impl BodyMessage for RecordFile {
+    fn from_body(body: &XmlBody) -> Result<Self, BodyError> {
+        let at = |leaf| ["Param006", "attr001", leaf];
+        let stream_id = optional_number(body, &at("attr004"), "Param006/attr001/attr004")?;
+        Ok(RecordFile {
+            channel: required_number(body, &at("attr001"), "Param006/attr001/attr001")?,
+            file: required(body, &at("attr007"), "Param006/attr001/attr007")?.to_owned(),
+            stream_id,
+        })
+    }
+
+    fn to_body(&self) -> XmlBody {
+        let mut file = XmlElement::new("attr001")
+            .with_leaf("attr001", self.channel)
+            .with_leaf("attr007", &self.file);
+        if let Some(stream_id) = self.stream_id {
+            file = file.with_leaf("attr004", stream_id);
+        }
+        XmlBody::new().with(XmlElement::new("Param006").with(file))
+    }
+}
+
 /// Preview stop 4 from the server (`Param002`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PreviewStop {
@@ -1151,6 +1233,40 @@ mod tests {
             channel: 0,
             stream_id: 42,
         });
+        round_trip(ReplayStart {
+            channel: 1,
+            file: "/mnt/sda/Mp4Record/2022-01-10/RecS02_DST20220110_000107.mp4".into(),
+            stream_id: 43,
+            mode: StreamMode::Tls,
+            port: 61006,
+        });
+        round_trip(RecordFile {
+            channel: 1,
+            file: "a&b<c>.mp4".into(),
+            stream_id: Some(43),
+        });
+        round_trip(RecordFile {
+            channel: 0,
+            file: "x.mp4".into(),
+            stream_id: None,
+        });
+        let replay = ReplayStart {
+            channel: 0,
+            file: "f.mp4".into(),
+            stream_id: 7,
+            mode: StreamMode::EncryptTcp,
+            port: 61007,
+        }
+        .encode();
+        let replay: String = replay.lines().map(str::trim).collect();
+        assert!(
+            replay.contains(
+                "<Param006><attr001><attr001>0</attr001><attr007>f.mp4</attr007>\
+                 <attr004>7</attr004><attr009>encryptTCP</attr009><attr017>61007</attr017>\
+                 </attr001></Param006>"
+            ),
+            "{replay}"
+        );
         round_trip(KeyframeRequest {
             channel: 0,
             stream_type: StreamType::Main,
@@ -1359,6 +1475,8 @@ pub mod fuzzing {
         typed_round_trip::<Capabilities>(&body);
         typed_round_trip::<PreviewStart>(&body);
         typed_round_trip::<PreviewStop>(&body);
+        typed_round_trip::<ReplayStart>(&body);
+        typed_round_trip::<RecordFile>(&body);
         typed_round_trip::<KeyframeRequest>(&body);
         typed_round_trip::<SnapshotRequest>(&body);
         typed_round_trip::<AlarmSwitch>(&body);

@@ -9,7 +9,8 @@ use bytes::{Bytes, BytesMut};
 use crate::proto::access_key::uid_hash;
 use crate::proto::body::{
     Alarm, AlarmSwitch, BodyMessage, Handshake, HandshakeReply, Heartbeat, HeartbeatReply,
-    KeyframeRequest, PreviewStart, PreviewStop, SnapshotRequest, StreamMode, StreamType, XmlBody,
+    KeyframeRequest, PreviewStart, PreviewStop, RecordFile, ReplayStart, SnapshotRequest,
+    StreamMode, StreamType, XmlBody,
 };
 use crate::proto::core_packet::{cmd, CoreHeader, CorePacket, CODE_ERROR, CODE_OK};
 use crate::proto::encrypt_tcp::NONCE_LEN;
@@ -590,6 +591,52 @@ impl DeviceSession {
     ) -> Result<RequestId, RequestRejected> {
         let body = PreviewStop { channel, stream_id }.encode();
         self.typed(cmd::PREVIEW_STOP, Some(&body), ReplyKind::Xml, now)
+    }
+
+    /// Replay start 5 of the recording `file`. The stream id is the request id, returned; the
+    /// device's media packets on 61006/61007 carry it. Reply: [`Reply::PreviewStarted`].
+    pub fn replay_start(
+        &mut self,
+        channel: u32,
+        file: &str,
+        mode: StreamMode,
+        port: u16,
+        now: Instant,
+    ) -> Result<RequestId, RequestRejected> {
+        let stream_id = self.peek_request_id();
+        let body = ReplayStart {
+            channel,
+            file: file.to_owned(),
+            stream_id,
+            mode,
+            port,
+        }
+        .encode();
+        let timeout = self.config.request_timeout;
+        self.start(
+            cmd::REPLAY_START,
+            Some(&body),
+            ReplyKind::PreviewStart,
+            timeout,
+            now,
+        )
+    }
+
+    /// Replay stop 7 of the replay of `file` whose stream id is `stream_id`.
+    pub fn replay_stop(
+        &mut self,
+        channel: u32,
+        file: &str,
+        stream_id: u32,
+        now: Instant,
+    ) -> Result<RequestId, RequestRejected> {
+        let body = RecordFile {
+            channel,
+            file: file.to_owned(),
+            stream_id: Some(stream_id),
+        }
+        .encode();
+        self.typed(cmd::REPLAY_STOP, Some(&body), ReplyKind::Xml, now)
     }
 
     /// Keyframe request 189.

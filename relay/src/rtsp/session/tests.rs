@@ -25,6 +25,7 @@ fn url(op: TokenOp, exp: u64) -> String {
         stream_type: "mainStream".into(),
         op,
         exp,
+        file: None,
     };
     signer().sign_url("rtsp", "127.0.0.1", 8554, &grant)
 }
@@ -374,6 +375,7 @@ fn state_and_protocol_errors() {
             stream_type: "subStream".into(),
             op: TokenOp::Play,
             exp: NOW + 60,
+            file: None,
         },
     );
     let mut setup_sub = request(Method::Setup, &format!("{sub}/trackID=1"));
