@@ -30,7 +30,7 @@ use signal::proto::body::{
     BatteryState, BodyMessage, Capabilities, ChannelCapabilities, Handshake, Heartbeat,
     PreviewStart, PreviewStartReply, RecordFile, ReplayStart, StreamMode, VideoCodecId,
 };
-use signal::proto::core_packet::{cmd, CorePacket};
+use signal::proto::core_packet::{cmd, CoreHeader, CorePacket};
 use signal::session::sim::SimDevice;
 use signal::tokens::{StreamGrant, TokenOp, TokenSigner};
 use tests::{run, TestServer};
@@ -242,6 +242,9 @@ enum Behaviour {
     RefusesPreview,
     /// Accepts preview start but never connects a stream.
     NeverStreams,
+    /// Streams, and announces sleep 233 on its signalling link right after its handshake (a
+    /// battery camera with this keeps its signalling link up while asleep).
+    AnnouncesSleep,
 }
 
 /// A simulated camera.
@@ -424,6 +427,10 @@ fn run_camera(
     let mut sim = SimDevice::signalling();
     let hello = sim.handshake(&camera.handshake(), 1);
     link.write_all(&hello).unwrap();
+    if behaviour == Behaviour::AnnouncesSleep {
+        let sleep = sim.packet(CoreHeader::request(cmd::SLEEP, 2), b"");
+        link.write_all(&sleep).unwrap();
+    }
     link.flush().unwrap();
     let mut buf = [0u8; 16 * 1024];
     let mut streams = Vec::new();
@@ -592,7 +599,7 @@ fn run_two_link_camera(
             }))
         }
     };
-    let mut signalling = match camera.battery {
+    let mut signalling = match camera.battery && camera.behaviour != Behaviour::AnnouncesSleep {
         true => None,
         false => start_signalling(),
     };
@@ -1249,11 +1256,21 @@ fn device_that_never_streams_gets_503_no_media() {
 
 #[test]
 fn sleeping_battery_camera_is_woken_before_its_preview() {
+    // Only its keep-alive link is up: woken with 460, it connects its signalling link.
+    battery_camera_is_woken_and_plays("95270000BATTERY1", Behaviour::Streams);
+}
+
+#[test]
+fn battery_camera_that_announced_sleep_is_woken_before_its_preview() {
+    // Both links up, but it said 233: woken with 460 all the same, preview on the same link.
+    battery_camera_is_woken_and_plays("95270000BATTERY2", Behaviour::AnnouncesSleep);
+}
+
+fn battery_camera_is_woken_and_plays(uid: &str, behaviour: Behaviour) {
     let server = TestServer::start_with(|c| {
         c.stream_encrypt_mode = StreamEncryptMode::Tls;
         c.shards = Some(2);
     });
-    let uid = "95270000BATTERY1";
     let device = provision(&server, uid);
     let (events_tx, events) = mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
@@ -1265,7 +1282,7 @@ fn sleeping_battery_camera_is_woken_before_its_preview() {
     let camera = Camera {
         device,
         encrypted: EncryptPolicy::All,
-        behaviour: Behaviour::Streams,
+        behaviour,
         battery: true,
         fixture: H264_AAC,
         first_passes: None,
@@ -1276,8 +1293,10 @@ fn sleeping_battery_camera_is_woken_before_its_preview() {
         let stop = stop.clone();
         std::thread::spawn(move || run_two_link_camera(keepalive, addrs, camera, events_tx, stop));
     }
-    let asleep = wait_online(&server, uid, |p| p["keepAlive"] == true);
-    assert_eq!(asleep["presence"]["signalling"], false);
+    let signalling_while_asleep = behaviour == Behaviour::AnnouncesSleep;
+    let asleep = wait_online(&server, uid, |p| {
+        p["keepAlive"] == true && p["signalling"] == signalling_while_asleep && p["asleep"] == true
+    });
     assert_eq!(asleep["presence"]["asleep"], true);
     assert_eq!(asleep["presence"]["family"], "battery");
 
