@@ -607,6 +607,20 @@ fn provisioned_device_survives_kill_9() {
     let (cert, key) = provision_and_register(&served, cwd.path(), &data);
     served.kill();
 
+    // No server: `relay pki status` reads the store itself and lists the device certificate.
+    let status = Command::new(env!("CARGO_BIN_EXE_relay"))
+        .args(["pki", "status"])
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    let status = ok(&status);
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with(&format!("device {UID}"))),
+        "{status}"
+    );
+
     let served = Served::start(cwd.path());
     let api = format!("http://127.0.0.1:{}", served.port("api"));
     let (status, device) = api_call(&data, "GET", &format!("{api}/v1.0/devices/{UID}"), None);

@@ -281,4 +281,47 @@ mod tests {
         assert!(idr.end_of_access_unit);
         assert!(next_idr.keyframe_start);
     }
+
+    /// An RTP packet carrying `payload` (one NAL unit or an aggregate).
+    fn rtp(payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x80, 96, 0, 1, 0, 0, 0x23, 0x28, 0, 0, 0, 1];
+        p.extend_from_slice(payload);
+        p
+    }
+
+    #[test]
+    fn h265_parameter_sets_missing_from_the_sdp_are_collected_once() {
+        let body = b"v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\ns=x\r\nt=0 0\r\nm=video 0 RTP/AVP 96\r\n\
+a=rtpmap:96 H265/90000\r\na=control:streamid=0\r\n";
+        let sdp = SessionDescription::parse(body).unwrap();
+        let mut track = TrackIngest::new(0, &sdp.media[0]);
+        // VPS (type 32), SPS (33), PPS (34): two-byte NAL headers.
+        let (vps, sps, pps) = (
+            [0x40, 0x01, 0x0c, 0x01],
+            [0x42, 0x01, 0x01, 0x01],
+            [0x44, 0x01, 0xc1, 0x72],
+        );
+        assert_eq!(track.observe_parameter_sets(&rtp(&vps)), None);
+        assert_eq!(track.observe_parameter_sets(&rtp(&sps)), None);
+        let params = track.observe_parameter_sets(&rtp(&pps)).unwrap();
+        assert_eq!(
+            params,
+            vec![
+                ("sprop-vps", "QAEMAQ==".to_owned()),
+                ("sprop-sps", "QgEBAQ==".to_owned()),
+                ("sprop-pps", "RAHBcg==".to_owned()),
+            ]
+        );
+        // Once only.
+        assert_eq!(track.observe_parameter_sets(&rtp(&pps)), None);
+    }
+
+    #[test]
+    fn parameter_sets_in_the_sdp_are_not_collected() {
+        let sdp = sdp_of(ANNOUNCE);
+        let mut track = TrackIngest::new(0, &sdp.media[0]);
+        // A STAP-A with an SPS and a PPS: the SDP has both already.
+        let stap = [0x18, 0, 2, 0x67, 0x42, 0, 2, 0x68, 0xce];
+        assert_eq!(track.observe_parameter_sets(&rtp(&stap)), None);
+    }
 }
