@@ -196,21 +196,27 @@ fn pulls_from_gstreamer_with_digest_auth_on_demand() {
         "{status}"
     );
 
-    // A wrong password: the viewer gets 503 after the start timeout, the source shows why.
+    // A wrong password: the viewer's DESCRIBE gets 503 once the attempt failed; the source's
+    // state says why.
     let url = play_url(&server, "GSTCAM2", "rtsp");
-    std::thread::spawn(move || {
-        let _ = Command::new("timeout")
-            .args([
-                "20",
-                "ffprobe",
-                "-v",
-                "quiet",
-                "-rtsp_transport",
-                "tcp",
-                &url,
-            ])
-            .output();
-    });
+    let out = run(
+        "timeout",
+        &[
+            "20",
+            "ffprobe",
+            "-v",
+            "error",
+            "-rtsp_transport",
+            "tcp",
+            &url,
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("503") || stderr.contains("5XX"),
+        "expected 503 Source Unavailable: {stderr}"
+    );
     let status = wait_status(&server, "GSTCAM2", Duration::from_secs(20), |s| {
         s["status"]["state"] == "backoff"
     });

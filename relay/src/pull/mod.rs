@@ -14,6 +14,7 @@
 //!
 //! ```text
 //!  on demand:  DESCRIBE of the source's stream ─▶ OnDemand::start ─▶ wanted ─▶ connect ─▶ Playing
+//!              (the DESCRIBE waits for that attempt: 503 "Source Unavailable" if it fails)
 //!              sweep (1 s): no viewer for the linger time ─▶ stop ─▶ TEARDOWN ─▶ Idle
 //!  always-on:  wanted from the start
 //!  failure:    Backoff (0.5 s, doubling to 30 s, ±25 % jitter) ─▶ connect again while wanted;
@@ -117,6 +118,25 @@ struct Pull {
     stop: LocalNotify,
     removed: Cell<bool>,
     playing: Cell<bool>,
+    /// DESCRIBEs waiting for the next attempt's outcome (PLAY reached, or failed).
+    starts: RefCell<Vec<Rc<StartWaiter>>>,
+}
+
+/// One DESCRIBE's wait for an attempt's outcome.
+#[derive(Default)]
+struct StartWaiter {
+    outcome: Cell<Option<bool>>,
+    notify: LocalNotify,
+}
+
+impl Pull {
+    /// Tells every waiting DESCRIBE whether the attempt reached PLAY.
+    fn settle_starts(&self, played: bool) {
+        for waiter in self.starts.borrow_mut().drain(..) {
+            waiter.outcome.set(Some(played));
+            waiter.notify.notify();
+        }
+    }
 }
 
 /// The sources one shard owns, and their tasks.
@@ -150,6 +170,7 @@ impl conn::PullObserver for Reporter<'_> {
                 s.state = PullState::Playing;
                 s.sessions += 1;
             });
+        self.pull.settle_starts(true);
     }
 }
 
@@ -231,6 +252,7 @@ impl PullShard {
                 stop: LocalNotify::new(),
                 removed: Cell::new(false),
                 playing: Cell::new(false),
+                starts: RefCell::new(Vec::new()),
             });
             pulls.insert(pull.spec.uid.clone(), pull.clone());
             rt::spawn_detached(supervise(
@@ -276,7 +298,17 @@ impl OnDemand for PullShard {
         if !pull.wanted.replace(true) {
             pull.wake.notify();
         }
-        Some(Box::pin(std::future::ready(Ok(()))))
+        // Resolves with the next attempt: a source that fails (unreachable, 401, refused
+        // handshake) answers the viewer 503 "Source Unavailable" at once, not after the timeout.
+        let waiter = Rc::new(StartWaiter::default());
+        pull.starts.borrow_mut().push(waiter.clone());
+        Some(Box::pin(async move {
+            waiter.notify.notified().await;
+            match waiter.outcome.get() {
+                Some(true) => Ok(()),
+                _ => Err(crate::rtsp::session::Refusal::SourceUnavailable),
+            }
+        }))
     }
 
     fn start_timeout(&self) -> Duration {
@@ -299,6 +331,7 @@ async fn supervise(
     let mut backoff: Option<Duration> = None;
     loop {
         if pull.removed.get() || shard.shutdown.is_triggered() {
+            pull.settle_starts(false);
             return;
         }
         if !pull.wanted.get() {
@@ -327,6 +360,7 @@ async fn supervise(
             Ok(conn::PullEnd::Stopped) => continue,
             Err(e) => e.to_string(),
         };
+        pull.settle_starts(false);
         if pull.removed.get() {
             return;
         }

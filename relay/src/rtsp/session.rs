@@ -146,6 +146,8 @@ pub enum Refusal {
     DeviceRefused,
     /// The device accepted preview start but sent no keyframe in time (503).
     NoMedia,
+    /// A pull source could not be reached or refused the relay's handshake (503).
+    SourceUnavailable,
 }
 
 impl Refusal {
@@ -158,6 +160,7 @@ impl Refusal {
             Refusal::DeviceOffline => (StatusCode::SERVICE_UNAVAILABLE, "Device Offline"),
             Refusal::DeviceRefused => (StatusCode::SERVICE_UNAVAILABLE, "Device Refused Preview"),
             Refusal::NoMedia => (StatusCode::SERVICE_UNAVAILABLE, "No Media From Device"),
+            Refusal::SourceUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "Source Unavailable"),
         }
     }
 }
