@@ -105,9 +105,10 @@ impl FirmwareStore {
             move |source| FirmwareError::Io { path, source }
         };
         fs::create_dir_all(&self.dir).map_err(io_error(&self.dir))?;
+        // A fixed-length name: the final name may already be as long as a file name can be.
         let part = self
             .dir
-            .join(format!(".{name}.part-{:016x}", rand::random::<u64>()));
+            .join(format!(".upload-{:016x}.part", rand::random::<u64>()));
         let result = async {
             let file = File::create(&part).map_err(io_error(&part))?;
             let mut out = BufWriter::with_capacity(256 * 1024, file);

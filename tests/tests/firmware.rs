@@ -79,6 +79,11 @@ fn a_firmware_upload_is_stored_byte_for_byte_and_replaced_by_a_new_one() {
     let on_disk = std::fs::read(server.data_dir().join("firmware").join(NAME)).unwrap();
     assert!(on_disk == smaller);
     assert_eq!(stored(&server), [NAME]);
+
+    // The longest name a file can have (found by schemathesis: the temporary name was longer).
+    let longest = format!("{}.pak", "L".repeat(251));
+    assert_eq!(upload(&server, &longest, &file).status, 200);
+    assert_eq!(stored(&server), [longest.clone(), NAME.to_owned()]);
 }
 
 #[test]
