@@ -85,7 +85,7 @@ impl FleetConfig {
         let IpAddr::V4(server) = self.device_ip else {
             return None;
         };
-        if !server.is_loopback() {
+        if !server.is_loopback() || self.source_count() == 1 {
             return None;
         }
         let n = (index % self.source_count()) as u32 + 1;
