@@ -142,15 +142,18 @@ pub enum IngestMode {
     Tcp,
     /// An RTSP publisher (ANNOUNCE/RECORD).
     RtspPublish,
+    /// A pull source (the relay's RTSP client), media mode.
+    Pull,
 }
 
 impl IngestMode {
     /// Every mode, in label order.
-    pub const ALL: [IngestMode; 4] = [
+    pub const ALL: [IngestMode; 5] = [
         IngestMode::Tls,
         IngestMode::EncryptTcp,
         IngestMode::Tcp,
         IngestMode::RtspPublish,
+        IngestMode::Pull,
     ];
 
     /// The `mode` label.
@@ -160,6 +163,7 @@ impl IngestMode {
             IngestMode::EncryptTcp => "encrypt_tcp",
             IngestMode::Tcp => "tcp",
             IngestMode::RtspPublish => "rtsp_publish",
+            IngestMode::Pull => "pull",
         }
     }
 
@@ -169,6 +173,7 @@ impl IngestMode {
             IngestMode::EncryptTcp => 1,
             IngestMode::Tcp => 2,
             IngestMode::RtspPublish => 3,
+            IngestMode::Pull => 4,
         }
     }
 }
@@ -183,7 +188,7 @@ pub struct MediaStats {
     /// Viewers attached now.
     pub viewers: u64,
     /// Bytes received from publishers, by [`IngestMode`] (index order of `IngestMode::ALL`).
-    pub bytes_in: [u64; 4],
+    pub bytes_in: [u64; 5],
     /// Bytes written to viewers, interleaved headers included.
     pub bytes_out: u64,
     /// Packets slow viewers skipped.

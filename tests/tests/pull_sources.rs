@@ -553,6 +553,12 @@ fn counter_header_rule_satisfies_a_strict_upstream() {
         text.contains("rop_pull_sources{state=\"playing\"} 1"),
         "{text}"
     );
+    let pulled: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("rop_stream_bytes_in_total{mode=\"pull\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no pull bytes on /metrics: {text}"));
+    assert!(pulled > 0, "{text}");
 }
 
 #[test]

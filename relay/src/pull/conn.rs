@@ -15,11 +15,12 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use futures_lite::future::or;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::future::{or, poll_fn};
+use futures_lite::AsyncWriteExt;
 use rt::tls::MaybeTls;
 use rustls::pki_types::ServerName;
 use rustls::ClientConnection;
+use signal::metrics::IngestMode;
 use signal::sources::SourceSpec;
 use tracing::{debug, info};
 
@@ -124,6 +125,7 @@ pub async fn pull_once(
     let mut demuxer = Demuxer::new(DemuxLimits::default());
 
     // Handshake mode: one request, one response, each within the response timeout.
+    let mut handshake_bytes = 0u64;
     let mut request = client.start();
     let description = loop {
         send(&mut stream, &request).await?;
@@ -134,6 +136,7 @@ pub async fn pull_once(
                 &mut demuxer,
                 settings.response_timeout,
                 "response",
+                &mut handshake_bytes,
             )
             .await?
             {
@@ -201,7 +204,20 @@ pub async fn pull_once(
         }
         let event = or(
             async {
-                Event::Item(next_item(&mut stream, &mut buf, &mut demuxer, wait, "media").await)
+                let mut bytes_in = 0;
+                let item = next_item(
+                    &mut stream,
+                    &mut buf,
+                    &mut demuxer,
+                    wait,
+                    "media",
+                    &mut bytes_in,
+                )
+                .await;
+                if bytes_in > 0 {
+                    shard.count_media(|m| m.add_bytes_in(IngestMode::Pull, bytes_in));
+                }
+                Event::Item(item)
             },
             async {
                 stop.notified().await;
@@ -314,6 +330,7 @@ async fn next_item(
     demuxer: &mut Demuxer,
     wait: Duration,
     what: &'static str,
+    bytes_in: &mut u64,
 ) -> Result<Demuxed<bytes::Bytes>, PullError> {
     loop {
         match demuxer.feed_bytes(buf) {
@@ -326,27 +343,18 @@ async fn next_item(
                 })
             }
         }
-        let filled = buf.len();
-        if buf.capacity() - filled < READ_CHUNK / 4 {
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
         }
-        let room = buf.capacity() - filled;
-        buf.resize(filled + room, 0);
-        let read = rt::timer::timeout(wait, stream.read(&mut buf[filled..])).await;
+        // Straight into the spare capacity, as the RTSP server reads a publisher.
+        let read = rt::timer::timeout(wait, poll_fn(|cx| stream.poll_read_spare(cx, buf))).await;
         match read {
-            Err(_) => {
-                buf.truncate(filled);
-                return Err(PullError::Timeout { what, after: wait });
-            }
+            Err(_) => return Err(PullError::Timeout { what, after: wait }),
             Ok(Ok(0)) => {
-                buf.truncate(filled);
                 return Err(PullError::Io(std::io::ErrorKind::UnexpectedEof.into()));
             }
-            Ok(Ok(n)) => buf.truncate(filled + n),
-            Ok(Err(e)) => {
-                buf.truncate(filled);
-                return Err(PullError::Io(e));
-            }
+            Ok(Ok(n)) => *bytes_in += n as u64,
+            Ok(Err(e)) => return Err(PullError::Io(e)),
         }
     }
 }
