@@ -547,18 +547,24 @@ fn counter_header_rule_satisfies_a_strict_upstream() {
         server.server.addrs.rtsp,
     );
     assert_eq!(read_packets(&mut player, 20), 20);
+    // /metrics, read with the Prometheus parser.
     let metrics = curl(&[&format!("{}/metrics", server.api_url())]);
-    let text = String::from_utf8_lossy(&metrics.body);
-    assert!(
-        text.contains("rop_pull_sources{state=\"playing\"} 1"),
-        "{text}"
-    );
-    let pulled: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("rop_stream_bytes_in_total{mode=\"pull\"} "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no pull bytes on /metrics: {text}"));
-    assert!(pulled > 0, "{text}");
+    let (families, samples) = tests::parse_prometheus(&String::from_utf8_lossy(&metrics.body));
+    for (family, kind) in [
+        ("rop_pull_sources", "gauge"),
+        ("rop_pull_attempts", "counter"),
+        ("rop_pull_sessions", "counter"),
+    ] {
+        assert!(
+            families.iter().any(|(f, k)| f == family && k == kind),
+            "{family} declared as a {kind}"
+        );
+    }
+    let value = |name, labels: &[(&str, &str)]| tests::prom_value(&samples, name, labels);
+    assert_eq!(value("rop_pull_sources", &[("state", "playing")]), 1.0);
+    assert_eq!(value("rop_pull_sources", &[("state", "backoff")]), 1.0);
+    assert!(value("rop_pull_attempts_total", &[]) >= 2.0);
+    assert!(value("rop_stream_bytes_in_total", &[("mode", "pull")]) > 0.0);
 }
 
 #[test]
