@@ -698,6 +698,42 @@ mod tests {
     }
 
     #[test]
+    fn ten_thousand_devices_on_four_shards_page_through_once_each() {
+        let uids: Vec<String> = (0..10_000u64)
+            .map(|i| format!("9527{:012}", i.wrapping_mul(7_919) % 1_000_000_007))
+            .collect();
+        let shards: Vec<Vec<&str>> = (0..4)
+            .map(|shard| {
+                uids.iter()
+                    .map(String::as_str)
+                    .filter(|uid| shard_of_uid(uid, 4) == shard)
+                    .collect()
+            })
+            .collect();
+        let (mut seen, mut cursor, mut pages) = (Vec::new(), None::<String>, 0);
+        loop {
+            let merged = merge_pages(
+                shards
+                    .iter()
+                    .map(|uids| page(uids, cursor.as_deref(), 1000))
+                    .collect(),
+                1000,
+            );
+            assert_eq!(merged.total_rows, 10_000);
+            pages += 1;
+            seen.extend(merged.items.into_iter().map(|d| d.uid));
+            match merged.next_token {
+                Some(token) => cursor = Some(token),
+                None => break,
+            }
+        }
+        assert_eq!(pages, 10);
+        let mut expected = uids.clone();
+        expected.sort();
+        assert_eq!(seen, expected);
+    }
+
+    #[test]
     fn one_page_without_a_token_when_everything_fits() {
         let merged = merge_pages(vec![page(&["B", "A"], None, 10)], 10);
         assert_eq!(merged.next_token, None);
