@@ -82,6 +82,16 @@ enum PkiCommand {
         #[arg(long, default_value = "http://127.0.0.1:61009")]
         api: String,
     },
+    /// Start a new device key index for encryptTCP access keys (works while the server runs).
+    /// Devices registered before keep authenticating with their old access keys; their hello
+    /// is answered 400 and they register again to get one under the new index.
+    RotateDeviceKey {
+        #[command(flatten)]
+        data: DataArg,
+        /// Client API of a running server to ask when the store is in use.
+        #[arg(long, default_value = "http://127.0.0.1:61009")]
+        api: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -244,6 +254,31 @@ fn pki_command(cmd: PkiCommand) -> anyhow::Result<()> {
                         .request("DELETE", &format!("/v1.0/devices/{uid}"))?;
                     answer.json_ok("revoking the device")?;
                     println!("revoked {uid} through the running server");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        PkiCommand::RotateDeviceKey { data, api } => {
+            // The store's lock tells whether a server runs: it must rotate its own copy of the
+            // keys, or it would keep handing out the old index until restarted.
+            match signal::store::Store::open(&data.data) {
+                Ok(store) => {
+                    drop(store);
+                    let secrets = signal::secrets::Secrets::open_or_create(&data.data)?;
+                    let index = secrets.device_keys.rotate()?;
+                    println!(
+                        "device key rotated: new registrations get key index {index} ({})",
+                        data.data.join("secrets/device-keys.json").display()
+                    );
+                }
+                Err(signal::store::StoreError::Locked { .. }) => {
+                    let answer = ClientApi::new(&api, &data.data)?
+                        .request("POST", "/v1.0/device-keys/rotation")?;
+                    let body = answer.json_ok("rotating the device key")?;
+                    let index = body["currentKeyIndex"].as_str().unwrap_or_default();
+                    println!(
+                        "device key rotated through the running server: new key index {index}"
+                    );
                 }
                 Err(e) => return Err(e.into()),
             }

@@ -192,7 +192,7 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
         keepalive: config.listen.keepalive,
         signalling: config.listen.signaling,
         session: Arc::new(crate::device::DeviceSettings::session_config(&config)),
-        device_keys: Arc::new(secrets.device_keys.clone()),
+        device_keys: secrets.device_keys.clone(),
         mtls: pki.mtls_config(),
         is_revoked: Some({
             let store = store.clone();
@@ -221,7 +221,7 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
             tls: config.listen.stream_tls,
             tcp: config.listen.stream_tcp,
             mtls: pki.mtls_config(),
-            device_keys: Arc::new(secrets.device_keys.clone()),
+            device_keys: secrets.device_keys.clone(),
             policy: crate::ingest::IngestPolicy {
                 verify_hmac: config.stream.verify_hmac,
                 verify_sequence: config.stream.verify_sequence,

@@ -646,3 +646,81 @@ fn provisioned_device_survives_kill_9() {
     // Issued for 10 days: 10 within the second of issue, 9 after.
     assert!((9..=10).contains(&days_left), "{warning}");
 }
+
+fn current_key_index(data: &Path) -> String {
+    let keys: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(data.join("secrets/device-keys.json")).unwrap(),
+    )
+    .unwrap();
+    keys["currentKeyIndex"].as_str().unwrap().to_owned()
+}
+
+/// The access key index a registration hands out (the first 16 characters of `accesskey`).
+fn registered_index(served: &Served, data: &Path, cert: &str, key: &str) -> String {
+    let (status, body) = register(served, data, cert, key);
+    assert_eq!(status, 200, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    body["accesskey"].as_str().unwrap()[..16].to_owned()
+}
+
+/// `relay pki rotate-device-key`: through the running server (API token, `[api] auth =
+/// "token"`) the next registration gets the new index without a restart; offline it rewrites
+/// `device-keys.json`, keeping every older key, and the restarted server hands out the newest.
+#[test]
+fn rotate_device_key_while_the_server_runs_and_offline() {
+    let cwd = tempfile::tempdir().unwrap();
+    let data = cwd.path().join("relay-data");
+    let served = Served::start(cwd.path());
+    let (cert, key) = provision_and_register(&served, cwd.path(), &data);
+    let first = current_key_index(&data);
+    assert_eq!(registered_index(&served, &data, &cert, &key), first);
+
+    let api = format!("http://127.0.0.1:{}", served.port("api"));
+    let out = Command::new(env!("CARGO_BIN_EXE_relay"))
+        .args(["pki", "rotate-device-key", "--api", &api])
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    let out = ok(&out);
+    assert!(out.contains("through the running server"), "{out}");
+    let second = current_key_index(&data);
+    assert_ne!(second, first);
+    assert!(out.contains(&second), "{out}");
+    assert_eq!(registered_index(&served, &data, &cert, &key), second);
+    assert!(
+        served.line_with("device key rotated").is_some(),
+        "{}",
+        served.log()
+    );
+    // Without the API token the endpoint is refused.
+    let refused = tool(
+        "curl",
+        &[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "POST",
+            &format!("{api}/v1.0/device-keys/rotation"),
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&refused.stdout), "401");
+    assert_eq!(current_key_index(&data), second);
+    served.kill();
+
+    let out = ok(&relay(&["pki", "rotate-device-key", "--data", path(&data)]));
+    let third = current_key_index(&data);
+    assert!(out.contains(&third), "{out}");
+    let keys: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(data.join("secrets/device-keys.json")).unwrap(),
+    )
+    .unwrap();
+    for index in [&first, &second, &third] {
+        assert!(keys["deviceKeys"][index.as_str()].is_string(), "{keys}");
+    }
+    let served = Served::start(cwd.path());
+    assert_eq!(registered_index(&served, &data, &cert, &key), third);
+    served.kill();
+}

@@ -264,6 +264,10 @@ impl ControlPlane {
                 Method::GET | Method::HEAD => self.get_certificates(),
                 _ => method_not_allowed("GET, HEAD"),
             },
+            ["v1.0", "device-keys", "rotation"] => match *method {
+                Method::POST => self.post_device_key_rotation(),
+                _ => method_not_allowed("POST"),
+            },
             ["v1.0", "firmware", _] => method_not_allowed("POST"),
             ["v1.0", "devices", "initialization-session"] => match *method {
                 Method::POST => self.post_initialization_session(req),
@@ -539,6 +543,21 @@ impl ControlPlane {
             }
             Ok(None) => device_not_found(uid),
             Err(e) => internal_error(&e.to_string()),
+        }
+    }
+
+    /// `relay pki rotate-device-key` against a running server: the new index is on disk before
+    /// the answer and in force for the next registration and the next hello.
+    fn post_device_key_rotation(&self) -> Response {
+        match self.provisioning.rotate_device_key() {
+            Ok(index) => {
+                tracing::info!(current_key_index = %index, "device key rotated");
+                json_response(
+                    StatusCode::OK,
+                    &serde_json::json!({ "currentKeyIndex": index }),
+                )
+            }
+            Err(e) => internal_error(&format!("rotating the device key: {e}")),
         }
     }
 

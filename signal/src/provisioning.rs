@@ -24,7 +24,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::proto::access_key::AccessKeyPair;
-use crate::secrets::DeviceKeys;
 use crate::store::{CodeRecord, CodeRefusal, IssueOutcome, IssuedCert, Store, StoreError};
 
 /// Length of a one-time code: the platform tells short codes from long-term codes by it.
@@ -188,7 +187,7 @@ pub struct DeviceEndpoints {
 pub struct Provisioning {
     pki: Arc<pki::Pki>,
     store: Arc<Store>,
-    device_keys: DeviceKeys,
+    device_keys: crate::secrets::DeviceKeyRing,
     code_sign_key: [u8; 32],
     endpoints: DeviceEndpoints,
     code_ttl_secs: u64,
@@ -235,6 +234,13 @@ impl Provisioning {
             device_cert_days: settings.device_cert_days,
             heartbeat_interval_secs: settings.heartbeat_interval_secs,
         }
+    }
+
+    /// Starts a new device key index: registrations from now on get access keys under it, and
+    /// hellos with an older index still authenticate but are answered 400 (register again),
+    /// as the platform's `deviceAuth.currentKeyIndex` does. Returns the new index.
+    pub fn rotate_device_key(&self) -> Result<String, crate::secrets::SecretsError> {
+        self.device_keys.rotate()
     }
 
     /// The advertised endpoints.
@@ -361,11 +367,9 @@ impl Provisioning {
                 req.uid
             )));
         }
-        let pair = AccessKeyPair::derive(
-            &self.device_keys.current_index,
-            self.device_keys.current_key().as_bytes(),
-            &req.uid,
-        );
+        let keys = self.device_keys.snapshot();
+        let pair =
+            AccessKeyPair::derive(&keys.current_index, keys.current_key().as_bytes(), &req.uid);
         self.store
             .mark_registered(&req.uid, &pair.access_key, now)?;
         Ok(Registration {

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use rand::distributions::{Alphanumeric, DistString};
 use rand::RngCore;
@@ -71,16 +72,65 @@ impl DeviceKeys {
     }
 }
 
+/// The device keys as every part of one server sees them. A rotation (`relay pki
+/// rotate-device-key`, `POST /v1.0/device-keys/rotation`) is written to
+/// `device-keys.json` first and then replaces the set here, so new registrations get the new
+/// index and new links verify against it at once; a link already open keeps the snapshot it
+/// was opened with (old indices are never removed, so that snapshot stays valid). Clones share
+/// the same set.
+#[derive(Debug, Clone)]
+pub struct DeviceKeyRing {
+    path: PathBuf,
+    keys: Arc<RwLock<Arc<DeviceKeys>>>,
+}
+
+impl DeviceKeyRing {
+    fn new(path: PathBuf, keys: DeviceKeys) -> Self {
+        Self {
+            path,
+            keys: Arc::new(RwLock::new(Arc::new(keys))),
+        }
+    }
+
+    /// The keys as of now (cheap: one shared pointer).
+    pub fn snapshot(&self) -> Arc<DeviceKeys> {
+        match self.keys.read() {
+            Ok(keys) => keys.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Starts a new key index and returns it; every older key stays, so access keys issued
+    /// under them still authenticate (the hello then says 400: register again).
+    pub fn rotate(&self) -> Result<String, SecretsError> {
+        let mut guard = match self.keys.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let fresh = DeviceKeys::generate();
+        let mut keys = DeviceKeys::clone(&guard);
+        keys.current_index = fresh.current_index.clone();
+        keys.keys.extend(fresh.keys);
+        write_private_file(
+            &self.path,
+            serde_json::to_string_pretty(&keys)
+                .unwrap_or_default()
+                .as_bytes(),
+        )?;
+        *guard = Arc::new(keys);
+        Ok(fresh.current_index)
+    }
+}
+
 /// Every secret of one data directory.
 #[derive(Debug, Clone)]
 pub struct Secrets {
-    dir: PathBuf,
     /// HMAC key of play and publish tokens.
     pub token_key: [u8; 32],
     /// HMAC key of long-term device codes.
     pub code_sign_key: [u8; 32],
-    /// Device keys for encryptTCP access keys.
-    pub device_keys: DeviceKeys,
+    /// Device keys for encryptTCP access keys (shared by every clone of these secrets).
+    pub device_keys: DeviceKeyRing,
     /// Bearer token of the client API (used when `api.auth = "token"`).
     pub api_token: String,
     /// HMAC-SHA256 key of the alarm webhook signature (`alarm-webhook.key`), shared with the
@@ -139,30 +189,17 @@ impl Secrets {
             }
         };
         Ok(Self {
-            dir,
             token_key,
             code_sign_key,
-            device_keys,
             api_token,
             alarm_webhook_key,
+            device_keys: DeviceKeyRing::new(keys_path, device_keys),
         })
     }
 
     /// Starts a new device key index; devices registered before keep their old access keys.
-    pub fn rotate_device_key(&mut self) -> Result<&str, SecretsError> {
-        let fresh = DeviceKeys::generate();
-        let mut keys = self.device_keys.clone();
-        keys.current_index = fresh.current_index.clone();
-        keys.keys.extend(fresh.keys);
-        let path = self.dir.join("device-keys.json");
-        write_private_file(
-            &path,
-            serde_json::to_string_pretty(&keys)
-                .unwrap_or_default()
-                .as_bytes(),
-        )?;
-        self.device_keys = keys;
-        Ok(&self.device_keys.current_index)
+    pub fn rotate_device_key(&mut self) -> Result<String, SecretsError> {
+        self.device_keys.rotate()
     }
 }
 
@@ -254,11 +291,11 @@ mod tests {
         assert_eq!(a.token_key, b.token_key);
         assert_eq!(a.code_sign_key, b.code_sign_key);
         assert_ne!(a.token_key, a.code_sign_key);
-        assert_eq!(a.device_keys, b.device_keys);
+        assert_eq!(a.device_keys.snapshot(), b.device_keys.snapshot());
         assert_eq!(a.api_token, b.api_token);
         assert_eq!(a.alarm_webhook_key, b.alarm_webhook_key);
         assert_ne!(a.alarm_webhook_key, a.token_key);
-        assert_eq!(a.device_keys.current_index.len(), 16);
+        assert_eq!(a.device_keys.snapshot().current_index.len(), 16);
         for name in [
             "token.key",
             "code-sign.key",
@@ -278,12 +315,24 @@ mod tests {
     fn rotation_keeps_old_keys() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Secrets::open_or_create(dir.path()).unwrap();
-        let old = s.device_keys.current_index.clone();
-        let new = s.rotate_device_key().unwrap().to_owned();
+        let shared = s.clone();
+        let before = s.device_keys.snapshot();
+        let old = before.current_index.clone();
+        let new = s.rotate_device_key().unwrap();
         assert_ne!(old, new);
+        assert_eq!(
+            before.current_index, old,
+            "a snapshot taken before keeps its keys"
+        );
+        assert_eq!(
+            shared.device_keys.snapshot().current_index,
+            new,
+            "clones see it"
+        );
         let reopened = Secrets::open_or_create(dir.path()).unwrap();
-        assert_eq!(reopened.device_keys.current_index, new);
-        assert!(reopened.device_keys.key(&old).is_some());
+        let keys = reopened.device_keys.snapshot();
+        assert_eq!(keys.current_index, new);
+        assert_eq!(keys.key(&old), before.key(&old));
     }
 
     #[test]

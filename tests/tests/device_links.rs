@@ -124,7 +124,19 @@ fn provision(server: &TestServer, uid: &str) -> Device {
     assert_eq!(status, 200, "{credentials}");
     let cert = credentials["cert"].as_str().unwrap().to_owned();
     let key = credentials["key"].as_str().unwrap().to_owned();
-    let device_tls = pki::client_config_for_device(&ca, &cert, &key).unwrap();
+    let keys = register(server, uid, &ca, &cert, &key);
+    Device {
+        uid: uid.to_owned(),
+        ca,
+        cert,
+        key,
+        keys,
+    }
+}
+
+/// Registration on 61002 with the device's certificate: its access key pair.
+fn register(server: &TestServer, uid: &str, ca: &str, cert: &str, key: &str) -> AccessKeyPair {
+    let device_tls = pki::client_config_for_device(ca, cert, key).unwrap();
     let (status, registration) = https(
         server.server.addrs.registration,
         device_tls,
@@ -132,15 +144,9 @@ fn provision(server: &TestServer, uid: &str) -> Device {
         &json!({ "uid": uid }),
     );
     assert_eq!(status, 200, "{registration}");
-    Device {
-        uid: uid.to_owned(),
-        ca,
-        cert,
-        key,
-        keys: AccessKeyPair {
-            access_key: registration["accesskey"].as_str().unwrap().to_owned(),
-            secret: registration["secretAccesskey"].as_str().unwrap().to_owned(),
-        },
+    AccessKeyPair {
+        access_key: registration["accesskey"].as_str().unwrap().to_owned(),
+        secret: registration["secretAccesskey"].as_str().unwrap().to_owned(),
     }
 }
 
@@ -288,11 +294,19 @@ fn signalling(server: &TestServer, device: &Device) -> TlsLink {
 }
 
 fn keep_alive(server: &TestServer, device: &Device) -> Link<TcpStream> {
+    let (link, code) = keep_alive_hello(server, &device.keys);
+    assert_eq!(code, 200);
+    link
+}
+
+/// The hello exchange on 61003; the server's answer must be signed with `keys`' secret (the
+/// simulated device checks it) and its code is returned.
+fn keep_alive_hello(server: &TestServer, keys: &AccessKeyPair) -> (Link<TcpStream>, u16) {
     let stream = TcpStream::connect(server.server.addrs.keepalive).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
-    let (sim, hello) = SimDevice::keep_alive(&device.keys, rand_nonce());
+    let (sim, hello) = SimDevice::keep_alive(keys, rand_nonce());
     let mut link = Link {
         stream,
         sim,
@@ -303,8 +317,11 @@ fn keep_alive(server: &TestServer, device: &Device) -> Link<TcpStream> {
     let mut buf = [0u8; 100];
     link.stream.read_exact(&mut buf).unwrap();
     assert!(link.sim.receive(&buf).unwrap().is_empty());
-    assert_eq!(link.sim.hello_code(), Some(200));
-    link
+    let code = link
+        .sim
+        .hello_code()
+        .expect("the server's hello authenticates");
+    (link, code)
 }
 
 fn rand_nonce() -> [u8; 32] {
@@ -466,6 +483,54 @@ fn both_links_online_presence_list_alarm_switch_and_revocation() {
     );
     assert_eq!(status, 404);
     assert_eq!(body["error"]["symbol"], "device_offline");
+}
+
+/// `POST /v1.0/device-keys/rotation` (what `relay pki rotate-device-key` calls while the server
+/// runs): registrations get the new key index at once; a device registered before still
+/// authenticates with its old access key, is told 400 in a hello signed with its old secret
+/// (the platform's answer to a stale index), registers again and is back online.
+#[test]
+fn rotated_device_key_serves_new_registrations_and_old_keys_still_authenticate() {
+    let server = TestServer::start_with(|c| c.shards = Some(2));
+    let before = provision(&server, "952700000A5S348E");
+    let old_index = before.keys.access_key[..16].to_owned();
+    let mut ka = keep_alive(&server, &before);
+    ka.handshake(&before.uid);
+    ka.heartbeat(50);
+
+    let (status, rotated) = api(&server, "POST", "/v1.0/device-keys/rotation", None);
+    assert_eq!(status, 200, "{rotated}");
+    let new_index = rotated["currentKeyIndex"].as_str().unwrap().to_owned();
+    assert_eq!(new_index.len(), 16);
+    assert_ne!(new_index, old_index);
+    let on_disk: Value = serde_json::from_str(
+        &std::fs::read_to_string(server.data_dir().join("secrets/device-keys.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(on_disk["currentKeyIndex"], new_index.as_str());
+    assert!(on_disk["deviceKeys"][&old_index].is_string(), "{on_disk}");
+
+    // The link opened before the rotation is not cut.
+    ka.heartbeat(49);
+    assert_eq!(presence(&server, &before.uid)["online"], true);
+
+    // A new link with the old access key: authenticated, answered 400 (register again).
+    let (_stale, code) = keep_alive_hello(&server, &before.keys);
+    assert_eq!(code, 400);
+    let renewed = register(&server, &before.uid, &before.ca, &before.cert, &before.key);
+    assert_eq!(&renewed.access_key[..16], new_index);
+    assert_eq!(renewed.access_key[16..], before.keys.access_key[16..]);
+    let (mut again, code) = keep_alive_hello(&server, &renewed);
+    assert_eq!(code, 200);
+    again.handshake(&before.uid);
+    again.heartbeat(48);
+
+    let after = provision(&server, "952700000A5S349F");
+    assert_eq!(&after.keys.access_key[..16], new_index);
+    let mut ka = keep_alive(&server, &after);
+    ka.handshake(&after.uid);
+    ka.heartbeat(90);
+    assert_eq!(presence(&server, &after.uid)["online"], true);
 }
 
 #[test]

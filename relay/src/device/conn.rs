@@ -190,7 +190,7 @@ async fn route_keepalive(shard: Rc<DeviceShard>, mut stream: TcpStream) {
             return;
         }
     }
-    if !signal::limits::hello_is_authentic(&hello, &shard.settings.device_keys) {
+    if !signal::limits::hello_is_authentic(&hello, &shard.settings.device_keys.snapshot()) {
         if let Ok(peer) = stream.peer_addr() {
             signal::limits::record_failure(
                 "keepalive",
@@ -278,7 +278,7 @@ async fn serve(
         (LinkKind::Signalling, None) => return,
         (LinkKind::KeepAlive, _) => DeviceSession::keep_alive(
             config,
-            shard.settings.device_keys.clone(),
+            shard.settings.device_keys.snapshot(),
             rand::random(),
             first_id,
             accepted_at,

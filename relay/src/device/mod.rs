@@ -35,7 +35,6 @@ use std::time::{Duration, Instant, SystemTime};
 use rt::xchan::{OneshotSender, Receiver};
 use rt::{MeshPort, Shutdown};
 use signal::devices::{DeviceCommand, DeviceError, LinkStats};
-use signal::secrets::DeviceKeys;
 use signal::session::{
     ConnId, DeviceRegistry, DeviceSession, Evicted, LinkKind, Now, OfflineReason, Reply, RequestId,
     SessionConfig, SessionEvent,
@@ -90,7 +89,7 @@ pub struct DeviceSettings {
     /// Limits and timeouts of sessions.
     pub session: Arc<SessionConfig>,
     /// Device keys that resolve access keys in keep-alive hellos.
-    pub device_keys: Arc<DeviceKeys>,
+    pub device_keys: signal::secrets::DeviceKeyRing,
     /// Mutual-TLS configuration of the signalling port (CRL-checking verifier).
     pub mtls: Arc<rustls::ServerConfig>,
     /// True when the device is revoked or unknown: its keep-alive link is closed at once.

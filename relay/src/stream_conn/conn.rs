@@ -153,7 +153,7 @@ async fn route_tcp(shard: Rc<StreamShard>, mut stream: TcpStream) {
             return;
         }
     }
-    if !signal::limits::hello_is_authentic(&hello, &shard.settings.device_keys) {
+    if !signal::limits::hello_is_authentic(&hello, &shard.settings.device_keys.snapshot()) {
         if let Ok(peer) = stream.peer_addr() {
             signal::limits::record_failure(
                 "stream_tcp",
@@ -273,7 +273,8 @@ async fn serve(
     config.policy = shard.settings.policy;
     config.max_rtp_payload = shard.settings.rtp_max_payload;
     let mut ingest =
-        match DeviceStreamIngest::new(config, secret_lookup(shard.settings.device_keys.clone())) {
+        match DeviceStreamIngest::new(config, secret_lookup(shard.settings.device_keys.snapshot()))
+        {
             Ok(ingest) => ingest,
             Err(e) => {
                 warn!(shard = shard.id, "stream ingest not configured: {e}");

@@ -33,7 +33,6 @@ use std::time::{Duration, Instant};
 
 use rt::{MeshPort, Shutdown};
 use signal::proto::body::{StreamMode, StreamType};
-use signal::secrets::DeviceKeys;
 use tracing::{debug, info, warn};
 
 use crate::device::{DeviceShard, DeviceStreams, PreviewRoute};
@@ -55,7 +54,7 @@ pub struct StreamSettings {
     /// Mutual-TLS configuration of 61006 (CRL-checking verifier).
     pub mtls: Arc<rustls::ServerConfig>,
     /// Device keys that resolve the access key of a 61007 hello.
-    pub device_keys: Arc<DeviceKeys>,
+    pub device_keys: signal::secrets::DeviceKeyRing,
     /// Checks the platform's server does not make (HMAC, sequence, access key bound to UID).
     pub policy: IngestPolicy,
     /// Largest RTP payload of the streams (`[stream] rtp_max_payload`).
