@@ -21,7 +21,7 @@ use crate::api::ControlPlane;
 use crate::device_api::{device_error, method_not_allowed};
 use crate::devices::{ChannelPresence, DeviceDirectory, DeviceError, DevicePresence};
 use crate::http_server::Request;
-use crate::proto::body::{BodyMessage, RecordFile, StreamType, XmlBody, XmlElement};
+use crate::proto::body::{BodyMessage, LocalTime, RecordFile, StreamType, XmlBody, XmlElement};
 use crate::proto::core_packet::cmd;
 use crate::proto::http::{json_error, json_response, Response};
 use crate::tokens::{StreamGrant, TokenOp};
@@ -714,83 +714,6 @@ fn snapshot_query(req: &Request) -> Result<(u32, StreamType), Response> {
         .ok_or_else(|| invalid("stream_type", "one of mainStream, subStream, externStream"))?;
     let channel = query_uint(&pairs, "channel", 0, 31)?;
     Ok((channel, stream))
-}
-
-/// A device-local wall-clock time (the devices and the platform use no time zone).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct LocalTime {
-    pub(crate) date: time::Date,
-    pub(crate) seconds: u32,
-}
-
-impl LocalTime {
-    /// `YYYY-MM-DD` and `HH:MM:SS`.
-    pub(crate) fn parse(date: &str, clock: &str) -> Option<Self> {
-        let mut d = date.trim().splitn(3, '-');
-        let year: i32 = d.next()?.parse().ok()?;
-        let month: u8 = d.next()?.parse().ok()?;
-        let day: u8 = d.next()?.parse().ok()?;
-        let date =
-            time::Date::from_calendar_date(year, time::Month::try_from(month).ok()?, day).ok()?;
-        let mut c = clock.trim().splitn(3, ':');
-        let h: u32 = c.next()?.parse().ok()?;
-        let m: u32 = c.next()?.parse().ok()?;
-        let s: u32 = c.next().unwrap_or("0").parse().ok()?;
-        (h < 24 && m < 60 && s < 60).then_some(LocalTime {
-            date,
-            seconds: h * 3600 + m * 60 + s,
-        })
-    }
-
-    /// `YYYY-MM-DD HH:MM:SS`.
-    pub(crate) fn parse_joined(text: &str) -> Option<Self> {
-        let (date, clock) = text.trim().split_once(' ')?;
-        Self::parse(date, clock)
-    }
-
-    /// The device's form: attr001 year … attr006 second, under `name`.
-    fn element(&self, name: &str) -> XmlElement {
-        XmlElement::new(name)
-            .with_leaf("attr001", self.date.year())
-            .with_leaf("attr002", u8::from(self.date.month()))
-            .with_leaf("attr003", self.date.day())
-            .with_leaf("attr004", self.seconds / 3600)
-            .with_leaf("attr005", self.seconds / 60 % 60)
-            .with_leaf("attr006", self.seconds % 60)
-    }
-
-    /// Reads the device's form.
-    fn from_element(element: &XmlElement) -> Option<Self> {
-        let n = |name: &str| element.text_at(&[name])?.parse::<u32>().ok();
-        let date = format!("{}-{}-{}", n("attr001")?, n("attr002")?, n("attr003")?);
-        let clock = format!("{}:{}:{}", n("attr004")?, n("attr005")?, n("attr006")?);
-        Self::parse(&date, &clock)
-    }
-
-    fn plus_one_second(self) -> Self {
-        if self.seconds + 1 < 86_400 {
-            return LocalTime {
-                seconds: self.seconds + 1,
-                ..self
-            };
-        }
-        match self.date.next_day() {
-            Some(date) => LocalTime { date, seconds: 0 },
-            None => self,
-        }
-    }
-
-    pub(crate) fn format(&self) -> String {
-        format!(
-            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-            self.date.year(),
-            u8::from(self.date.month()),
-            self.date.day(),
-            self.seconds / 3600,
-            self.seconds / 60 % 60,
-            self.seconds % 60
-        )
-    }
 }
 
 #[derive(Debug)]

@@ -931,6 +931,137 @@ impl BodyMessage for ReplayStart {
     }
 }
 
+/// A device-local wall-clock time (the devices and the platform use no time zone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LocalTime {
+    /// The day.
+    pub date: time::Date,
+    /// Seconds since midnight, below 86 400.
+    pub seconds: u32,
+}
+
+impl LocalTime {
+    /// `YYYY-MM-DD` and `HH:MM:SS`.
+    pub fn parse(date: &str, clock: &str) -> Option<Self> {
+        let mut d = date.trim().splitn(3, '-');
+        let year: i32 = d.next()?.parse().ok()?;
+        let month: u8 = d.next()?.parse().ok()?;
+        let day: u8 = d.next()?.parse().ok()?;
+        let date =
+            time::Date::from_calendar_date(year, time::Month::try_from(month).ok()?, day).ok()?;
+        let mut c = clock.trim().splitn(3, ':');
+        let h: u32 = c.next()?.parse().ok()?;
+        let m: u32 = c.next()?.parse().ok()?;
+        let s: u32 = c.next().unwrap_or("0").parse().ok()?;
+        (h < 24 && m < 60 && s < 60).then_some(LocalTime {
+            date,
+            seconds: h * 3600 + m * 60 + s,
+        })
+    }
+
+    /// `YYYY-MM-DD HH:MM:SS`.
+    pub fn parse_joined(text: &str) -> Option<Self> {
+        let (date, clock) = text.trim().split_once(' ')?;
+        Self::parse(date, clock)
+    }
+
+    /// The device's form: attr001 year … attr006 second, under `name`.
+    pub fn element(&self, name: &str) -> XmlElement {
+        XmlElement::new(name)
+            .with_leaf("attr001", self.date.year())
+            .with_leaf("attr002", u8::from(self.date.month()))
+            .with_leaf("attr003", self.date.day())
+            .with_leaf("attr004", self.seconds / 3600)
+            .with_leaf("attr005", self.seconds / 60 % 60)
+            .with_leaf("attr006", self.seconds % 60)
+    }
+
+    /// Reads the device's form.
+    pub fn from_element(element: &XmlElement) -> Option<Self> {
+        let n = |name: &str| element.text_at(&[name])?.parse::<u32>().ok();
+        let date = format!("{}-{}-{}", n("attr001")?, n("attr002")?, n("attr003")?);
+        let clock = format!("{}:{}:{}", n("attr004")?, n("attr005")?, n("attr006")?);
+        Self::parse(&date, &clock)
+    }
+
+    /// `secs` later (across midnight and month ends; the latest representable day stays).
+    pub fn plus_seconds(self, secs: u32) -> Self {
+        let total = u64::from(self.seconds) + u64::from(secs);
+        let days = i64::try_from(total / 86_400).unwrap_or(i64::MAX);
+        match self.date.checked_add(time::Duration::days(days)) {
+            Some(date) => LocalTime {
+                date,
+                seconds: (total % 86_400) as u32,
+            },
+            None => self,
+        }
+    }
+
+    /// One second later.
+    pub fn plus_one_second(self) -> Self {
+        self.plus_seconds(1)
+    }
+
+    pub fn format(&self) -> String {
+        format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+            self.date.year(),
+            u8::from(self.date.month()),
+            self.date.day(),
+            self.seconds / 3600,
+            self.seconds / 60 % 60,
+            self.seconds % 60
+        )
+    }
+}
+
+/// Replay seek 123 from the server (`Param008`): the device restarts the replay whose stream id
+/// is `stream_id` at the device-local time `time`, and its media packets from then on carry
+/// `seek_seq` in the header's response code (the platform starts a replay at 0 and adds 1024 per
+/// seek), so that packets still in flight from before the seek can be told apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplaySeek {
+    /// attr001: channel.
+    pub channel: u32,
+    /// attr004: the replay's stream id (the request id of its replay start).
+    pub stream_id: u32,
+    /// attr003: the seek sequence the media packets carry after the seek.
+    pub seek_seq: u32,
+    /// attr002: where to continue, device-local time (attr001 year … attr006 second).
+    pub time: LocalTime,
+}
+
+impl BodyMessage for ReplaySeek {
+    fn from_body(body: &XmlBody) -> Result<Self, BodyError> {
+        let time = body
+            .root
+            .at(&["Param008", "attr002"])
+            .ok_or(BodyError::Missing {
+                path: "Param008/attr002",
+            })?;
+        Ok(ReplaySeek {
+            channel: required_number(body, &["Param008", "attr001"], "Param008/attr001")?,
+            stream_id: required_number(body, &["Param008", "attr004"], "Param008/attr004")?,
+            seek_seq: required_number(body, &["Param008", "attr003"], "Param008/attr003")?,
+            time: LocalTime::from_element(time).ok_or(BodyError::InvalidValue {
+                path: "Param008/attr002",
+                value: String::new(),
+                expected: "a date and time (attr001 year … attr006 second)",
+            })?,
+        })
+    }
+
+    fn to_body(&self) -> XmlBody {
+        XmlBody::new().with(
+            XmlElement::new("Param008")
+                .with_leaf("attr001", self.channel)
+                .with_leaf("attr004", self.stream_id)
+                .with_leaf("attr003", self.seek_seq)
+                .with(self.time.element("attr002")),
+        )
+    }
+}
+
 /// Replay stop 7 (`Param006.attr001`) of the replay whose stream id is `stream_id`; also the
 /// body of record info 13 with `stream_id: None` (is `file` on the device?).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1240,6 +1371,22 @@ mod tests {
             mode: StreamMode::Tls,
             port: 61006,
         });
+        round_trip(ReplaySeek {
+            channel: 1,
+            stream_id: 43,
+            seek_seq: 2048,
+            time: LocalTime::parse("2022-12-31", "23:59:30")
+                .unwrap()
+                .plus_seconds(45),
+        });
+        assert_eq!(
+            LocalTime::parse("2024-02-28", "23:00:00")
+                .unwrap()
+                .plus_seconds(2 * 86_400)
+                .format(),
+            "2024-03-01 23:00:00",
+            "leap day"
+        );
         round_trip(RecordFile {
             channel: 1,
             file: "a&b<c>.mp4".into(),
@@ -1477,6 +1624,7 @@ pub mod fuzzing {
         typed_round_trip::<PreviewStop>(&body);
         typed_round_trip::<ReplayStart>(&body);
         typed_round_trip::<RecordFile>(&body);
+        typed_round_trip::<ReplaySeek>(&body);
         typed_round_trip::<KeyframeRequest>(&body);
         typed_round_trip::<SnapshotRequest>(&body);
         typed_round_trip::<AlarmSwitch>(&body);

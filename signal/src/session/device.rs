@@ -9,8 +9,8 @@ use bytes::{Bytes, BytesMut};
 use crate::proto::access_key::uid_hash;
 use crate::proto::body::{
     Alarm, AlarmSwitch, BodyMessage, Handshake, HandshakeReply, Heartbeat, HeartbeatReply,
-    KeyframeRequest, PreviewStart, PreviewStop, RecordFile, ReplayStart, SnapshotRequest,
-    StreamMode, StreamType, XmlBody,
+    KeyframeRequest, LocalTime, PreviewStart, PreviewStop, RecordFile, ReplaySeek, ReplayStart,
+    SnapshotRequest, StreamMode, StreamType, XmlBody,
 };
 use crate::proto::core_packet::{cmd, CoreHeader, CorePacket, CODE_ERROR, CODE_OK};
 use crate::proto::encrypt_tcp::NONCE_LEN;
@@ -637,6 +637,27 @@ impl DeviceSession {
         }
         .encode();
         self.typed(cmd::REPLAY_STOP, Some(&body), ReplyKind::Xml, now)
+    }
+
+    /// Replay seek 123: the replay whose stream id is `stream_id` continues at the device-local
+    /// `time`, its media packets carrying `seek_seq` from then on (the caller keeps the
+    /// sequence: 0 at replay start, then 1024 more per seek, as the platform does).
+    pub fn replay_seek(
+        &mut self,
+        channel: u32,
+        stream_id: u32,
+        seek_seq: u32,
+        time: LocalTime,
+        now: Instant,
+    ) -> Result<RequestId, RequestRejected> {
+        let body = ReplaySeek {
+            channel,
+            stream_id,
+            seek_seq,
+            time,
+        }
+        .encode();
+        self.typed(cmd::REPLAY_SEEK, Some(&body), ReplyKind::Xml, now)
     }
 
     /// Keyframe request 189.

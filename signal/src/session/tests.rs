@@ -685,6 +685,46 @@ fn preview_start_uses_request_id_as_stream_id_and_reads_binary_reply() {
 }
 
 #[test]
+fn replay_seek_names_the_replay_the_sequence_and_the_device_time() {
+    let now = start();
+    let (mut session, mut device) = online_signalling(now);
+    let time = crate::proto::body::LocalTime::parse("2022-01-10", "00:01:07")
+        .unwrap()
+        .plus_seconds(90);
+    let id = session.replay_seek(1, 43, 1024, time, now.instant).unwrap();
+    let sent = delivered(&mut session, &mut device);
+    assert_eq!(sent[0].header.command, cmd::REPLAY_SEEK);
+    assert_eq!(sent[0].header.request_id, id);
+    let body = sent[0].body.to_contiguous();
+    let seek = crate::proto::body::ReplaySeek::parse(&body).unwrap();
+    assert_eq!(seek.channel, 1);
+    assert_eq!(seek.stream_id, 43);
+    assert_eq!(seek.seek_seq, 1024);
+    assert_eq!(seek.time.format(), "2022-01-10 00:02:37");
+    let text: String = String::from_utf8_lossy(&body)
+        .lines()
+        .map(str::trim)
+        .collect();
+    assert!(
+        text.contains(
+            "<Param008><attr001>1</attr001><attr004>43</attr004><attr003>1024</attr003>\
+             <attr002><attr001>2022</attr001><attr002>1</attr002><attr003>10</attr003>\
+             <attr004>0</attr004><attr005>2</attr005><attr006>37</attr006></attr002></Param008>"
+        ),
+        "{text}"
+    );
+    session.receive(&device.reply(cmd::REPLAY_SEEK, id, CODE_OK, b""), now);
+    assert!(matches!(
+        drain(&mut session).as_slice(),
+        [SessionEvent::RequestDone(RequestOutcome {
+            command: cmd::REPLAY_SEEK,
+            result: Ok(_),
+            ..
+        })]
+    ));
+}
+
+#[test]
 fn snapshot_chunks_are_joined_until_201() {
     let now = start();
     let (mut session, mut device) = online_signalling(now);
