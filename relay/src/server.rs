@@ -317,6 +317,7 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
     }
     addrs.keepalive = keepalive;
     addrs.signaling = signaling;
+    advertised.set_device_links(keepalive.port(), signaling.port());
     addrs.stream_tls = stream_tls;
     addrs.stream_tcp = stream_tcp;
     info!(

@@ -76,6 +76,8 @@ pub struct ControlPlane {
 pub struct AdvertisedPorts {
     rtsp: std::sync::atomic::AtomicU16,
     rtsps: std::sync::atomic::AtomicU16,
+    keepalive: std::sync::atomic::AtomicU16,
+    signaling: std::sync::atomic::AtomicU16,
 }
 
 impl AdvertisedPorts {
@@ -103,6 +105,27 @@ impl AdvertisedPorts {
             0 => configured,
             bound => bound,
         }
+    }
+
+    /// Records the keep-alive and signalling ports the shards listen on.
+    pub fn set_device_links(&self, keepalive: u16, signaling: u16) {
+        self.keepalive
+            .store(keepalive, std::sync::atomic::Ordering::Relaxed);
+        self.signaling
+            .store(signaling, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The registration answer's `keepAliveTCPPort` and `signalingTLSPort` as bound, else
+    /// the ones `registration` carries (the configured ones).
+    pub fn device_links_into(&self, registration: &mut crate::provisioning::Registration) {
+        let bound = |port: &std::sync::atomic::AtomicU16, configured: u16| match port
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => configured,
+            bound => bound,
+        };
+        registration.keep_alive_tcp_port = bound(&self.keepalive, registration.keep_alive_tcp_port);
+        registration.signaling_tls_port = bound(&self.signaling, registration.signaling_tls_port);
     }
 }
 
@@ -458,7 +481,11 @@ impl ControlPlane {
             Err(response) => return response,
         };
         match self.provisioning.register(uid, &request, unix_now()) {
-            Ok(registration) => json_response(StatusCode::OK, &registration),
+            Ok(mut registration) => {
+                // A configured port 0 is bound as an ephemeral one: devices get that one.
+                self.advertised.device_links_into(&mut registration);
+                json_response(StatusCode::OK, &registration)
+            }
             Err(e) => provisioning_error(&e),
         }
     }

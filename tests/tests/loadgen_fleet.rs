@@ -40,9 +40,9 @@ fn fleet_config(server: &TestServer, identities: &std::path::Path) -> FleetConfi
         identities: Some(identities.to_owned()),
         shards: 1,
         sources: 2,
-        // The test server listens on ephemeral ports; registration names the configured ones.
-        keepalive_port: Some(server.server.addrs.keepalive.port()),
-        signaling_port: Some(server.server.addrs.signaling.port()),
+        // Registration names the ports the test server bound (it listens on port 0).
+        keepalive_port: None,
+        signaling_port: None,
         stamps: true,
     }
 }

@@ -216,7 +216,16 @@ fn camera_provisions_with_csr_and_registers_over_mutual_tls() {
     assert_eq!(registration["accesskey"].as_str().unwrap().len(), 32);
     assert_eq!(registration["secretAccesskey"].as_str().unwrap().len(), 32);
     assert_eq!(registration["heartBeatInterval"], 20);
-    assert!(registration["keepAliveTCPPort"].is_u64() && registration["signalingTLSPort"].is_u64());
+    // The test server listens on port 0: devices are told the ports it bound, not 0.
+    assert_eq!(
+        registration["keepAliveTCPPort"],
+        server.server.addrs.keepalive.port()
+    );
+    assert_eq!(
+        registration["signalingTLSPort"],
+        server.server.addrs.signaling.port()
+    );
+    assert_ne!(server.server.addrs.keepalive.port(), 0);
 
     // The body's UID must be the certificate's.
     let mismatch = register(&server, &ca, &cert, &key, OTHER_UID);
