@@ -152,6 +152,8 @@ pub enum DeviceMsg {
 
 /// Where the control plane's request waits for the device's reply.
 type ReplySender = OneshotSender<Result<Reply, DeviceError>>;
+/// Where the reply to a request sent to a device arrives.
+pub type ReplyReceiver = rt::xchan::OneshotReceiver<Result<Reply, DeviceError>>;
 
 /// Where a shard reports its bound (keep-alive, signalling) addresses, or why it could not bind.
 pub type ReadySender = std::sync::mpsc::Sender<Result<(SocketAddr, SocketAddr), String>>;
@@ -434,20 +436,10 @@ impl DeviceShard {
 
     /// Sends wake-up 460 on `uid`'s keep-alive link; returns where the device's reply arrives.
     /// The device then connects its signalling link (see [`DeviceShard::awake_notify`]).
-    pub fn wake_up(
-        &self,
-        uid: &str,
-    ) -> Result<rt::xchan::OneshotReceiver<Result<Reply, DeviceError>>, DeviceError> {
-        let (conn, id) = {
-            let mut registry = self.registry.borrow_mut();
-            let (conn, session) = registry
-                .link_mut(uid, LinkKind::KeepAlive)
-                .ok_or(DeviceError::Offline)?;
-            let id = session
-                .wake_up(Instant::now())
-                .map_err(|e| DeviceError::BadReply(e.to_string()))?;
-            (conn, id)
-        };
+    pub fn wake_up(&self, uid: &str) -> Result<ReplyReceiver, DeviceError> {
+        let (conn, id) = self.queue_request(uid, LinkKind::KeepAlive, |session, now| {
+            session.wake_up(now)
+        })?;
         Ok(self.wait_reply(conn, id))
     }
 
@@ -492,34 +484,42 @@ impl DeviceShard {
         channel: u32,
         stream_type: signal::proto::body::StreamType,
     ) -> Result<(), DeviceError> {
-        let conn = {
-            let mut registry = self.registry.borrow_mut();
-            let (conn, session) = registry
-                .link_mut(uid, LinkKind::Signalling)
-                .ok_or(DeviceError::Offline)?;
-            session
-                .request_keyframe(channel, stream_type, Instant::now())
-                .map_err(|e| DeviceError::BadReply(e.to_string()))?;
-            conn
-        };
+        let (conn, _) = self.queue_request(uid, LinkKind::Signalling, |session, now| {
+            session.request_keyframe(channel, stream_type, now)
+        })?;
+        self.wake_writer(conn);
+        Ok(())
+    }
+
+    /// Queues a request on `uid`'s `link` with `queue` (one of the session's request methods)
+    /// and returns the link's connection with what `queue` returned. The caller then wakes the
+    /// connection's writer, directly or through [`DeviceShard::wait_reply`].
+    fn queue_request<T, E: std::fmt::Display>(
+        &self,
+        uid: &str,
+        link: LinkKind,
+        queue: impl FnOnce(&mut DeviceSession, Instant) -> Result<T, E>,
+    ) -> Result<(ConnId, T), DeviceError> {
+        let mut registry = self.registry.borrow_mut();
+        let (conn, session) = registry.link_mut(uid, link).ok_or(DeviceError::Offline)?;
+        let queued =
+            queue(session, Instant::now()).map_err(|e| DeviceError::BadReply(e.to_string()))?;
+        Ok((conn, queued))
+    }
+
+    /// Wakes the task of connection `conn` to write what was queued on it.
+    fn wake_writer(&self, conn: ConnId) {
         if let Some(signal) = self.conns.borrow().get(&conn) {
             signal.notify.notify();
         }
-        Ok(())
     }
 
     /// Registers where the reply to request `id` on `conn` goes and wakes the connection task
     /// to write the request.
-    fn wait_reply(
-        &self,
-        conn: ConnId,
-        id: RequestId,
-    ) -> rt::xchan::OneshotReceiver<Result<Reply, DeviceError>> {
+    fn wait_reply(&self, conn: ConnId, id: RequestId) -> ReplyReceiver {
         let (reply, receiver) = rt::xchan::oneshot();
         self.waiters.borrow_mut().insert((conn, id), reply);
-        if let Some(signal) = self.conns.borrow().get(&conn) {
-            signal.notify.notify();
-        }
+        self.wake_writer(conn);
         receiver
     }
 
@@ -532,23 +532,10 @@ impl DeviceShard {
         stream_type: signal::proto::body::StreamType,
         mode: signal::proto::body::StreamMode,
         port: u16,
-    ) -> Result<
-        (
-            RequestId,
-            rt::xchan::OneshotReceiver<Result<Reply, DeviceError>>,
-        ),
-        DeviceError,
-    > {
-        let (conn, id) = {
-            let mut registry = self.registry.borrow_mut();
-            let (conn, session) = registry
-                .link_mut(uid, LinkKind::Signalling)
-                .ok_or(DeviceError::Offline)?;
-            let id = session
-                .preview_start(channel, stream_type, mode, port, Instant::now())
-                .map_err(|e| DeviceError::BadReply(e.to_string()))?;
-            (conn, id)
-        };
+    ) -> Result<(RequestId, ReplyReceiver), DeviceError> {
+        let (conn, id) = self.queue_request(uid, LinkKind::Signalling, |session, now| {
+            session.preview_start(channel, stream_type, mode, port, now)
+        })?;
         Ok((id, self.wait_reply(conn, id)))
     }
 
@@ -561,23 +548,10 @@ impl DeviceShard {
         file: &str,
         mode: signal::proto::body::StreamMode,
         port: u16,
-    ) -> Result<
-        (
-            RequestId,
-            rt::xchan::OneshotReceiver<Result<Reply, DeviceError>>,
-        ),
-        DeviceError,
-    > {
-        let (conn, id) = {
-            let mut registry = self.registry.borrow_mut();
-            let (conn, session) = registry
-                .link_mut(uid, LinkKind::Signalling)
-                .ok_or(DeviceError::Offline)?;
-            let id = session
-                .replay_start(channel, file, mode, port, Instant::now())
-                .map_err(|e| DeviceError::BadReply(e.to_string()))?;
-            (conn, id)
-        };
+    ) -> Result<(RequestId, ReplyReceiver), DeviceError> {
+        let (conn, id) = self.queue_request(uid, LinkKind::Signalling, |session, now| {
+            session.replay_start(channel, file, mode, port, now)
+        })?;
         Ok((id, self.wait_reply(conn, id)))
     }
 
@@ -589,37 +563,19 @@ impl DeviceShard {
         file: &str,
         stream_id: u32,
     ) -> Result<(), DeviceError> {
-        let conn = {
-            let mut registry = self.registry.borrow_mut();
-            let (conn, session) = registry
-                .link_mut(uid, LinkKind::Signalling)
-                .ok_or(DeviceError::Offline)?;
-            session
-                .replay_stop(channel, file, stream_id, Instant::now())
-                .map_err(|e| DeviceError::BadReply(e.to_string()))?;
-            conn
-        };
-        if let Some(signal) = self.conns.borrow().get(&conn) {
-            signal.notify.notify();
-        }
+        let (conn, _) = self.queue_request(uid, LinkKind::Signalling, |session, now| {
+            session.replay_stop(channel, file, stream_id, now)
+        })?;
+        self.wake_writer(conn);
         Ok(())
     }
 
     /// Sends preview stop 4 on `uid`'s signalling link (its reply is not waited for).
     pub fn preview_stop(&self, uid: &str, channel: u32, stream_id: u32) -> Result<(), DeviceError> {
-        let conn = {
-            let mut registry = self.registry.borrow_mut();
-            let (conn, session) = registry
-                .link_mut(uid, LinkKind::Signalling)
-                .ok_or(DeviceError::Offline)?;
-            session
-                .preview_stop(channel, stream_id, Instant::now())
-                .map_err(|e| DeviceError::BadReply(e.to_string()))?;
-            conn
-        };
-        if let Some(signal) = self.conns.borrow().get(&conn) {
-            signal.notify.notify();
-        }
+        let (conn, _) = self.queue_request(uid, LinkKind::Signalling, |session, now| {
+            session.preview_stop(channel, stream_id, now)
+        })?;
+        self.wake_writer(conn);
         Ok(())
     }
 
