@@ -96,18 +96,8 @@ pub struct DevicesArgs {
     /// Signalling port to connect to instead of the one registration names.
     #[arg(long)]
     signaling_port: Option<u16>,
-    /// PID of the server, for its CPU and RSS.
-    #[arg(long)]
-    server_pid: Option<u32>,
-    /// Targets, e.g. `offline=0,online-time<60s,rss-mb<1024,errors=0`. Missed: exit code 3.
-    #[arg(long)]
-    expect: Option<String>,
-    #[arg(long)]
-    report: Option<PathBuf>,
-    #[arg(long)]
-    svg: Option<PathBuf>,
-    #[arg(long)]
-    quiet: bool,
+    #[command(flatten)]
+    run: crate::RunOutput,
 }
 
 fn parse_addr(text: &str) -> Result<SocketAddr, String> {
@@ -175,10 +165,7 @@ fn video_source(clip: Option<&PathBuf>, shape: StreamShape) -> anyhow::Result<Vi
 }
 
 pub fn devices_command(args: DevicesArgs) -> anyhow::Result<bool> {
-    let expectations = match &args.expect {
-        Some(list) => Expectation::parse_list(list)?,
-        None => Vec::new(),
-    };
+    let expectations = args.run.expectations()?;
     let needed = args.devices as u64 * 2 + 64;
     match rt::raise_fd_limit() {
         Ok((soft, _)) if soft < needed => eprintln!(
@@ -220,7 +207,7 @@ pub fn devices_command(args: DevicesArgs) -> anyhow::Result<bool> {
         stamps: !args.no_stamps,
     };
     let started_unix_secs = unix_secs();
-    let mut fleet = Fleet::start(config, args.server_pid)?;
+    let mut fleet = Fleet::start(config, args.run.server_pid)?;
     let ramp_end = fleet.ramp_end_secs();
     let end = Instant::now() + Duration::from_secs_f64(ramp_end) + args.duration;
     let mut samples = Vec::new();
@@ -231,7 +218,7 @@ pub fn devices_command(args: DevicesArgs) -> anyhow::Result<bool> {
             std::thread::sleep(wait.min(end.saturating_duration_since(Instant::now())));
         }
         let sample = fleet.sample();
-        if !args.quiet {
+        if !args.run.quiet {
             eprintln!("{}", fleet.progress_line(&sample));
         }
         samples.push(sample);
@@ -264,11 +251,11 @@ pub fn devices_command(args: DevicesArgs) -> anyhow::Result<bool> {
         samples,
     };
     print_devices(&report);
-    if let Some(path) = &args.report {
+    if let Some(path) = &args.run.report {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    if let Some(path) = &args.svg {
+    if let Some(path) = &args.run.svg {
         std::fs::write(path, devices_chart(&report))
             .with_context(|| format!("writing {}", path.display()))?;
     }
@@ -412,24 +399,12 @@ pub struct ViewersArgs {
     /// How long to wait for the devices to be online (play sessions refused until then).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     wait: Duration,
-    #[arg(long)]
-    server_pid: Option<u32>,
-    /// Targets, e.g. `loss=0,latency-p99<5ms,ttfk-p99<2s,disconnects=0`.
-    #[arg(long)]
-    expect: Option<String>,
-    #[arg(long)]
-    report: Option<PathBuf>,
-    #[arg(long)]
-    svg: Option<PathBuf>,
-    #[arg(long)]
-    quiet: bool,
+    #[command(flatten)]
+    run: crate::RunOutput,
 }
 
 pub fn viewers_command(args: ViewersArgs) -> anyhow::Result<bool> {
-    let expectations = match &args.expect {
-        Some(list) => Expectation::parse_list(list)?,
-        None => Vec::new(),
-    };
+    let expectations = args.run.expectations()?;
     if args.streams == 0 || args.viewers_per_stream == 0 {
         bail!("--streams and --viewers-per-stream must be at least 1");
     }
@@ -453,14 +428,14 @@ pub fn viewers_command(args: ViewersArgs) -> anyhow::Result<bool> {
         duration: args.duration,
         ramp_per_sec: args.ramp,
         shards: args.shards,
-        server_pid: args.server_pid,
-        progress: !args.quiet,
+        server_pid: args.run.server_pid,
+        progress: !args.run.quiet,
         // A server may answer the first DESCRIBE before the camera's stream is up (the
         // platform's answers 404 then): viewers try again for up to --wait.
         describe_retry: args.wait,
     };
     let report = run_viewers(&config, "viewers", &expectations, args.api.to_string())?;
-    crate::output_viewer_report(&report, args.report.as_deref(), args.svg.as_deref())?;
+    crate::output_viewer_report(&report, args.run.report.as_deref(), args.run.svg.as_deref())?;
     Ok(report.targets_met())
 }
 

@@ -72,24 +72,41 @@ struct RtspArgs {
     /// Executor threads for the viewers (unpinned).
     #[arg(long, default_value_t = 1)]
     shards: usize,
-    /// PID of the server, for its CPU (total and per thread) and RSS.
-    #[arg(long)]
-    server_pid: Option<u32>,
     /// How long to wait for the URL to become playable (e.g. for the publisher) before starting.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     wait: Duration,
-    /// Targets, e.g. `loss=0,ttfk-p99<500ms,disconnects=0,gbps>1`. Missed targets: exit code 3.
+    #[command(flatten)]
+    run: crate::RunOutput,
+}
+
+/// What every mode shares: the server it samples, the targets it checks, where its report goes.
+#[derive(Debug, Args)]
+struct RunOutput {
+    /// PID of the server, for its CPU (total and per thread) and RSS.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Targets, e.g. `loss=0,ttfk-p99<500ms,latency-p99<5ms,disconnects=0,gbps>1` (players) or
+    /// `offline=0,online-time<60s,rss-mb<1024,errors=0` (devices). Missed targets: exit code 3.
     #[arg(long)]
     expect: Option<String>,
     /// Write the JSON report here.
     #[arg(long)]
     report: Option<PathBuf>,
-    /// Write an SVG chart (throughput, viewers, CPU, memory over time) here.
+    /// Write an SVG chart of the run over time (throughput or devices, CPU, memory) here.
     #[arg(long)]
     svg: Option<PathBuf>,
     /// No progress line every second.
     #[arg(long)]
     quiet: bool,
+}
+
+impl RunOutput {
+    fn expectations(&self) -> anyhow::Result<Vec<Expectation>> {
+        match &self.expect {
+            Some(list) => Ok(Expectation::parse_list(list)?),
+            None => Ok(Vec::new()),
+        }
+    }
 }
 
 pub(crate) fn parse_rate(text: &str) -> Result<f64, String> {
@@ -221,10 +238,7 @@ pub(crate) fn chart(report: &Report) -> String {
 }
 
 fn rtsp_command(args: RtspArgs) -> anyhow::Result<bool> {
-    let expectations = match &args.expect {
-        Some(list) => Expectation::parse_list(list)?,
-        None => Vec::new(),
-    };
+    let expectations = args.run.expectations()?;
     match rt::raise_fd_limit() {
         Ok((soft, _)) if soft < args.viewers as u64 + 64 => eprintln!(
             "warning: open-file limit {soft} is below {} viewers plus margin",
@@ -243,8 +257,8 @@ fn rtsp_command(args: RtspArgs) -> anyhow::Result<bool> {
         duration: args.duration,
         ramp_per_sec: args.ramp,
         shards: args.shards,
-        server_pid: args.server_pid,
-        progress: !args.quiet,
+        server_pid: args.run.server_pid,
+        progress: !args.run.quiet,
         describe_retry: Duration::ZERO,
     };
     let started_unix_secs = SystemTime::now()
@@ -269,7 +283,7 @@ fn rtsp_command(args: RtspArgs) -> anyhow::Result<bool> {
             duration_secs: args.duration.as_secs_f64(),
             ramp_per_sec: args.ramp,
             loadgen_shards: args.shards,
-            server_pid: args.server_pid,
+            server_pid: args.run.server_pid,
         },
         expectations: expectations.iter().map(|e| e.evaluate(&summary)).collect(),
         summary,
@@ -282,7 +296,7 @@ fn rtsp_command(args: RtspArgs) -> anyhow::Result<bool> {
         },
     };
     drop(publisher);
-    output_viewer_report(&report, args.report.as_deref(), args.svg.as_deref())?;
+    output_viewer_report(&report, args.run.report.as_deref(), args.run.svg.as_deref())?;
     Ok(report.targets_met())
 }
 

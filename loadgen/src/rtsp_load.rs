@@ -707,6 +707,19 @@ pub fn start_offset(index: usize, ramp_per_sec: f64) -> Duration {
     Duration::from_secs_f64(index as f64 / ramp_per_sec)
 }
 
+/// Sleeps until the start time of `index` on a ramp of `ramp_per_sec` from `started`; false when
+/// the shard shuts down first.
+pub async fn wait_for_ramp_slot(
+    shutdown: &rt::Shutdown,
+    started: Instant,
+    index: usize,
+    ramp_per_sec: f64,
+) -> bool {
+    let due = started + start_offset(index, ramp_per_sec);
+    let now = Instant::now();
+    due <= now || shutdown.until(rt::timer::sleep(due - now)).await.is_some()
+}
+
 /// Waits until `target` answers DESCRIBE with 200 (e.g. until a publisher is up), for at most
 /// `limit`. Returns the last error when it never does.
 pub fn wait_until_playable(target: &PlayTarget, limit: Duration) -> Result<(), String> {
@@ -855,15 +868,7 @@ async fn shard_viewers(
     let targets: Rc<Vec<PlayTarget>> = Rc::new(config.targets.clone());
     let mut tasks = Vec::new();
     for id in (ctx.id..config.viewers).step_by(ctx.count.max(1)) {
-        let due = started + start_offset(id, config.ramp_per_sec);
-        let now = Instant::now();
-        if due > now
-            && ctx
-                .shutdown
-                .until(rt::timer::sleep(due - now))
-                .await
-                .is_none()
-        {
+        if !wait_for_ramp_slot(&ctx.shutdown, started, id, config.ramp_per_sec).await {
             break;
         }
         let Some(target) = targets.get(id % targets.len().max(1)).cloned() else {

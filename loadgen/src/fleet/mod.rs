@@ -22,7 +22,7 @@ use crate::device::synthetic::{Filler, VideoSource};
 use crate::device::EncryptPolicy;
 use crate::procstat::{ProcSample, ProcSampler};
 use crate::report::{micros_histogram, Percentiles};
-use crate::rtsp_load::{start_offset, PlayTarget};
+use crate::rtsp_load::{start_offset, wait_for_ramp_slot, PlayTarget};
 use provision::{IdentityCache, ProvisionTarget};
 
 /// The UID of device `index`: 16 characters, as the platform's UIDs are.
@@ -402,15 +402,7 @@ async fn shard_devices(ctx: rt::ShardContext, shared: FleetShared, started: Inst
     let config = shared.config.clone();
     let mut tasks = Vec::new();
     for offset in (ctx.id..config.count).step_by(ctx.count.max(1)) {
-        let due = started + start_offset(offset, config.ramp_per_sec);
-        let now = Instant::now();
-        if due > now
-            && ctx
-                .shutdown
-                .until(rt::timer::sleep(due - now))
-                .await
-                .is_none()
-        {
+        if !wait_for_ramp_slot(&ctx.shutdown, started, offset, config.ramp_per_sec).await {
             break;
         }
         let (shared, shutdown) = (shared.clone(), ctx.shutdown.clone());
