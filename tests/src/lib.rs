@@ -45,6 +45,37 @@ impl TestServer {
         Self { server, dir }
     }
 
+    /// A signed URL of `uid`'s main stream on this server (`relay url play|publish`), valid for
+    /// an hour: RTSP on 61008's stand-in, or RTSPS when `tls`.
+    pub fn stream_url(&self, uid: &str, op: signal::tokens::TokenOp, tls: bool) -> String {
+        let secrets = signal::secrets::Secrets::open_or_create(self.data_dir()).unwrap();
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600;
+        let grant = signal::tokens::StreamGrant {
+            uid: uid.into(),
+            channel: 0,
+            stream_type: "mainStream".into(),
+            op,
+            exp,
+            file: None,
+        };
+        let addrs = &self.server.addrs;
+        let (scheme, addr) = if tls {
+            ("rtsps", addrs.rtsps)
+        } else {
+            ("rtsp", addrs.rtsp)
+        };
+        signal::tokens::TokenSigner::new(secrets.token_key).sign_url(
+            scheme,
+            "127.0.0.1",
+            addr.port(),
+            &grant,
+        )
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         self.dir.path()

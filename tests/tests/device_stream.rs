@@ -32,7 +32,7 @@ use signal::proto::body::{
 };
 use signal::proto::core_packet::{cmd, CoreHeader, CorePacket};
 use signal::session::sim::SimDevice;
-use signal::tokens::{StreamGrant, TokenOp, TokenSigner};
+use signal::tokens::TokenOp;
 use tests::{run, TestServer};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -146,29 +146,8 @@ fn battery_handshake(uid: &str) -> Handshake {
     }
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 fn play_url(server: &TestServer, uid: &str) -> String {
-    let secrets = signal::secrets::Secrets::open_or_create(server.data_dir()).unwrap();
-    let grant = StreamGrant {
-        uid: uid.into(),
-        channel: 0,
-        stream_type: "mainStream".into(),
-        op: TokenOp::Play,
-        exp: unix_now() + 600,
-        file: None,
-    };
-    TokenSigner::new(secrets.token_key).sign_url(
-        "rtsp",
-        "127.0.0.1",
-        server.server.addrs.rtsp.port(),
-        &grant,
-    )
+    server.stream_url(uid, TokenOp::Play, false)
 }
 
 /// What a camera streams: a video fixture of the loadgen with the AAC fixture beside it.

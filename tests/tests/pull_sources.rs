@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use relay::proto::interleaved::{Demuxed, Demuxer};
@@ -18,15 +18,8 @@ use relay::proto::rtsp::{
     Method, Parsed, RtspMessage, RtspRequest, RtspResponse, SessionHeader, StatusCode, Transport,
 };
 use signal::sources::{HeaderRule, PullTransport, SourceSpec};
-use signal::tokens::{StreamGrant, TokenOp, TokenSigner};
+use signal::tokens::TokenOp;
 use tests::{curl, require_tool, run, TestServer};
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 fn source(uid: &str, url: &str) -> SourceSpec {
     SourceSpec {
@@ -51,21 +44,7 @@ fn nonce_rule() -> HeaderRule {
 
 /// A play URL of the test server, as `relay url play` prints it.
 fn play_url(server: &TestServer, uid: &str, scheme: &str) -> String {
-    let secrets = signal::secrets::Secrets::open_or_create(server.data_dir()).unwrap();
-    let grant = StreamGrant {
-        uid: uid.into(),
-        channel: 0,
-        stream_type: "mainStream".into(),
-        op: TokenOp::Play,
-        exp: unix_now() + 3600,
-        file: None,
-    };
-    let port = if scheme == "rtsps" {
-        server.server.addrs.rtsps.port()
-    } else {
-        server.server.addrs.rtsp.port()
-    };
-    TokenSigner::new(secrets.token_key).sign_url(scheme, "127.0.0.1", port, &grant)
+    server.stream_url(uid, TokenOp::Play, scheme == "rtsps")
 }
 
 /// `GET /v1.0/sources/{uid}`.
@@ -673,23 +652,7 @@ fn pulls_its_own_rtsps_port() {
     let clip = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/clip_h264_aac.mp4");
     // The source URL needs the server's port and CA, known once it runs: add it over the API.
     let server = TestServer::start();
-    let publish = {
-        let secrets = signal::secrets::Secrets::open_or_create(server.data_dir()).unwrap();
-        let grant = StreamGrant {
-            uid: "ORIGIN1".into(),
-            channel: 0,
-            stream_type: "mainStream".into(),
-            op: TokenOp::Publish,
-            exp: unix_now() + 3600,
-            file: None,
-        };
-        TokenSigner::new(secrets.token_key).sign_url(
-            "rtsp",
-            "127.0.0.1",
-            server.server.addrs.rtsp.port(),
-            &grant,
-        )
-    };
+    let publish = server.stream_url("ORIGIN1", TokenOp::Publish, false);
     let mut ffmpeg = Command::new("ffmpeg")
         .args(["-v", "error", "-re", "-stream_loop", "-1", "-i"])
         .arg(&clip)
