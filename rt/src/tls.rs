@@ -480,37 +480,13 @@ where
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.close_sent {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "TLS stream already closed for writing",
-            )));
-        }
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        loop {
-            let queued = self.session.writer().write(buf)?;
-            if queued > 0 {
-                // Push out what we can; if the socket is full the records wait in rustls until
-                // the next write or flush.
-                if let Poll::Ready(Err(e)) = self.poll_flush_tls(cx) {
-                    return Poll::Ready(Err(e));
-                }
-                return Poll::Ready(Ok(queued));
-            }
-            // rustls's send buffer is at its limit: make room first.
-            match self.poll_flush_tls(cx) {
-                Poll::Ready(Ok(())) => continue,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
+        self.poll_write_plaintext_vectored(cx, &[IoSlice::new(buf)])
     }
 
-    /// Like [`poll_write_plaintext`](Self::poll_write_plaintext) over several slices: rustls
-    /// gathers them into full records (a 4-byte interleaved header and the packet after it go
-    /// in the same record, not one record each).
+    /// Queues plaintext in rustls and pushes out what the socket takes; the records that do not
+    /// fit wait in rustls until the next write or flush. Over several slices rustls gathers
+    /// them into full records (a 4-byte interleaved header and the packet after it go in the
+    /// same record, not one record each).
     fn poll_write_plaintext_vectored(
         &mut self,
         cx: &mut Context<'_>,
