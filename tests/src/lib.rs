@@ -6,6 +6,17 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// With `RUST_LOG` set (`RUST_LOG=relay=debug cargo test …`), the in-process server's log goes
+/// to the test's captured output, shown when a test fails.
+fn log_to_test_output() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// A server running in this process, with its data directory.
 pub struct TestServer {
     /// The running server (addresses, PKI).
@@ -41,6 +52,7 @@ impl TestServer {
             ..Default::default()
         };
         change(&mut config);
+        log_to_test_output();
         let server = relay::server::start(config, dir.path()).expect("server starts");
         Self { server, dir }
     }

@@ -414,7 +414,14 @@ async fn read_loop(
         // Straight into the spare capacity: no zeroing of the chunk before each read.
         let read = poll_fn(|cx| stream.borrow_mut().poll_read_spare(cx, &mut buf)).await;
         match read {
-            Ok(0) | Err(_) => return ReaderEnd::Gone,
+            Ok(0) => {
+                debug!(conn = conn.id, peer = %conn.peer, "peer closed the connection");
+                return ReaderEnd::Gone;
+            }
+            Err(e) => {
+                debug!(conn = conn.id, peer = %conn.peer, "read failed: {e}");
+                return ReaderEnd::Gone;
+            }
             Ok(n) => {
                 conn.watch.last_activity.set(Instant::now());
                 if session.state() == State::Recording {
