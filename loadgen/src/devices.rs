@@ -109,7 +109,7 @@ fn parse_addr(text: &str) -> Result<SocketAddr, String> {
         .map_err(|e| format!("{text:?}: expected host:port or http://ip:port ({e})"))
 }
 
-fn parse_bitrate(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_bitrate(text: &str) -> Result<u64, String> {
     let lower = text.trim().to_ascii_lowercase();
     let (number, factor) = if let Some(n) = lower.strip_suffix('m') {
         (n, 1e6)
@@ -132,7 +132,9 @@ struct DevicesReport {
     command: String,
     outcome: FleetOutcome,
     server: Option<ServerSummary>,
-    /// (server RSS at the end - at the first sample) / devices that came online, KiB.
+    /// The server's RSS before the first device started (bytes).
+    server_rss_at_start_bytes: Option<u64>,
+    /// (server RSS at the end - at the start) / devices that came online, KiB.
     server_rss_kib_per_device: Option<f64>,
     expectations: Vec<ExpectationOutcome>,
     samples: Vec<FleetSample>,
@@ -207,6 +209,12 @@ pub fn devices_command(args: DevicesArgs) -> anyhow::Result<bool> {
         stamps: !args.no_stamps,
     };
     let started_unix_secs = unix_secs();
+    // The server's memory before the first device connects: the baseline of the per-device cost
+    // (the first sample comes a second later, when a fast ramp is already online).
+    let server_rss_at_start = args
+        .run
+        .server_pid
+        .and_then(|pid| loadgen::procstat::ProcSampler::new(Some(pid)).rss_bytes());
     let mut fleet = Fleet::start(config, args.run.server_pid)?;
     let ramp_end = fleet.ramp_end_secs();
     let end = Instant::now() + Duration::from_secs_f64(ramp_end) + args.duration;
@@ -231,13 +239,15 @@ pub fn devices_command(args: DevicesArgs) -> anyhow::Result<bool> {
         .collect();
     let all: Vec<&ProcSample> = samples.iter().filter_map(|s| s.server.as_ref()).collect();
     let server = ServerSummary::from_samples(&steady, &all);
-    let server_rss_kib_per_device = match (all.first(), all.last()) {
-        (Some(first), Some(last)) if outcome.came_online > 0 => Some(
-            (last.rss_bytes as f64 - first.rss_bytes as f64) / 1024.0 / outcome.came_online as f64,
-        ),
+    let server_rss_at_start = server_rss_at_start.or(all.first().map(|s| s.rss_bytes));
+    let server_rss_kib_per_device = match (server_rss_at_start, all.last()) {
+        (Some(first), Some(last)) if outcome.came_online > 0 => {
+            Some((last.rss_bytes as f64 - first as f64) / 1024.0 / outcome.came_online as f64)
+        }
         _ => None,
     };
     let report = DevicesReport {
+        server_rss_at_start_bytes: server_rss_at_start,
         server_rss_kib_per_device,
         loadgen_version: env!("CARGO_PKG_VERSION"),
         started_unix_secs,

@@ -35,6 +35,66 @@ enum Mode {
     Devices(devices::DevicesArgs),
     /// Viewer mode: play sessions from the client API for online devices, played over RTSP.
     Viewers(devices::ViewersArgs),
+    /// Capacity planning: the hardware a deployment needs, from the costs measured in reports
+    /// of earlier `devices` and `viewers` runs.
+    Plan(PlanArgs),
+}
+
+#[derive(Debug, Args)]
+struct PlanArgs {
+    /// JSON reports (`--report`) of `loadgen devices` runs (at least one with idle devices and
+    /// one with live streams, both with --server-pid) and of the `loadgen viewers` runs beside
+    /// them.
+    #[arg(long = "report", required = true)]
+    reports: Vec<PathBuf>,
+    /// Devices online.
+    #[arg(long)]
+    devices: u64,
+    /// Live streams at once.
+    #[arg(long, default_value_t = 0)]
+    streams: u64,
+    /// Viewers in all (default: one per stream).
+    #[arg(long)]
+    viewers: Option<u64>,
+    /// Bitrate of a stream, e.g. 2M or 512k.
+    #[arg(long, value_parser = devices::parse_bitrate, default_value = "2M")]
+    bitrate: u64,
+    /// Cores of the host in mind: says whether the deployment fits on it.
+    #[arg(long)]
+    cores: Option<u32>,
+    /// Print the model and the plan as JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn plan_command(args: PlanArgs) -> anyhow::Result<bool> {
+    use loadgen::plan;
+    let mut reports = Vec::new();
+    for path in &args.reports {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        reports.push(plan::read_report(&path.display().to_string(), &json)?);
+    }
+    let model = plan::CostModel::fit(plan::observations(reports)?)?;
+    let deployment = plan::Deployment {
+        devices: args.devices,
+        streams: args.streams,
+        viewers: args.viewers.unwrap_or(args.streams),
+        bitrate_mbps: args.bitrate as f64 / 1e6,
+        cores: args.cores,
+    };
+    let priced = model.price(&deployment);
+    if args.json {
+        let out = serde_json::json!({"model": model, "plan": priced});
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print!("{}", plan::render_text(&model, &priced));
+    }
+    Ok(priced
+        .utilisation_on_given_cores
+        .is_none_or(|u| u <= plan::TARGET_UTILISATION))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -338,6 +398,7 @@ fn main() -> ExitCode {
         Mode::Rtsp(args) => rtsp_command(args),
         Mode::Devices(args) => devices::devices_command(args),
         Mode::Viewers(args) => devices::viewers_command(args),
+        Mode::Plan(args) => plan_command(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -102,6 +102,11 @@ impl ProcSampler {
         }
     }
 
+    /// The process's resident memory now (e.g. a baseline before a load starts).
+    pub fn rss_bytes(&self) -> Option<u64> {
+        Some(read_stat(&self.root.join("stat"))?.rss_pages * self.page_size)
+    }
+
     /// Reads the process now. The first call only sets the starting point and returns `None`;
     /// so does a call after the process went away.
     pub fn sample(&mut self) -> Option<ProcSample> {
