@@ -96,6 +96,10 @@ pub struct RtspListen {
 /// Resolves when the device accepted a preview start (`Ok`) or refused it.
 pub type PreviewStarted = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Refusal>>>>;
 
+/// Resolves when the device seeked a replay (`Ok`: the position it continues from) or refused.
+pub type SeekStarted =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Duration, Refusal>>>>;
+
 /// Starts streams when a viewer asks for one nobody publishes: device previews
 /// ([`crate::stream_conn::StreamShard`]) and pull sources ([`crate::pull::PullShard`]).
 pub trait OnDemand {
@@ -108,6 +112,12 @@ pub trait OnDemand {
     /// A viewer of `stream` arrived and the hub caches no GOP it could start from: the
     /// device of a live preview is asked for a keyframe.
     fn viewer_without_gop(&self, stream: &StreamKey);
+    /// Moves the replay of `stream` (a recording) to `start`. `None`: not a replay this
+    /// starter runs.
+    fn seek(self: Rc<Self>, stream: &StreamKey, start: Duration) -> Option<SeekStarted> {
+        let _ = (stream, start);
+        None
+    }
 }
 
 /// Why a connection is being closed by the sweeper.
@@ -364,6 +374,22 @@ impl Shard {
         let hub = self.hub(stream);
         let described = published_description(&hub.borrow());
         described.ok_or(Refusal::NoPublisher)
+    }
+
+    /// Moves the replay of `stream` to `start` (a PLAY with a Range): the device seeks, and
+    /// the hub's viewers restart on its next keyframe. Refused with
+    /// [`Refusal::NotSeekable`] when no starter runs such a replay.
+    pub async fn seek(&self, stream: &StreamKey, start: Duration) -> Result<Duration, Refusal> {
+        let starters: Vec<Rc<dyn OnDemand>> = self
+            .on_demand
+            .borrow()
+            .iter()
+            .filter_map(std::rc::Weak::upgrade)
+            .collect();
+        match starters.into_iter().find_map(|d| d.seek(stream, start)) {
+            Some(sought) => sought.await,
+            None => Err(Refusal::NotSeekable),
+        }
     }
 
     /// Attaches a publisher to `stream` with its description, and wakes DESCRIBEs waiting for it.

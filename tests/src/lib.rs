@@ -300,3 +300,215 @@ pub mod tamper {
         twice
     }
 }
+
+/// A raw RTSP client for tests that check what the server sends byte by byte.
+pub mod rtsp {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::Duration;
+
+    use relay::proto::rtsp::{
+        Method, Parsed, RtspRequest, RtspResponse, SessionHeader, StatusCode,
+    };
+
+    /// A byte stream the client reads and writes: TCP, or TLS over it.
+    pub trait Io: Read + Write + Send {}
+    impl<T: Read + Write + Send> Io for T {}
+
+    /// A scripted RTSP client over TCP interleaved: requests with CSeq and Session, responses
+    /// read past the interleaved frames before them, and the frames themselves.
+    pub struct RtspClient {
+        stream: Box<dyn Io>,
+        /// The socket under `stream` (timeouts, shutdown).
+        pub tcp: TcpStream,
+        /// Received bytes; the unread ones are `buf[pos..]`.
+        buf: Vec<u8>,
+        pos: usize,
+        cseq: u32,
+        /// The session id the server gave (sent with every request once known).
+        pub session: Option<String>,
+    }
+
+    impl RtspClient {
+        pub fn connect(addr: SocketAddr) -> RtspClient {
+            Self::from_stream(TcpStream::connect(addr).unwrap())
+        }
+
+        /// A client whose kernel receive buffer is small (64 KiB, fixed: no autotuning), so that a
+        /// client that stops reading backs up into the server quickly.
+        pub fn connect_small_buffer(addr: SocketAddr) -> RtspClient {
+            let socket = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::STREAM,
+                None,
+            )
+            .unwrap();
+            socket.set_recv_buffer_size(64 * 1024).unwrap();
+            socket.connect(&addr.into()).unwrap();
+            Self::from_stream(socket.into())
+        }
+
+        /// An RTSPS client that checks the server certificate against the relay's CA.
+        pub fn connect_tls(addr: SocketAddr, ca_pem: &str) -> RtspClient {
+            let tcp = TcpStream::connect(addr).unwrap();
+            let config = pki::client_config_trusting(ca_pem).unwrap();
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            let session = rustls::ClientConnection::new(config, name).unwrap();
+            let mut client = Self::from_stream(tcp.try_clone().unwrap());
+            client.stream = Box::new(rustls::StreamOwned::new(session, tcp));
+            client
+        }
+
+        pub fn from_stream(stream: TcpStream) -> RtspClient {
+            stream
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
+            RtspClient {
+                tcp: stream.try_clone().unwrap(),
+                stream: Box::new(stream),
+                buf: Vec::new(),
+                pos: 0,
+                cseq: 0,
+                session: None,
+            }
+        }
+
+        fn unread(&self) -> &[u8] {
+            &self.buf[self.pos..]
+        }
+
+        /// Reads more bytes; false at end of stream.
+        fn fill(&mut self) -> bool {
+            if self.pos > 0 && self.pos * 2 >= self.buf.len() {
+                self.buf.drain(..self.pos);
+                self.pos = 0;
+            }
+            let mut chunk = [0u8; 64 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => false,
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    true
+                }
+            }
+        }
+
+        /// Reads the connection to its end, past what is buffered (a clean close is `Ok`).
+        pub fn read_to_end(&mut self, out: &mut Vec<u8>) -> std::io::Result<usize> {
+            self.stream.read_to_end(out)
+        }
+
+        pub fn send_raw(&mut self, bytes: &[u8]) {
+            self.stream.write_all(bytes).unwrap();
+        }
+
+        /// Reads the next response, skipping interleaved frames before it.
+        pub fn response(&mut self) -> Option<RtspResponse> {
+            loop {
+                while self.unread().first() == Some(&b'$') && self.unread().len() >= 4 {
+                    let head = self.unread();
+                    let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
+                    if head.len() < 4 + len {
+                        break;
+                    }
+                    self.pos += 4 + len;
+                }
+                if self.unread().first() != Some(&b'$') && !self.unread().is_empty() {
+                    match RtspResponse::parse(self.unread()).unwrap() {
+                        Parsed::Complete { message, consumed } => {
+                            self.pos += consumed;
+                            return Some(message);
+                        }
+                        Parsed::Incomplete => {}
+                    }
+                }
+                if !self.fill() {
+                    return None;
+                }
+            }
+        }
+
+        pub fn request(
+            &mut self,
+            method: Method,
+            url: &str,
+            headers: &[(&str, &str)],
+        ) -> RtspResponse {
+            self.request_with_body(method, url, headers, None)
+        }
+
+        pub fn request_with_body(
+            &mut self,
+            method: Method,
+            url: &str,
+            headers: &[(&str, &str)],
+            body: Option<&str>,
+        ) -> RtspResponse {
+            self.cseq += 1;
+            let mut builder = RtspRequest::builder(method, url).cseq(self.cseq);
+            for (name, value) in headers {
+                builder = builder.header(*name, *value);
+            }
+            if let Some(session) = &self.session {
+                builder = builder.session(session);
+            }
+            if let Some(body) = body {
+                builder = builder.body("application/sdp", body.as_bytes().to_vec());
+            }
+            self.send_raw(&builder.build().to_bytes());
+            let response = self.response().expect("a response");
+            assert_eq!(
+                response.headers.get("CSeq"),
+                Some(self.cseq.to_string().as_str())
+            );
+            if let Some(session) = response.headers.get("Session") {
+                self.session = Some(SessionHeader::parse(session).unwrap().id);
+            }
+            response
+        }
+
+        /// DESCRIBE, SETUP of every track on channels 2i-(2i+1), PLAY. Returns the SDP.
+        pub fn play(&mut self, url: &str, tracks: usize) -> String {
+            let described = self.request(Method::Describe, url, &[("Accept", "application/sdp")]);
+            assert_eq!(described.status, StatusCode::OK, "{described:?}");
+            let sdp = String::from_utf8(described.body.to_vec()).unwrap();
+            let base = described.headers.get("Content-Base").unwrap().to_owned();
+            for track in 0..tracks {
+                let transport = format!(
+                    "RTP/AVP/TCP;unicast;interleaved={}-{}",
+                    2 * track,
+                    2 * track + 1
+                );
+                let setup = self.request(
+                    Method::Setup,
+                    &format!("{base}trackID={track}"),
+                    &[("Transport", &transport)],
+                );
+                assert_eq!(setup.status, StatusCode::OK, "{setup:?}");
+            }
+            let played = self.request(Method::Play, &base, &[("Range", "npt=0.000-")]);
+            assert_eq!(played.status, StatusCode::OK, "{played:?}");
+            sdp
+        }
+
+        /// The next interleaved frame, or `None` at end of stream.
+        pub fn frame(&mut self) -> Option<(u8, Vec<u8>)> {
+            loop {
+                let head = self.unread();
+                if head.len() >= 4 {
+                    assert_eq!(head[0], b'$', "only frames after PLAY");
+                    let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
+                    if head.len() >= 4 + len {
+                        let channel = head[1];
+                        let payload = head[4..4 + len].to_vec();
+                        self.pos += 4 + len;
+                        return Some((channel, payload));
+                    }
+                }
+                if !self.fill() {
+                    return None;
+                }
+            }
+        }
+    }
+}

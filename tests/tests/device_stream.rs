@@ -20,7 +20,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use loadgen::device::clip::{AudioClip, ClipPlayer, VideoClip};
 use loadgen::device::{preview_start_reply, EncryptPolicy, StreamDevice};
+use loadgen::sei::FrameStamp;
 use relay::proto::media::Codec;
+use relay::proto::media::{FrameKind, MediaFrame};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConnection, StreamOwned};
 use serde_json::{json, Value};
@@ -28,7 +30,8 @@ use signal::config::StreamEncryptMode;
 use signal::proto::access_key::AccessKeyPair;
 use signal::proto::body::{
     BatteryState, BodyMessage, Capabilities, ChannelCapabilities, Handshake, Heartbeat,
-    PreviewStart, PreviewStartReply, RecordFile, ReplayStart, StreamMode, VideoCodecId,
+    PreviewStart, PreviewStartReply, RecordFile, RecordingSpan, ReplaySeek, ReplayStart,
+    StreamMode, VideoCodecId,
 };
 use signal::proto::core_packet::{cmd, CoreHeader, CorePacket};
 use signal::session::sim::SimDevice;
@@ -210,7 +213,12 @@ enum DeviceEvent {
     WakeUp,
     ReplayStart(ReplayStart),
     ReplayStop(RecordFile),
+    ReplaySeek(ReplaySeek),
 }
+
+/// A seek the camera accepted for one of its replays: (seek sequence, position in seconds
+/// from the recording's start), taken by the replay's stream thread.
+type SeekSlot = Arc<std::sync::Mutex<Option<(u32, u32)>>>;
 
 /// How the simulated camera answers preview start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,26 +293,74 @@ fn stream_handshake(link: &mut impl ReadWriteAll, device: &mut StreamDevice, uid
     }
 }
 
+/// A video frame of a replay with the loadgen's SEI stamp carrying its frame number in the
+/// recording (position × FPS), so a viewer can tell which position it plays.
+fn stamped(mut frame: MediaFrame, recording_frame: u32) -> MediaFrame {
+    let stamp = FrameStamp {
+        sent_unix_us: 0,
+        frame: recording_frame,
+    };
+    let sei = [&[0, 0, 0, 1][..], &stamp.to_sei_nal()].concat();
+    frame.payload.insert(0, Bytes::from(sei));
+    frame
+}
+
 /// Streams the clip and its audio `passes` times (None: until stopped) at the frame rate (PTS
 /// running on), unless `stop` or the server closes first; returns the (video, audio) frames
-/// sent.
+/// sent. A replay (`seeks`) stamps its video frames with their frame number in the recording
+/// and, on a seek, sends one more keyframe of the old position (in flight, as a device's
+/// buffers hold it), then continues at the new position: PTS and stamps from there, packets
+/// carrying the seek's sequence.
 fn stream_media(
     link: &mut impl ReadWriteAll,
     device: &mut StreamDevice,
     fixture: Fixture,
-    passes: Option<usize>,
-    tamper: bool,
+    (passes, tamper): (Option<usize>, bool),
+    seeks: Option<&SeekSlot>,
     stop: &AtomicBool,
 ) -> (usize, usize) {
     let video = fixture.video();
     let video_frames = passes.map_or(usize::MAX, |n| video.access_units.len() * n);
-    let player = ClipPlayer::new(video, Some(fixture.audio()), FPS, 1_000_000).looping();
+    // A replay's PTS is its position in the recording; a live stream's starts at 1 s.
+    let first_pts = if seeks.is_some() { 0 } else { 1_000_000 };
+    let play_from = |position_secs: u32| {
+        ClipPlayer::new(
+            video.clone(),
+            Some(fixture.audio()),
+            FPS,
+            first_pts + u64::from(position_secs) * 1_000_000,
+        )
+        .looping()
+    };
+    let mut player = play_from(0);
+    // Frame number in the recording of the next video frame.
+    let mut recording_frame = 0u32;
     let start = Instant::now();
     let (mut sent_video, mut sent_audio) = (0, 0);
-    for frame in player {
+    while let Some(mut frame) = player.next() {
         let is_video = frame.kind.is_video();
         if stop.load(Ordering::Relaxed) || (is_video && sent_video == video_frames) {
             break;
+        }
+        if let Some((seek_seq, position)) = seeks.and_then(|slot| slot.lock().unwrap().take()) {
+            let stale = MediaFrame {
+                kind: FrameKind::VideoI,
+                codec: fixture.codec,
+                pts_us: Some(u64::from(recording_frame) * 1_000_000 / u64::from(FPS)),
+                payload: std::iter::once(video.access_units[0].annex_b.clone()).collect(),
+            };
+            let stale = device.media(&stamped(stale, recording_frame)).unwrap();
+            if link.write_all(&stale).and_then(|()| link.flush()).is_err() {
+                break;
+            }
+            device.seek(seek_seq);
+            player = play_from(position);
+            recording_frame = position * FPS;
+            continue;
+        }
+        if is_video && seeks.is_some() && fixture.codec == Codec::H264 {
+            frame = stamped(frame, recording_frame);
+            recording_frame += 1;
         }
         let mut bytes = device.media(&frame).unwrap().to_vec();
         if let Some((_, damage)) = TAMPERED
@@ -330,15 +386,17 @@ fn stream_media(
 }
 
 /// A stream connection of the camera in `mode` to `port` for `stream_id` (a replay's when
-/// `replay`), streaming `fixture` (`passes` times, or until `stop` or the server closes).
+/// it has a seek slot), streaming `fixture` (`passes` times, or until `stop` or the server
+/// closes).
 fn spawn_stream(
     (stream_tls, stream_tcp): (SocketAddr, SocketAddr),
     (device, encrypted, fixture): (Device, EncryptPolicy, Fixture),
-    (mode, port, stream_id, replay): (StreamMode, u16, u32, bool),
+    (mode, port, stream_id, seeks): (StreamMode, u16, u32, Option<SeekSlot>),
     (passes, tamper): (Option<usize>, bool),
     events: mpsc::Sender<DeviceEvent>,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
+    let replay = seeks.is_some();
     let kind = move |sd: StreamDevice| if replay { sd.replay() } else { sd };
     std::thread::spawn(move || {
         let (video, audio) = match mode {
@@ -349,7 +407,14 @@ fn spawn_stream(
                 let mut sd = kind(StreamDevice::tls(stream_id));
                 stream_handshake(&mut stream, &mut sd, &device.uid);
                 let _ = events.send(DeviceEvent::StreamHandshakeOk);
-                stream_media(&mut stream, &mut sd, fixture, passes, tamper, &stop)
+                stream_media(
+                    &mut stream,
+                    &mut sd,
+                    fixture,
+                    (passes, tamper),
+                    seeks.as_ref(),
+                    &stop,
+                )
             }
             mode => {
                 let mut addr = stream_tcp;
@@ -370,7 +435,14 @@ fn spawn_stream(
                 assert_eq!(sd.hello_code(), Some(200));
                 stream_handshake(&mut stream, &mut sd, &device.uid);
                 let _ = events.send(DeviceEvent::StreamHandshakeOk);
-                stream_media(&mut stream, &mut sd, fixture, passes, tamper, &stop)
+                stream_media(
+                    &mut stream,
+                    &mut sd,
+                    fixture,
+                    (passes, tamper),
+                    seeks.as_ref(),
+                    &stop,
+                )
             }
         };
         let _ = events.send(DeviceEvent::StreamSent { video, audio });
@@ -413,6 +485,7 @@ fn run_camera(
     link.flush().unwrap();
     let mut buf = [0u8; 16 * 1024];
     let mut streams = Vec::new();
+    let mut seeks: std::collections::HashMap<u32, SeekSlot> = Default::default();
     while !stop.load(Ordering::Relaxed) {
         let packets: Vec<CorePacket> = match link.read(&mut buf) {
             Ok(0) => break,
@@ -474,7 +547,7 @@ fn run_camera(
                     streams.push(spawn_stream(
                         (stream_tls, stream_tcp),
                         (device.clone(), encrypted, fixture),
-                        (start.mode, start.port, start.stream_id, false),
+                        (start.mode, start.port, start.stream_id, None),
                         (passes, tamper),
                         events.clone(),
                         stop.clone(),
@@ -488,8 +561,31 @@ fn run_camera(
                     };
                     link.write_all(&reply).unwrap();
                 }
+                cmd::REPLAY_SEEK => {
+                    // Continue the replay at `time`: its position from the recording's start
+                    // (the recording's times are in its file name).
+                    let seek = ReplaySeek::parse(&packet.body.to_contiguous()).unwrap();
+                    let span = RecordingSpan::from_file_name(RECORDING).unwrap();
+                    let position = RecordingSpan {
+                        start: span.start,
+                        end: seek.time,
+                    }
+                    .duration_secs();
+                    let code = match seeks.get(&seek.stream_id) {
+                        Some(slot) if seek.time >= span.start && seek.time < span.end => {
+                            *slot.lock().unwrap() = Some((seek.seek_seq, position));
+                            200
+                        }
+                        _ => 400,
+                    };
+                    let reply = sim.reply(cmd::REPLAY_SEEK, id, code, b"");
+                    link.write_all(&reply).unwrap();
+                    let _ = events.send(DeviceEvent::ReplaySeek(seek));
+                }
                 cmd::REPLAY_START => {
                     let start = ReplayStart::parse(&packet.body.to_contiguous()).unwrap();
+                    let slot = SeekSlot::default();
+                    seeks.insert(start.stream_id, slot.clone());
                     let answer = PreviewStartReply {
                         fps: FPS as u8,
                         codec: fixture.reply_codec,
@@ -500,7 +596,7 @@ fn run_camera(
                     streams.push(spawn_stream(
                         (stream_tls, stream_tcp),
                         (device.clone(), encrypted, fixture),
-                        (start.mode, start.port, start.stream_id, true),
+                        (start.mode, start.port, start.stream_id, Some(slot)),
                         (None, false),
                         events.clone(),
                         stop.clone(),
@@ -1575,5 +1671,193 @@ fn recording_replays_through_its_play_session_and_stops_when_the_viewer_goes() {
             other => panic!("expected replay stop, got {other:?}"),
         }
     }
+    stop.store(true, Ordering::Relaxed);
+}
+
+/// The camera's seeks and what else it reported, until the first seek (replay start, stream
+/// handshake, keyframe requests pass).
+fn expect_seek(events: &mpsc::Receiver<DeviceEvent>) -> ReplaySeek {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left).expect("replay seek 123") {
+            DeviceEvent::ReplaySeek(seek) => return seek,
+            DeviceEvent::ReplayStart(_)
+            | DeviceEvent::StreamHandshakeOk
+            | DeviceEvent::KeyframeRequest => {}
+            other => panic!("expected replay seek, got {other:?}"),
+        }
+    }
+}
+
+/// The frame numbers of the loadgen stamps in an Annex-B H.264 file, in order.
+fn stamped_frames(annex_b: &[u8]) -> Vec<u32> {
+    let mut frames = Vec::new();
+    let mut rest = annex_b;
+    while let Some(at) = rest.windows(3).position(|w| w == [0, 0, 1]) {
+        rest = &rest[at + 3..];
+        let end = rest
+            .windows(3)
+            .position(|w| w == [0, 0, 1])
+            .unwrap_or(rest.len());
+        if let Some(stamp) = FrameStamp::from_nal(&rest[..end]) {
+            frames.push(stamp.frame);
+        }
+    }
+    frames
+}
+
+/// A replay play URL of the camera's recording, from the records play session.
+fn replay_url(server: &TestServer, uid: &str) -> String {
+    let session = record_play_session(server, uid, RECORDING);
+    assert_eq!(session.status, 200, "{session:?}");
+    session.json()["playURL"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn ffmpeg_seek_into_a_recording_plays_from_the_new_position() {
+    let uid = "95270000REPLAY02";
+    let (server, events, stop) = camera_with(uid, Behaviour::Streams, 10);
+    let url = replay_url(&server, uid);
+    // `-ss 5` as an input option: ffmpeg PLAYs from 0 (npt=0.000-), reads the stream's
+    // parameters, then PAUSEs and PLAYs with `Range: npt=5.000-`.
+    let out = server.data_dir().join("seeked.h264");
+    let out = out.to_str().unwrap();
+    let played = run(
+        "timeout",
+        &[
+            "60",
+            "ffmpeg",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-rtsp_transport",
+            "tcp",
+            "-ss",
+            "5",
+            "-i",
+            &url,
+            "-map",
+            "0:v",
+            "-c",
+            "copy",
+            "-frames:v",
+            "50",
+            "-f",
+            "h264",
+            "-y",
+            out,
+        ],
+    );
+    assert!(
+        played.status.success(),
+        "ffmpeg failed: {}",
+        String::from_utf8_lossy(&played.stderr)
+    );
+    // The device was asked for the recording's start + 5 s, with the platform's first seek
+    // sequence.
+    let seek = expect_seek(&events);
+    let span = RecordingSpan::from_file_name(RECORDING).unwrap();
+    assert_eq!(seek.time, span.start.plus_seconds(5), "{seek:?}");
+    assert_eq!(seek.seek_seq, 1024);
+    assert_eq!(seek.channel, 0);
+    // What ffmpeg wrote is the recording from 5 s on (frame 125 at 25 fps), frame after frame:
+    // nothing of the position before the seek, not even the keyframe the camera still had in
+    // flight when it seeked.
+    let frames = stamped_frames(&std::fs::read(out).unwrap());
+    eprintln!("ffmpeg wrote recording frames {frames:?}");
+    assert_eq!(frames.len(), 50, "{frames:?}");
+    let first = 5 * FPS;
+    assert_eq!(frames, (first..first + 50).collect::<Vec<_>>());
+    stop.store(true, Ordering::Relaxed);
+}
+
+/// The RTP timestamp of a packet.
+fn rtp_timestamp(packet: &[u8]) -> u32 {
+    u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]])
+}
+
+#[test]
+fn play_with_a_range_seeks_a_playing_replay_and_bad_ranges_are_refused() {
+    use relay::proto::rtsp::{Method, StatusCode};
+    let uid = "95270000REPLAY03";
+    let (server, events, stop) = camera_with(uid, Behaviour::Streams, 10);
+    let url = replay_url(&server, uid);
+    let mut rtsp = tests::rtsp::RtspClient::connect(server.server.addrs.rtsp);
+    let described = rtsp.request(Method::Describe, &url, &[("Accept", "application/sdp")]);
+    assert_eq!(described.status, StatusCode::OK, "{described:?}");
+    let base = described.headers.get("Content-Base").unwrap().to_owned();
+    let setup = rtsp.request(
+        Method::Setup,
+        &format!("{base}trackID=0"),
+        &[("Transport", "RTP/AVP/TCP;unicast;interleaved=0-1")],
+    );
+    assert_eq!(setup.status, StatusCode::OK, "{setup:?}");
+
+    // Refused, and the session goes on: a malformed npt, a position beyond the recording's
+    // 123 s (both 457 Invalid Range), another unit (456, with the unit we seek in).
+    for (range, status) in [
+        ("npt=abc-", StatusCode::INVALID_RANGE),
+        ("npt=0:61:00-", StatusCode::INVALID_RANGE),
+        ("npt=200-", StatusCode::INVALID_RANGE),
+        (
+            "clock=20220110T000200Z-",
+            StatusCode::HEADER_FIELD_NOT_VALID,
+        ),
+    ] {
+        let refused = rtsp.request(Method::Play, &base, &[("Range", range)]);
+        assert_eq!(refused.status, status, "{range}: {refused:?}");
+        if status == StatusCode::HEADER_FIELD_NOT_VALID {
+            assert_eq!(refused.headers.get("Accept-Ranges"), Some("npt"));
+        }
+    }
+
+    // From the beginning: no seek, the device's PTS start at 0.
+    let played = rtsp.request(Method::Play, &base, &[("Range", "npt=0.000-")]);
+    assert_eq!(played.status, StatusCode::OK, "{played:?}");
+    assert_eq!(played.headers.get("Range"), Some("npt=0.000-"));
+    let (_, first) = rtsp.frame().expect("video");
+    assert!(
+        rtp_timestamp(&first) < 2 * 90_000,
+        "{}",
+        rtp_timestamp(&first)
+    );
+
+    // While playing: to 1:02.5, which the device plays from 62 s (whole seconds).
+    let sought = rtsp.request(Method::Play, &base, &[("Range", "npt=0:01:02.5-")]);
+    assert_eq!(sought.status, StatusCode::OK, "{sought:?}");
+    assert_eq!(sought.headers.get("Range"), Some("npt=62.000-"));
+    let seek = expect_seek(&events);
+    let span = RecordingSpan::from_file_name(RECORDING).unwrap();
+    assert_eq!(seek.time, span.start.plus_seconds(62));
+    assert_eq!(seek.seek_seq, 1024);
+    // Everything after the answer is the new position: it starts on the device's keyframe at
+    // 62 s (RTP timestamps are the device's PTS at 90 kHz) and runs on from there.
+    let mut timestamps = Vec::new();
+    while timestamps.len() < 25 {
+        let (channel, packet) = rtsp.frame().expect("video after the seek");
+        assert_eq!(channel, 0);
+        let ts = rtp_timestamp(&packet);
+        if timestamps.last() != Some(&ts) {
+            timestamps.push(ts);
+        }
+    }
+    assert_eq!(timestamps[0], 62 * 90_000, "{timestamps:?}");
+    assert!(
+        timestamps.windows(2).all(|w| w[1] == w[0] + 90_000 / FPS),
+        "{timestamps:?}"
+    );
+
+    // A second seek moves the sequence on; `now` continues where it is.
+    let sought = rtsp.request(Method::Play, &base, &[("Range", "npt=10-20")]);
+    assert_eq!(sought.headers.get("Range"), Some("npt=10.000-"));
+    let seek = expect_seek(&events);
+    assert_eq!(seek.time, span.start.plus_seconds(10));
+    assert_eq!(seek.seek_seq, 2048);
+    let now = rtsp.request(Method::Play, &base, &[("Range", "npt=now-")]);
+    assert_eq!(now.status, StatusCode::OK);
+    assert_eq!(now.headers.get("Range"), Some("npt=now-"));
+    let teardown = rtsp.request(Method::Teardown, &base, &[]);
+    assert_eq!(teardown.status, StatusCode::OK);
     stop.store(true, Ordering::Relaxed);
 }

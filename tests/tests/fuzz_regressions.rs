@@ -25,6 +25,7 @@ fn entry_point(target: &str) -> Option<fn(&[u8])> {
         "rop_body" => signal::proto::body::fuzzing::parse_body,
         "rtp_depacketize" => relay::proto::fuzz_rtsp::rtp_depacketize,
         "rtsp_message" => relay::proto::fuzz_rtsp::rtsp_message,
+        "rtsp_range" => relay::proto::fuzz_rtsp::rtsp_range,
         "pull_client" => relay::pull::fuzzing::pull_client,
         "rtsp_session" => relay::rtsp::fuzzing::rtsp_session,
         "sdp" => relay::proto::fuzz_rtsp::sdp,

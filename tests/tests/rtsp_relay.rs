@@ -15,8 +15,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use relay::proto::rtsp::{Method, Parsed, RtspRequest, RtspResponse, SessionHeader, StatusCode};
+use relay::proto::rtsp::{Method, Parsed, RtspResponse, SessionHeader, StatusCode};
 use signal::tokens::{StreamGrant, TokenOp, TokenSigner};
+use tests::rtsp::RtspClient;
 use tests::{require_tool, run, TestServer};
 
 const UID: &str = "952700000A5S348E";
@@ -132,195 +133,7 @@ fn ffmpeg_publish(url: &str, loops: u32) -> Child {
     )
 }
 
-// ----- a small RTSP client over std::net, with the relay's own codec -----
-
-/// A byte stream to the server: plain TCP or rustls over TCP.
-trait Io: Read + Write + Send {}
-impl<T: Read + Write + Send> Io for T {}
-
-struct Client {
-    stream: Box<dyn Io>,
-    /// The socket under `stream` (timeouts).
-    tcp: TcpStream,
-    /// Received bytes; the unread ones are `buf[pos..]`.
-    buf: Vec<u8>,
-    pos: usize,
-    cseq: u32,
-    session: Option<String>,
-}
-
-impl Client {
-    fn connect(addr: SocketAddr) -> Client {
-        Self::from_stream(TcpStream::connect(addr).unwrap())
-    }
-
-    /// A client whose kernel receive buffer is small (64 KiB, fixed: no autotuning), so that a
-    /// client that stops reading backs up into the server quickly.
-    fn connect_small_buffer(addr: SocketAddr) -> Client {
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(addr),
-            socket2::Type::STREAM,
-            None,
-        )
-        .unwrap();
-        socket.set_recv_buffer_size(64 * 1024).unwrap();
-        socket.connect(&addr.into()).unwrap();
-        Self::from_stream(socket.into())
-    }
-
-    /// An RTSPS client that checks the server certificate against the relay's CA.
-    fn connect_tls(addr: SocketAddr, ca_pem: &str) -> Client {
-        let tcp = TcpStream::connect(addr).unwrap();
-        let config = pki::client_config_trusting(ca_pem).unwrap();
-        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let session = rustls::ClientConnection::new(config, name).unwrap();
-        let mut client = Self::from_stream(tcp.try_clone().unwrap());
-        client.stream = Box::new(rustls::StreamOwned::new(session, tcp));
-        client
-    }
-
-    fn from_stream(stream: TcpStream) -> Client {
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        Client {
-            tcp: stream.try_clone().unwrap(),
-            stream: Box::new(stream),
-            buf: Vec::new(),
-            pos: 0,
-            cseq: 0,
-            session: None,
-        }
-    }
-
-    fn unread(&self) -> &[u8] {
-        &self.buf[self.pos..]
-    }
-
-    /// Reads more bytes; false at end of stream.
-    fn fill(&mut self) -> bool {
-        if self.pos > 0 && self.pos * 2 >= self.buf.len() {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
-        }
-        let mut chunk = [0u8; 64 * 1024];
-        match self.stream.read(&mut chunk) {
-            Ok(0) | Err(_) => false,
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                true
-            }
-        }
-    }
-
-    fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).unwrap();
-    }
-
-    /// Reads the next response, skipping interleaved frames before it.
-    fn response(&mut self) -> Option<RtspResponse> {
-        loop {
-            while self.unread().first() == Some(&b'$') && self.unread().len() >= 4 {
-                let head = self.unread();
-                let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
-                if head.len() < 4 + len {
-                    break;
-                }
-                self.pos += 4 + len;
-            }
-            if self.unread().first() != Some(&b'$') && !self.unread().is_empty() {
-                match RtspResponse::parse(self.unread()).unwrap() {
-                    Parsed::Complete { message, consumed } => {
-                        self.pos += consumed;
-                        return Some(message);
-                    }
-                    Parsed::Incomplete => {}
-                }
-            }
-            if !self.fill() {
-                return None;
-            }
-        }
-    }
-
-    fn request(&mut self, method: Method, url: &str, headers: &[(&str, &str)]) -> RtspResponse {
-        self.request_with_body(method, url, headers, None)
-    }
-
-    fn request_with_body(
-        &mut self,
-        method: Method,
-        url: &str,
-        headers: &[(&str, &str)],
-        body: Option<&str>,
-    ) -> RtspResponse {
-        self.cseq += 1;
-        let mut builder = RtspRequest::builder(method, url).cseq(self.cseq);
-        for (name, value) in headers {
-            builder = builder.header(*name, *value);
-        }
-        if let Some(session) = &self.session {
-            builder = builder.session(session);
-        }
-        if let Some(body) = body {
-            builder = builder.body("application/sdp", body.as_bytes().to_vec());
-        }
-        self.send_raw(&builder.build().to_bytes());
-        let response = self.response().expect("a response");
-        assert_eq!(
-            response.headers.get("CSeq"),
-            Some(self.cseq.to_string().as_str())
-        );
-        if let Some(session) = response.headers.get("Session") {
-            self.session = Some(SessionHeader::parse(session).unwrap().id);
-        }
-        response
-    }
-
-    /// DESCRIBE, SETUP of every track on channels 2i-(2i+1), PLAY. Returns the SDP.
-    fn play(&mut self, url: &str, tracks: usize) -> String {
-        let described = self.request(Method::Describe, url, &[("Accept", "application/sdp")]);
-        assert_eq!(described.status, StatusCode::OK, "{described:?}");
-        let sdp = String::from_utf8(described.body.to_vec()).unwrap();
-        let base = described.headers.get("Content-Base").unwrap().to_owned();
-        for track in 0..tracks {
-            let transport = format!(
-                "RTP/AVP/TCP;unicast;interleaved={}-{}",
-                2 * track,
-                2 * track + 1
-            );
-            let setup = self.request(
-                Method::Setup,
-                &format!("{base}trackID={track}"),
-                &[("Transport", &transport)],
-            );
-            assert_eq!(setup.status, StatusCode::OK, "{setup:?}");
-        }
-        let played = self.request(Method::Play, &base, &[("Range", "npt=0.000-")]);
-        assert_eq!(played.status, StatusCode::OK, "{played:?}");
-        sdp
-    }
-
-    /// The next interleaved frame, or `None` at end of stream.
-    fn frame(&mut self) -> Option<(u8, Vec<u8>)> {
-        loop {
-            let head = self.unread();
-            if head.len() >= 4 {
-                assert_eq!(head[0], b'$', "only frames after PLAY");
-                let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
-                if head.len() >= 4 + len {
-                    let channel = head[1];
-                    let payload = head[4..4 + len].to_vec();
-                    self.pos += 4 + len;
-                    return Some((channel, payload));
-                }
-            }
-            if !self.fill() {
-                return None;
-            }
-        }
-    }
-}
+// The RTSP client is `tests::rtsp::RtspClient` (std::net, the relay's own codec).
 
 // ----- a synthetic publisher with known packets -----
 
@@ -355,21 +168,25 @@ fn is_idr_start(packet: &[u8]) -> bool {
 }
 
 struct SynthPublisher {
-    client: Client,
+    client: RtspClient,
 }
 
 impl SynthPublisher {
     fn start(addr: SocketAddr, url: &str) -> Result<SynthPublisher, RtspResponse> {
-        Self::over(Client::connect(addr), url)
+        Self::over(RtspClient::connect(addr), url)
     }
 
     /// Publishes over an already connected client (e.g. RTSPS).
-    fn over(client: Client, url: &str) -> Result<SynthPublisher, RtspResponse> {
+    fn over(client: RtspClient, url: &str) -> Result<SynthPublisher, RtspResponse> {
         Self::with_sdp(client, url, SYNTH_SDP)
     }
 
     /// Publishes with the given SDP (one H.264 track, control `streamid=0`).
-    fn with_sdp(mut client: Client, url: &str, sdp: &str) -> Result<SynthPublisher, RtspResponse> {
+    fn with_sdp(
+        mut client: RtspClient,
+        url: &str,
+        sdp: &str,
+    ) -> Result<SynthPublisher, RtspResponse> {
         let announced = client.request_with_body(Method::Announce, url, &[], Some(sdp));
         if announced.status != StatusCode::OK {
             return Err(announced);
@@ -594,7 +411,7 @@ fn fifty_viewers_get_every_packet_and_a_stalled_viewer_is_dropped() {
             let play = play.clone();
             let ready = ready.clone();
             std::thread::spawn(move || {
-                let mut client = Client::connect(addr);
+                let mut client = RtspClient::connect(addr);
                 ready.wait();
                 client.play(&play, 1);
                 let mut received = 0u32;
@@ -627,7 +444,7 @@ fn fifty_viewers_get_every_packet_and_a_stalled_viewer_is_dropped() {
     // The stalled viewer plays and then never reads.
     let stalled_play = play.clone();
     let stalled = std::thread::spawn(move || {
-        let mut client = Client::connect_small_buffer(addr);
+        let mut client = RtspClient::connect_small_buffer(addr);
         client.play(&stalled_play, 1);
         client
     });
@@ -658,7 +475,7 @@ fn fifty_viewers_get_every_packet_and_a_stalled_viewer_is_dropped() {
         if late.is_none() && next >= PACKETS / 2 {
             let play = play.clone();
             late = Some(std::thread::spawn(move || {
-                let mut client = Client::connect(addr);
+                let mut client = RtspClient::connect(addr);
                 client.play(&play, 1);
                 let (_, packet) = client.frame().expect("a packet");
                 is_idr_start(&packet)
@@ -761,7 +578,7 @@ fn rtsps_viewers_on_either_shard_get_every_packet_and_a_clean_close() {
         .map(|_| {
             let (play, ready, ca) = (play.clone(), ready.clone(), ca.clone());
             std::thread::spawn(move || {
-                let mut client = Client::connect_tls(addr, &ca);
+                let mut client = RtspClient::connect_tls(addr, &ca);
                 ready.wait();
                 client.play(&play, 1);
                 let mut next = 0u32;
@@ -780,13 +597,13 @@ fn rtsps_viewers_on_either_shard_get_every_packet_and_a_clean_close() {
                     .set_read_timeout(Some(Duration::from_secs(20)))
                     .unwrap();
                 let mut rest = Vec::new();
-                client.stream.read_to_end(&mut rest)
+                client.read_to_end(&mut rest)
             })
         })
         .collect();
     ready.wait();
     std::thread::sleep(Duration::from_millis(500));
-    let publisher = Client::connect_tls(addr, &ca);
+    let publisher = RtspClient::connect_tls(addr, &ca);
     let mut publisher = SynthPublisher::over(publisher, &urls.publish(UID)).unwrap();
     publisher.send(0..BURST, PAYLOAD);
     std::thread::sleep(Duration::from_millis(500));
@@ -813,7 +630,7 @@ fn tokens_are_checked() {
     let server = TestServer::start();
     let urls = Urls::new(&server);
     let addr = server.server.addrs.rtsp;
-    let mut client = Client::connect(addr);
+    let mut client = RtspClient::connect(addr);
     let expired = urls.url(UID, TokenOp::Play, unix_now() - 10);
     let publish = urls.publish(UID);
     let forged = {
@@ -936,7 +753,7 @@ fn bad_input_is_refused_precisely() {
     assert_eq!(status_of(&answer), 408);
     assert!(started.elapsed() >= Duration::from_secs(9));
     // Still serving.
-    let mut client = Client::connect(addr);
+    let mut client = RtspClient::connect(addr);
     assert_eq!(
         client.request(Method::Options, "*", &[]).status,
         StatusCode::OK
@@ -1035,7 +852,7 @@ fn seq_of(packet: &[u8]) -> u16 {
 }
 
 /// Reads frames until the packet with sequence number `seq`; panics if the stream ends first.
-fn wait_for_seq(viewer: &mut Client, seq: u16) {
+fn wait_for_seq(viewer: &mut RtspClient, seq: u16) {
     loop {
         let (_, packet) = viewer.frame().expect("the stream ended early");
         if seq_of(&packet) == seq {
@@ -1056,7 +873,7 @@ fn session_keepalive_pause_play_and_publisher_return() {
     let mut publisher = SynthPublisher::start(addr, &urls.publish(UID)).unwrap();
     publisher.send(0..100, 100);
 
-    let mut viewer = Client::connect(addr);
+    let mut viewer = RtspClient::connect(addr);
     let play = urls.play(UID);
     let described = viewer.request(Method::Describe, &play, &[("Accept", "application/sdp")]);
     assert_eq!(described.status, StatusCode::OK);
@@ -1173,7 +990,7 @@ fn viewer_on_the_other_shard_is_handed_to_the_owner() {
             viewers.len() < 40,
             "no connection landed on the other shard"
         );
-        let mut viewer = Client::connect(addr);
+        let mut viewer = RtspClient::connect(addr);
         viewer.play(&urls.play(UID), 1);
         let (_, first) = viewer.frame().unwrap();
         assert!(is_idr_start(&first));
@@ -1444,9 +1261,9 @@ fn parameter_sets_sent_in_band_are_filled_into_describe() {
 m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1\r\n\
 a=control:streamid=0\r\n";
     let mut publisher =
-        SynthPublisher::with_sdp(Client::connect(addr), &urls.publish(UID), bare_sdp).unwrap();
+        SynthPublisher::with_sdp(RtspClient::connect(addr), &urls.publish(UID), bare_sdp).unwrap();
     let play = urls.play(UID);
-    let mut early = Client::connect(addr);
+    let mut early = RtspClient::connect(addr);
     let described = early.request(Method::Describe, &play, &[]);
     assert_eq!(described.status, StatusCode::OK);
     let sdp = String::from_utf8_lossy(&described.body).into_owned();
@@ -1466,7 +1283,7 @@ a=control:streamid=0\r\n";
         packet.extend_from_slice(nal);
         packet
     };
-    let mut viewer = Client::connect(addr);
+    let mut viewer = RtspClient::connect(addr);
     viewer.play(&play, 1);
     let mut packets = vec![single(60000, &sps), single(60001, &pps)];
     packets.extend((0..PACKETS_PER_FRAME).map(|i| synth_packet(i, 100)));
@@ -1474,7 +1291,7 @@ a=control:streamid=0\r\n";
     // The viewer gets the parameter sets, then the picture: the server has seen them all.
     while !is_idr_start(&viewer.frame().expect("the stream ended early").1) {}
 
-    let described = Client::connect(addr).request(Method::Describe, &play, &[]);
+    let described = RtspClient::connect(addr).request(Method::Describe, &play, &[]);
     assert_eq!(described.status, StatusCode::OK);
     let sdp = String::from_utf8_lossy(&described.body).into_owned();
     let fmtp = sdp

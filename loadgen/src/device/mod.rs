@@ -117,6 +117,8 @@ pub struct StreamDevice {
     hello_code: Option<u16>,
     /// Command of the media packets: 3 for a preview, 5 for a recording's replay.
     media_command: u32,
+    /// Response code of the media packets: a replay's seek sequence (0 until a seek).
+    seek_seq: u32,
 }
 
 impl std::fmt::Debug for StreamDevice {
@@ -140,6 +142,7 @@ impl StreamDevice {
             next_request_id: 1,
             hello_code: None,
             media_command: cmd::PREVIEW_START,
+            seek_seq: 0,
         }
     }
 
@@ -173,6 +176,7 @@ impl StreamDevice {
             next_request_id: 1,
             hello_code: None,
             media_command: cmd::PREVIEW_START,
+            seek_seq: 0,
         };
         (device, Bytes::copy_from_slice(&hello))
     }
@@ -181,6 +185,12 @@ impl StreamDevice {
     pub fn replay(mut self) -> Self {
         self.media_command = cmd::REPLAY_START;
         self
+    }
+
+    /// A replay seek 123 was accepted: media packets carry `seek_seq` (in the header's response
+    /// code) from the next frame on, as a camera marks the media of the new position.
+    pub fn seek(&mut self, seek_seq: u32) {
+        self.seek_seq = seek_seq;
     }
 
     /// Changes how the stream is cut into packets and frames.
@@ -289,13 +299,10 @@ impl StreamDevice {
         let mut media = BytesMut::with_capacity(frame.payload_len() + 32);
         frame.encode(&mut media)?;
         let mut core = BytesMut::with_capacity(media.len() + 24 * (media.len() / 1024 + 1));
+        let mut header = CoreHeader::request(self.media_command, self.stream_id);
+        header.response_code = self.seek_seq;
         for piece in media.chunks(self.chunking.max_packet_body) {
-            encode_packet(
-                CoreHeader::request(self.media_command, self.stream_id),
-                &[],
-                piece,
-                &mut core,
-            )?;
+            encode_packet(header, &[], piece, &mut core)?;
         }
         let encrypt = self.policy.encrypts(frame.kind == FrameKind::VideoI);
         self.frames(&core, encrypt)

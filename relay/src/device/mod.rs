@@ -570,6 +570,23 @@ impl DeviceShard {
         Ok(())
     }
 
+    /// Sends replay seek 123 on `uid`'s signalling link: the replay whose stream id is
+    /// `stream_id` continues at the device-local `time`, its media packets carrying `seek_seq`;
+    /// returns where the device's reply arrives.
+    pub fn replay_seek(
+        &self,
+        uid: &str,
+        channel: u32,
+        stream_id: u32,
+        seek_seq: u32,
+        time: signal::proto::body::LocalTime,
+    ) -> Result<ReplyReceiver, DeviceError> {
+        let (conn, id) = self.queue_request(uid, LinkKind::Signalling, |session, now| {
+            session.replay_seek(channel, stream_id, seek_seq, time, now)
+        })?;
+        Ok(self.wait_reply(conn, id))
+    }
+
     /// Sends preview stop 4 on `uid`'s signalling link (its reply is not waited for).
     pub fn preview_stop(&self, uid: &str, channel: u32, stream_id: u32) -> Result<(), DeviceError> {
         let (conn, _) = self.queue_request(uid, LinkKind::Signalling, |session, now| {

@@ -445,6 +445,28 @@ impl StreamHub {
         }
     }
 
+    /// The publisher's stream jumps to another position (a recording's replay seeks): the
+    /// cached GOP and whatever viewers were still owed belong to the old position. The GOP
+    /// cache is dropped and every viewer waits for the next keyframe, as a new viewer without
+    /// a cached GOP does; what it skips is not counted as dropped (it is no slowness of its).
+    pub fn restart_at_next_keyframe(&mut self) {
+        self.gop_start = None;
+        self.last_keyframe = None;
+        let since = self.ring.next_seq();
+        for slot in &mut self.viewers {
+            let Some(viewer) = &mut slot.queue else {
+                continue;
+            };
+            if !matches!(viewer.phase, Phase::Closed(_)) {
+                viewer.phase = Phase::Awaiting {
+                    since,
+                    dropped_from: None,
+                };
+            }
+        }
+        self.trim();
+    }
+
     /// The publisher state.
     pub fn publisher_state(&self) -> PublisherState {
         self.state

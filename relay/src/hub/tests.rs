@@ -888,3 +888,58 @@ fn short_iovec_array_gives_a_prefix_of_the_batch() {
         assert_eq!(prefix, whole[..prefix.len()]);
     }
 }
+
+#[test]
+fn a_seek_drops_the_old_position_and_viewers_restart_on_the_next_keyframe() {
+    let (mut hub, publisher) = live_hub(HubConfig::default());
+    let mut source = Source::new(300);
+    let behind = hub.add_viewer(both_tracks(), LocalNotify::new()).unwrap();
+    let notify = LocalNotify::new();
+    let current = hub.add_viewer(both_tracks(), notify.clone()).unwrap();
+    for packet in source.gop(20) {
+        hub.push(publisher, packet).unwrap();
+    }
+    // One viewer is up to date, one has a half-written packet and 19 more to come.
+    let (mut current_out, mut behind_out) = (Vec::new(), Vec::new());
+    drain(&mut hub, current, usize::MAX, &mut current_out).unwrap();
+    let batch = hub.next_batch(behind, 4, 1 << 20).unwrap();
+    let written = write_batch(&batch, 100, &mut behind_out);
+    batch.consume(written);
+
+    hub.restart_at_next_keyframe();
+    assert_eq!(hub.gop_cache().packets, 0, "the old position's GOP is gone");
+    // What the old position still sends (in flight before the device seeked) is not served.
+    hub.push(publisher, source.packet(Kind::Video)).unwrap();
+    hub.push(publisher, source.packet(Kind::Audio)).unwrap();
+    let late = hub.add_viewer(both_tracks(), LocalNotify::new()).unwrap();
+    for id in [current, late] {
+        let mut out = Vec::new();
+        drain(&mut hub, id, usize::MAX, &mut out).unwrap();
+        assert!(out.is_empty(), "nothing before the new position's keyframe");
+    }
+    notify.take_notification();
+    let new_position = source.gop(6);
+    let keyframe_serial = source.serial - 5;
+    for packet in new_position {
+        hub.push(publisher, packet).unwrap();
+    }
+    assert!(notify.take_notification(), "the keyframe wakes the viewer");
+    let mut after = Vec::new();
+    drain(&mut hub, current, usize::MAX, &mut after).unwrap();
+    let serials_after = serials(&parse_frames(&after));
+    assert_eq!(serials_after.first(), Some(&keyframe_serial));
+    assert_eq!(serials_after.len(), 6);
+    let mut late_out = Vec::new();
+    drain(&mut hub, late, usize::MAX, &mut late_out).unwrap();
+    assert_eq!(serials(&parse_frames(&late_out)), serials_after);
+    // The half-written packet is finished (the byte stream stays valid), then the new keyframe.
+    drain(&mut hub, behind, usize::MAX, &mut behind_out).unwrap();
+    let frames = parse_frames(&behind_out);
+    assert_eq!(frames[0].serial, 1);
+    assert_eq!(frames[1].serial, keyframe_serial);
+    assert_eq!(
+        hub.stats().frames_dropped,
+        0,
+        "a seek is no slow viewer's loss"
+    );
+}

@@ -310,6 +310,12 @@ pub enum IngestEvent {
     Description(StreamDescription),
     /// One RTP packet for the hub.
     Packet(RtpPacket),
+    /// The replay's first media packet after a seek ([`DeviceStreamIngest::set_seek_floor`]):
+    /// what was half read of the old position is dropped and video restarts on a keyframe.
+    Sought {
+        /// The seek sequence the packets carry from now on.
+        seek_seq: u32,
+    },
 }
 
 /// Counters of one connection, for export.
@@ -374,6 +380,9 @@ pub struct IngestStats {
     pub video_frames_before_keyframe: u64,
     /// Audio frames dropped while waiting for the first keyframe.
     pub audio_frames_before_keyframe: u64,
+    /// Dropped: replay media packets of the position before a seek (still in flight when the
+    /// seek was asked; not a rejection).
+    pub stale_seek_packets: u64,
     /// Internal: packets the hub type refused (never expected).
     pub internal_errors: u64,
 }
@@ -462,6 +471,10 @@ pub struct DeviceStreamIngest {
     demuxer: MediaDemuxer,
     media_resync: Option<Scanner>,
     resyncs_since_keyframe: u32,
+    /// Replay media packets below this seek sequence are from before the latest seek.
+    seek_floor: u32,
+    /// A packet at or above `seek_floor` has arrived since it was set.
+    seek_reached: bool,
     handshake: Option<Handshake>,
     stream_id: Option<u32>,
     tracks: Tracks,
@@ -513,6 +526,8 @@ impl DeviceStreamIngest {
             media_parts: VecDeque::new(),
             media_resync: None,
             resyncs_since_keyframe: 0,
+            seek_floor: 0,
+            seek_reached: true,
             handshake: None,
             tracks,
             frame_output: FrameOutput::default(),
@@ -646,6 +661,16 @@ impl DeviceStreamIngest {
     /// Binds the stream id (after the handshake named the device and its pending preview).
     pub fn set_stream_id(&mut self, stream_id: u32) {
         self.stream_id = Some(stream_id);
+    }
+
+    /// A replay was asked to seek: its media packets carry `seek_seq` (the header's response
+    /// code) from the new position on. Packets with a lower one are dropped as the old
+    /// position's; the first at or above it starts the media over (video on a keyframe).
+    pub fn set_seek_floor(&mut self, seek_seq: u32) {
+        if seek_seq != self.seek_floor {
+            self.seek_floor = seek_seq;
+            self.seek_reached = false;
+        }
     }
 
     /// Sequence numbers the next video and audio packets will carry.
@@ -904,6 +929,22 @@ impl DeviceStreamIngest {
                 self.stream_id = Some(id);
                 self.events
                     .push_back(IngestEvent::StreamBound { stream_id: id });
+            }
+        }
+        if packet.header.command == cmd::REPLAY_START {
+            let seek_seq = packet.header.response_code;
+            if seek_seq < self.seek_floor {
+                self.stats.stale_seek_packets += 1;
+                return;
+            }
+            if !self.seek_reached {
+                // The new position starts here: nothing half read of the old one continues it.
+                self.seek_reached = true;
+                self.media_parts.clear();
+                self.media_resync = None;
+                self.demuxer = MediaDemuxer::new(self.config.media_limits);
+                self.tracks.lost_sync();
+                self.events.push_back(IngestEvent::Sought { seek_seq });
             }
         }
         self.stats.media_packets += 1;

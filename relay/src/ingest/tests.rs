@@ -173,3 +173,96 @@ fn fuzz_entry_point_on_valid_and_mutated_streams() {
         fuzzing::ingest(&mutated[..(x as usize) % mutated.len()]);
     }
 }
+
+/// Replay media packets (command 5) of `frame`, cut into 4000-byte bodies, with `seek_seq` in
+/// the response code; `cut` keeps only the first packet (a frame in flight when seeking).
+fn replay_packets(frame: &MediaFrame, seek_seq: u32, cut: bool) -> Vec<u8> {
+    let mut media = BytesMut::new();
+    frame.encode(&mut media).unwrap();
+    let mut core = BytesMut::new();
+    for piece in media.chunks(4000).take(if cut { 1 } else { usize::MAX }) {
+        let mut header = CoreHeader::request(cmd::REPLAY_START, STREAM_ID);
+        header.response_code = seek_seq;
+        encode_packet(header, &[], piece, &mut core).unwrap();
+    }
+    core.to_vec()
+}
+
+fn keyframe_at(pts_us: u64) -> MediaFrame {
+    MediaFrame {
+        kind: FrameKind::VideoI,
+        codec: Codec::H264,
+        pts_us: Some(pts_us),
+        payload: std::iter::once(fixture("clip_h264.264")).collect(),
+    }
+}
+
+/// RTP timestamps of the video packets among `events`, and whether a seek was reported.
+fn video_timestamps(events: Vec<IngestEvent>) -> (Vec<u32>, bool) {
+    let mut timestamps = Vec::new();
+    let mut sought = false;
+    for event in events {
+        match event {
+            IngestEvent::Packet(packet) if packet.track() == VIDEO_TRACK => {
+                let h = packet.prefix();
+                let ts = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+                if timestamps.last() != Some(&ts) {
+                    timestamps.push(ts);
+                }
+            }
+            IngestEvent::Sought { seek_seq } => {
+                assert_eq!(seek_seq, 1024);
+                sought = true;
+            }
+            _ => {}
+        }
+    }
+    (timestamps, sought)
+}
+
+fn feed(ingest: &mut DeviceStreamIngest, bytes: &[u8]) -> Vec<IngestEvent> {
+    ingest.receive(bytes);
+    std::iter::from_fn(|| ingest.poll()).collect()
+}
+
+#[test]
+fn a_replay_seek_drops_the_old_position_and_restarts_on_the_new_keyframe() {
+    let mut ingest = tls_ingest();
+    let handshake = Handshake {
+        uid: "95270000ABCDEFGH".into(),
+        ..Handshake::default()
+    };
+    let mut core = BytesMut::new();
+    encode_packet(
+        CoreHeader::request(cmd::HANDSHAKE, 1),
+        &[],
+        handshake.encode().as_bytes(),
+        &mut core,
+    )
+    .unwrap();
+    // Without audio the first description (and the keyframe) wait for a second frame.
+    core.extend_from_slice(&replay_packets(&keyframe_at(1_000_000), 0, false));
+    core.extend_from_slice(&replay_packets(&keyframe_at(1_040_000), 0, false));
+    let (before, sought) = video_timestamps(feed(&mut ingest, &core));
+    assert_eq!((before, sought), (vec![90_000, 93_600], false));
+
+    // Seek asked (sequence 1024): a whole frame and half a frame of the old position are still
+    // on the way, then the device continues at 5 s.
+    ingest.set_seek_floor(1024);
+    let mut wire = replay_packets(&keyframe_at(2_000_000), 0, false);
+    wire.extend_from_slice(&replay_packets(&keyframe_at(3_000_000), 0, true));
+    wire.extend_from_slice(&replay_packets(&keyframe_at(5_000_000), 1024, false));
+    wire.extend_from_slice(&replay_packets(&keyframe_at(5_040_000), 1024, false));
+    let (after, sought) = video_timestamps(feed(&mut ingest, &wire));
+    assert!(sought, "the new position is reported");
+    assert_eq!(after, vec![450_000, 453_600]);
+    let stats = ingest.stats();
+    assert!(stats.stale_seek_packets >= 2, "{stats:?}");
+    assert!(ingest.failure().is_none());
+    // A stale packet arriving late changes nothing.
+    let late = replay_packets(&keyframe_at(3_000_000), 0, false);
+    assert_eq!(
+        video_timestamps(feed(&mut ingest, &late)).0,
+        Vec::<u32>::new()
+    );
+}

@@ -1,7 +1,7 @@
-//! Entry points of the fuzz targets `rtsp_message`, `sdp` and `rtp_depacketize`
+//! Entry points of the fuzz targets `rtsp_message`, `rtsp_range`, `sdp` and `rtp_depacketize`
 //! (fuzz/fuzz_targets/); not an API. Each checks a property beyond "no panic": chunking does not
-//! change what the demuxer yields, encoding a parsed value is stable, and packetizing then
-//! reassembling gives back the NAL units. The unit tests below run them on recorded traffic and
+//! change what the demuxer yields, encoding a parsed value is stable (a printed `Range` parses
+//! back to itself), and packetizing then reassembling gives back the NAL units. The unit tests below run them on recorded traffic and
 //! mutations of it, since cargo-fuzz needs a nightly toolchain.
 
 use bytes::{Bytes, BytesMut};
@@ -11,6 +11,7 @@ use super::h264::{self, H264Packetizer};
 use super::h265::{self, H265Packetizer};
 use super::interleaved::{Demuxed, Demuxer};
 use super::nal::{Chunks, NalUnits};
+use super::range::{Range, RangeError, MAX_RANGE_LEN};
 use super::rtp::{PacketizerConfig, RtpHeader};
 use super::rtsp::{Parsed, RtspMessage};
 use super::sdp::SessionDescription;
@@ -50,6 +51,44 @@ pub fn rtsp_message(data: &[u8]) {
         let once = reencode(message);
         let twice = reencode(&once);
         assert_eq!(once, twice, "encoding is not stable");
+    }
+}
+
+/// A `Range` header value: parsing never panics, refusals are 457 and name a byte inside the
+/// value, a parsed range prints to a value that parses back to the same range, and an `npt`
+/// start is never after its end.
+pub fn rtsp_range(data: &[u8]) {
+    let Ok(value) = std::str::from_utf8(data) else {
+        return;
+    };
+    match Range::parse(value) {
+        Ok(range) => {
+            assert!(value.len() <= MAX_RANGE_LEN);
+            let printed = range.to_string();
+            assert_eq!(
+                Range::parse(&printed).as_ref(),
+                Ok(&range),
+                "{value:?} printed as {printed:?} does not parse back"
+            );
+            if let Range::Npt(npt) = range {
+                assert!(npt.start.is_some() || npt.end.is_some());
+                if let (Some(start), Some(end)) = (
+                    npt.start_position(),
+                    npt.end.and_then(super::range::NptTime::position),
+                ) {
+                    assert!(start <= end);
+                }
+            }
+        }
+        Err(error) => {
+            assert_eq!(error.status().0, 457);
+            if let RangeError::Malformed { offset, .. }
+            | RangeError::FieldOutOfBounds { offset, .. }
+            | RangeError::TooLarge { offset, .. } = error
+            {
+                assert!(offset <= value.len(), "{error} outside {value:?}");
+            }
+        }
     }
 }
 
@@ -239,6 +278,27 @@ mod tests {
         let mut gst = vec![3u8];
         gst.extend_from_slice(include_bytes!("../../testdata/gstreamer_setup_tcp.txt"));
         rtsp_message(&gst);
+    }
+
+    #[test]
+    fn rtsp_range_entry_point() {
+        for (seed, value) in [
+            "npt=5.000-",
+            "npt=0:01:02.5-",
+            "npt=10-20",
+            "npt=now-",
+            "npt=-20",
+            "clock=19961108T142300Z-19961108T143520Z;time=19970123T143720Z",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            for input in mutations(value.as_bytes(), seed as u64 + 11) {
+                rtsp_range(&input);
+            }
+        }
+        rtsp_range(&[b'9'; 300]);
+        rtsp_range(b"npt=99999999999999999999.99999999999999999999-");
     }
 
     #[test]

@@ -365,8 +365,11 @@ impl Headers {
         Ok(found)
     }
 
-    pub fn range(&self) -> Result<Option<RangeHeader>, RtspError> {
-        self.get("Range").map(RangeHeader::parse).transpose()
+    /// The `Range` header ([`super::range`]); its errors are answered with 457 Invalid Range.
+    pub fn range(&self) -> Result<Option<super::range::Range>, super::range::RangeError> {
+        self.get("Range")
+            .map(super::range::Range::parse)
+            .transpose()
     }
 
     pub fn authorization(&self) -> Result<Option<Authorization>, RtspError> {
@@ -1197,104 +1200,6 @@ impl fmt::Display for Transport {
     }
 }
 
-/// A normal-play-time instant.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum NptTime {
-    Now,
-    Seconds(f64),
-}
-
-impl NptTime {
-    fn parse(text: &str) -> Option<NptTime> {
-        let text = text.trim();
-        if text == "now" {
-            return Some(NptTime::Now);
-        }
-        let mut seconds = 0.0f64;
-        let parts: Vec<&str> = text.split(':').collect();
-        if parts.len() > 3 {
-            return None;
-        }
-        for (i, part) in parts.iter().enumerate() {
-            let last = i + 1 == parts.len();
-            let valid = !part.is_empty()
-                && part
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (last && b == b'.'));
-            if !valid {
-                return None;
-            }
-            let value: f64 = part.parse().ok()?;
-            seconds = seconds * 60.0 + value;
-        }
-        seconds.is_finite().then_some(NptTime::Seconds(seconds))
-    }
-}
-
-impl fmt::Display for NptTime {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            NptTime::Now => f.write_str("now"),
-            NptTime::Seconds(s) => write!(f, "{s:.3}"),
-        }
-    }
-}
-
-/// The `Range` header. Only `npt=` is interpreted; other units are kept as text.
-#[derive(Debug, Clone, PartialEq)]
-pub enum RangeHeader {
-    Npt {
-        start: Option<NptTime>,
-        end: Option<NptTime>,
-    },
-    Other(String),
-}
-
-impl RangeHeader {
-    pub fn parse(value: &str) -> Result<RangeHeader, RtspError> {
-        let range = value.split(';').next().unwrap_or("").trim();
-        let Some(npt) = range.strip_prefix("npt=") else {
-            return Ok(RangeHeader::Other(value.trim().to_owned()));
-        };
-        let invalid = || RtspError::InvalidHeader {
-            name: "Range",
-            value: value.to_owned(),
-            rule: "npt=<start>-[<end>]",
-        };
-        let (start, end) = npt.split_once('-').ok_or_else(invalid)?;
-        let parse = |t: &str| -> Result<Option<NptTime>, RtspError> {
-            if t.trim().is_empty() {
-                Ok(None)
-            } else {
-                NptTime::parse(t).map(Some).ok_or_else(invalid)
-            }
-        };
-        Ok(RangeHeader::Npt {
-            start: parse(start)?,
-            end: parse(end)?,
-        })
-    }
-}
-
-impl fmt::Display for RangeHeader {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RangeHeader::Npt { start, end } => {
-                f.write_str("npt=")?;
-                if let Some(s) = start {
-                    write!(f, "{s}")?;
-                }
-                f.write_str("-")?;
-                if let Some(e) = end {
-                    write!(f, "{e}")?;
-                }
-                Ok(())
-            }
-            RangeHeader::Other(text) => f.write_str(text),
-        }
-    }
-}
-
 /// The `Authorization` header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Authorization {
@@ -1714,10 +1619,9 @@ mod tests {
         );
         assert_eq!(
             requests[4].headers.range().unwrap(),
-            Some(RangeHeader::Npt {
-                start: Some(NptTime::Seconds(0.0)),
-                end: None
-            })
+            Some(crate::proto::range::Range::Npt(
+                crate::proto::range::NptRange::from(std::time::Duration::ZERO)
+            ))
         );
     }
 
@@ -1988,33 +1892,6 @@ mod tests {
         assert_eq!(digest.digest_param("nonce"), Some("abc,def"));
         assert_eq!(digest.digest_param("response"), Some("0123"));
         assert!(Authorization::parse("Basic !!!").is_err());
-    }
-
-    #[test]
-    fn range_forms() {
-        assert_eq!(
-            RangeHeader::parse("npt=now-").unwrap(),
-            RangeHeader::Npt {
-                start: Some(NptTime::Now),
-                end: None
-            }
-        );
-        assert_eq!(
-            RangeHeader::parse("npt=1:02:03.5-").unwrap(),
-            RangeHeader::Npt {
-                start: Some(NptTime::Seconds(3723.5)),
-                end: None
-            }
-        );
-        assert_eq!(
-            RangeHeader::parse("npt=now-").unwrap().to_string(),
-            "npt=now-"
-        );
-        assert!(RangeHeader::parse("npt=abc-").is_err());
-        assert!(matches!(
-            RangeHeader::parse("clock=19961108T142300Z-").unwrap(),
-            RangeHeader::Other(_)
-        ));
     }
 
     #[test]

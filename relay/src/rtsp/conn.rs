@@ -459,11 +459,14 @@ async fn handle_request(
     session: &mut Session,
     request: &crate::proto::rtsp::RtspRequest,
 ) -> bool {
-    let reply = match session.on_request(request, unix_now()) {
-        Step::Reply(reply) => reply,
-        Step::Need(need) => {
-            let answer = perform(conn, need).await;
-            session.resume(answer)
+    let mut step = session.on_request(request, unix_now());
+    let reply = loop {
+        match step {
+            Step::Reply(reply) => break reply,
+            Step::Need(need) => {
+                let answer = perform(conn, need).await;
+                step = session.resume(answer);
+            }
         }
     };
     let Reply {
@@ -532,6 +535,18 @@ async fn perform(conn: &Conn, need: Need) -> Answer {
                         conn.out.borrow_mut().viewer = Some(ViewerHandle { hub, id, notify });
                     }),
             )
+        }
+        Need::Seek { stream, start } => {
+            let sought = shard.seek(&stream, start).await;
+            match &sought {
+                Ok(at) => {
+                    info!(conn = conn.id, peer = %conn.peer, %stream, requested = ?start, at = ?at, "replay seek")
+                }
+                Err(refusal) => {
+                    debug!(conn = conn.id, peer = %conn.peer, %stream, requested = ?start, "replay seek refused: {refusal:?}")
+                }
+            }
+            Answer::Seek(sought)
         }
     }
 }

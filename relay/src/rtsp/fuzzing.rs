@@ -1,13 +1,15 @@
 //! Entry point of the fuzz target `rtsp_session` (fuzz/fuzz_targets/rtsp_session.rs); not an API.
 //! Arbitrary bytes are demuxed as a client's connection stream and driven through a [`Session`]
 //! the way the connection drives it, with hub answers taken from the input. Tokens cannot be
-//! guessed by a fuzzer, so the placeholders `PLAYURL` and `PUBURL` in the input become valid play
-//! and publish URLs, which lets it reach every state. Properties beyond "no panic": every request
+//! guessed by a fuzzer, so the placeholders `PLAYURL`, `REPLAYURL` (a recording's replay, which
+//! seeks on PLAY with a Range) and `PUBURL` in the input become valid play and publish URLs,
+//! which lets it reach every state. Properties beyond "no panic": every request
 //! gets exactly one response carrying its CSeq (when it sent a valid one), a final status, and
 //! the states only change as the state machine documents.
 #![forbid(unsafe_code)]
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use signal::tokens::{StreamGrant, TokenOp, TokenSigner};
@@ -18,15 +20,23 @@ use crate::proto::interleaved::{Demuxed, Demuxer};
 use crate::proto::rtsp::{Method, RtspMessage};
 
 const NOW: u64 = 1_700_000_000;
+/// The recording `REPLAYURL` names.
+const RECORDING: &str =
+    "/mnt/sda/Mp4Record/2022-01-10/RecS02_DST20220110_000107_000310_2B14808_3F6F88.mp4";
 
-fn url(signer: &TokenSigner, op: TokenOp) -> String {
+fn url(signer: &TokenSigner, op: TokenOp, file: Option<&str>) -> String {
     let grant = StreamGrant {
         uid: "952700000A5S348E".into(),
         channel: 0,
-        stream_type: "mainStream".into(),
+        stream_type: if file.is_some() {
+            "replay"
+        } else {
+            "mainStream"
+        }
+        .into(),
         op,
         exp: NOW + 60,
-        file: None,
+        file: file.map(str::to_owned),
     };
     signer.sign_url("rtsp", "127.0.0.1", 8554, &grant)
 }
@@ -55,11 +65,18 @@ fn drive(data: &[u8]) -> Vec<State> {
         return visited;
     };
     let signer = TokenSigner::new([5; 32]);
-    let stream = replace(stream, b"PLAYURL", url(&signer, TokenOp::Play).as_bytes());
+    // REPLAYURL first: it contains PLAYURL.
+    let replay = url(&signer, TokenOp::Play, Some(RECORDING));
+    let stream = replace(stream, b"REPLAYURL", replay.as_bytes());
+    let stream = replace(
+        &stream,
+        b"PLAYURL",
+        url(&signer, TokenOp::Play, None).as_bytes(),
+    );
     let stream = replace(
         &stream,
         b"PUBURL",
-        url(&signer, TokenOp::Publish).as_bytes(),
+        url(&signer, TokenOp::Publish, None).as_bytes(),
     );
     let mut session = Session::new("fuzz0123".into(), SessionConfig::default(), signer);
     let mut demuxer = Demuxer::default();
@@ -79,9 +96,16 @@ fn drive(data: &[u8]) -> Vec<State> {
         match item {
             Demuxed::Rtsp(RtspMessage::Request(request)) => {
                 let before = session.state();
-                let reply = match session.on_request(&request, NOW) {
-                    Step::Reply(reply) => reply,
-                    Step::Need(need) => {
+                let mut step = session.on_request(&request, NOW);
+                let mut needs = 0;
+                let reply = loop {
+                    let need = match step {
+                        Step::Reply(reply) => break reply,
+                        Step::Need(need) => need,
+                    };
+                    needs += 1;
+                    assert!(needs <= 2, "a request needs at most a seek and a viewer");
+                    {
                         let answer = match need {
                             Need::Description { .. } => Answer::Description(if refuse {
                                 Err(Refusal::NoPublisher)
@@ -104,8 +128,16 @@ fn drive(data: &[u8]) -> Vec<State> {
                                     Ok(())
                                 })
                             }
+                            Need::Seek { stream, start } => {
+                                assert!(stream.file().is_some(), "seek of a live stream");
+                                Answer::Seek(if refuse {
+                                    Err(Refusal::DeviceRefusedSeek)
+                                } else {
+                                    Ok(Duration::from_secs(start.as_secs()))
+                                })
+                            }
                         };
-                        session.resume(answer)
+                        step = session.resume(answer);
                     }
                 };
                 let status = reply.response.status.0;
@@ -162,6 +194,7 @@ mod tests {
     const FFMPEG_RECORD_DATA: &[u8] =
         include_bytes!("../../testdata/ffmpeg_record_h264_aac_interleaved.bin");
     const GST_PLAY: &str = include_str!("../../testdata/gstreamer_setup_tcp.txt");
+    const FFMPEG_PLAY: &str = include_str!("../../testdata/ffmpeg_play_requests.txt");
 
     fn seeds() -> Vec<Vec<u8>> {
         let publish = FFMPEG_RECORD.replace("rtsp://127.0.0.1:8554/live/x", "PUBURL");
@@ -177,7 +210,16 @@ mod tests {
         play.extend_from_slice(
             b"$\x01\x00\x02rrPAUSE PLAYURL RTSP/1.0\r\nCSeq: 9\r\nSession: fuzz0123\r\n\r\n",
         );
-        vec![publish, play]
+        // ffmpeg's `-ss 5` on a recording: PLAY from the beginning, PAUSE, PLAY with the seek.
+        let replay = FFMPEG_PLAY
+            .replace("rtsp://127.0.0.1:8554/live/x", "REPLAYURL")
+            .replace("Session: 12345678", "Session: fuzz0123");
+        let mut replay = replay.into_bytes();
+        replay.extend_from_slice(
+            b"PAUSE REPLAYURL/ RTSP/1.0\r\nCSeq: 6\r\nSession: fuzz0123\r\n\r\n\
+              PLAY REPLAYURL/ RTSP/1.0\r\nRange: npt=5.000-\r\nCSeq: 7\r\nSession: fuzz0123\r\n\r\n",
+        );
+        vec![publish, play, replay]
     }
 
     #[test]
@@ -200,8 +242,8 @@ mod tests {
     #[test]
     fn recorded_publish_reaches_recording() {
         // The seed is only useful if it drives the machine through every publish state.
-        let [publish, play] = &seeds()[..] else {
-            panic!("two seeds");
+        let [publish, play, replay] = &seeds()[..] else {
+            panic!("three seeds");
         };
         let run = |seed: &[u8]| drive(&[0].iter().chain(seed).copied().collect::<Vec<_>>());
         assert_eq!(
@@ -211,6 +253,16 @@ mod tests {
         assert_eq!(
             run(play),
             vec![State::Init, State::Ready, State::Playing, State::Ready]
+        );
+        assert_eq!(
+            run(replay),
+            vec![
+                State::Init,
+                State::Ready,
+                State::Playing,
+                State::Ready,
+                State::Playing
+            ]
         );
     }
 }

@@ -21,17 +21,29 @@
 //! publisher (as MediaMTX answers an ANNOUNCE to a path that already has a publisher); 401/403
 //! from the token; 404 a path that is not a live stream or a track that does not exist; 415
 //! an ANNOUNCE body that is not SDP; 454 a Session header naming no session of this
-//! connection; 455 a method the state does not allow; 459 an aggregate SETUP of a stream with
-//! several tracks; 461 any transport but RTP/AVP/TCP interleaved; 501 unknown methods; 503 no
-//! publisher within the wait, or a stream that refuses more viewers.
+//! connection; 455 a method the state does not allow; 456 a `Range` in a unit other than npt
+//! on a recording (with `Accept-Ranges: npt`), or a recording that cannot seek; 457 a
+//! malformed `Range`, or one starting beyond the recording's end; 459 an aggregate SETUP of a
+//! stream with several tracks; 461 any transport but RTP/AVP/TCP interleaved; 501 unknown
+//! methods; 503 no publisher within the wait, a stream that refuses more viewers, or a device
+//! that refused a seek.
+//!
+//! `Range` on PLAY: a recording's replay (a play token naming a file) seeks to the range's
+//! start ([`Need::Seek`]) and the response gives the position the device continues from; the
+//! first PLAY after DESCRIBE with `npt=0` (what players send by default) is not a seek, since
+//! the replay starts at the beginning. `now` or no start means "from where it is". The end of a
+//! range is checked but not enforced: the device plays to the end of the recording. A live
+//! stream ignores `Range` altogether, as MediaMTX does, and answers `Range: npt=0.000-`.
 #![forbid(unsafe_code)]
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use signal::tokens::{TokenError, TokenOp, TokenSigner, LIVE_PATH_PREFIX};
 
 use super::ingest::{IngestError, TrackIngest};
 use crate::hub::{ChannelMap, PacketMeta, StreamDescription, TrackChannels, MAX_TRACKS};
+use crate::proto::range::{NptRange, NptTime, Range};
 use crate::proto::rtsp::{
     LowerTransport, Method, RtspRequest, RtspResponse, RtspUrl, SessionHeader, StatusCode,
     Transport, TransportMode,
@@ -115,6 +127,14 @@ pub enum Need {
         /// The interleaved channels of each track set up.
         channels: ChannelMap,
     },
+    /// Move the replay of a recording to `start` (from the recording's beginning): the device
+    /// is asked to seek, and the stream's viewers restart on its next keyframe.
+    Seek {
+        /// The replay's stream.
+        stream: StreamKey,
+        /// The position asked for.
+        start: Duration,
+    },
 }
 
 /// The result of a [`Need`], for [`Session::resume`].
@@ -126,6 +146,9 @@ pub enum Answer {
     Publish(Result<(), Refusal>),
     /// For [`Need::Play`].
     Play(Result<(), Refusal>),
+    /// For [`Need::Seek`]: the position the replay continues from (the device seeks in whole
+    /// seconds).
+    Seek(Result<Duration, Refusal>),
 }
 
 /// Why the hub could not do what a [`Need`] asked.
@@ -148,6 +171,13 @@ pub enum Refusal {
     NoMedia,
     /// A pull source could not be reached or refused the relay's handshake (503).
     SourceUnavailable,
+    /// A seek to a position at or beyond the end of the recording (457).
+    RangeBeyondEnd,
+    /// The stream cannot seek: not a recording's replay, or a recording whose start time is
+    /// unknown (456).
+    NotSeekable,
+    /// The device refused the seek or did not answer it (503).
+    DeviceRefusedSeek,
 }
 
 impl Refusal {
@@ -161,6 +191,9 @@ impl Refusal {
             Refusal::DeviceRefused => (StatusCode::SERVICE_UNAVAILABLE, "Device Refused Preview"),
             Refusal::NoMedia => (StatusCode::SERVICE_UNAVAILABLE, "No Media From Device"),
             Refusal::SourceUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "Source Unavailable"),
+            Refusal::RangeBeyondEnd => (StatusCode::INVALID_RANGE, "Invalid Range"),
+            Refusal::NotSeekable => (StatusCode::HEADER_FIELD_NOT_VALID, "Recording Not Seekable"),
+            Refusal::DeviceRefusedSeek => (StatusCode::SERVICE_UNAVAILABLE, "Device Refused Seek"),
         }
     }
 }
@@ -214,7 +247,18 @@ enum Pending {
     Describe(RtspRequest),
     Setup(RtspRequest),
     Announce(RtspRequest, SessionDescription),
-    Play(RtspRequest),
+    /// A PLAY, with the `Range` its response carries.
+    Play(RtspRequest, Option<String>),
+    /// A PLAY with a seek, then (from Ready) the viewer.
+    Seek(RtspRequest),
+}
+
+/// Where a PLAY on a recording's replay starts.
+enum Position {
+    /// Seek to this position.
+    Seek(Duration),
+    /// Continue from where the replay is; the response carries this `Range`, if any.
+    Keep(Option<String>),
 }
 
 /// The RTSP session of one connection. See the module documentation.
@@ -238,6 +282,9 @@ pub struct Session {
     routes: Box<[Option<ChannelRoute>; 256]>,
     /// Whether a SETUP created the session id (the client must then present it).
     established: bool,
+    /// The session has played since its DESCRIBE (a recording's replay then no longer stands
+    /// at its beginning).
+    played: bool,
     pending: Option<Pending>,
 }
 
@@ -257,6 +304,7 @@ impl Session {
             updated_description: None,
             routes: Box::new([None; 256]),
             established: false,
+            played: false,
             pending: None,
         }
     }
@@ -330,11 +378,22 @@ impl Session {
         }
     }
 
-    /// Continues the request that asked for a [`Need`].
-    pub fn resume(&mut self, answer: Answer) -> Reply {
+    /// Continues the request that asked for a [`Need`]: its reply, or the next need (a PLAY
+    /// that seeks, then adds the viewer).
+    pub fn resume(&mut self, answer: Answer) -> Step {
         let Some(pending) = self.pending.take() else {
-            return self.internal_error();
+            return Step::Reply(self.internal_error());
         };
+        if let (Pending::Seek(request), Answer::Seek(result)) = (&pending, &answer) {
+            return match result {
+                Err(refusal) => Step::Reply(self.refused(request, *refusal)),
+                Ok(start) => self.sought(request.clone(), *start),
+            };
+        }
+        Step::Reply(self.resume_reply(pending, answer))
+    }
+
+    fn resume_reply(&mut self, pending: Pending, answer: Answer) -> Reply {
         match (pending, answer) {
             (Pending::Describe(request), Answer::Description(result)) => match result {
                 Ok(description) => self.described(&request, description),
@@ -368,11 +427,14 @@ impl Session {
                     self.refused(&request, refusal)
                 }
             },
-            (Pending::Play(request), Answer::Play(result)) => match result {
+            (Pending::Play(request, range), Answer::Play(result)) => match result {
                 Ok(()) => {
                     self.state = State::Playing;
+                    self.played = true;
                     let mut reply = self.reply_with(&request, StatusCode::OK, None);
-                    reply.response.headers.set("Range", "npt=0.000-");
+                    if let Some(range) = range {
+                        reply.response.headers.set("Range", range);
+                    }
                     reply
                 }
                 Err(refusal) => self.refused(&request, refusal),
@@ -430,6 +492,7 @@ impl Session {
         self.updated_description = None;
         self.routes.fill(None);
         self.established = false;
+        self.played = false;
         self.pending = None;
     }
 
@@ -668,14 +731,8 @@ impl Session {
         if let Err(reply) = self.check_session(request, true) {
             return Step::Reply(reply);
         }
-        match self.state {
-            State::Ready => {}
-            State::Playing => {
-                let mut reply = self.reply_with(request, StatusCode::OK, None);
-                reply.response.headers.set("Range", "npt=0.000-");
-                return Step::Reply(reply);
-            }
-            _ => return self.reply(request, StatusCode::METHOD_NOT_VALID_IN_THIS_STATE),
+        if !matches!(self.state, State::Ready | State::Playing) {
+            return self.reply(request, StatusCode::METHOD_NOT_VALID_IN_THIS_STATE);
         }
         if let Err(reply) = self.check_same_stream(request, TokenOp::Play, now_unix) {
             return Step::Reply(reply);
@@ -683,7 +740,80 @@ impl Session {
         let Some((stream, _)) = self.bound.clone() else {
             return Step::Reply(self.internal_error());
         };
-        self.pending = Some(Pending::Play(request.clone()));
+        let range = if stream.file().is_some() {
+            match self.replay_position(request) {
+                Ok(Position::Seek(start)) => {
+                    self.pending = Some(Pending::Seek(request.clone()));
+                    return Step::Need(Need::Seek { stream, start });
+                }
+                Ok(Position::Keep(range)) => range,
+                Err(reply) => return Step::Reply(reply),
+            }
+        } else {
+            // A live stream has no position to seek to: Range is ignored (as MediaMTX does).
+            Some(NptRange::from(Duration::ZERO).to_string())
+        };
+        if self.state == State::Playing {
+            let mut reply = self.reply_with(request, StatusCode::OK, None);
+            if let Some(range) = range {
+                reply.response.headers.set("Range", range);
+            }
+            return Step::Reply(reply);
+        }
+        self.pending = Some(Pending::Play(request.clone(), range));
+        Step::Need(Need::Play {
+            stream,
+            channels: self.play_channels,
+        })
+    }
+
+    /// Where a PLAY on a recording's replay starts, from its `Range`.
+    fn replay_position(&self, request: &RtspRequest) -> Result<Position, Reply> {
+        let at_beginning = (!self.played).then(|| NptRange::from(Duration::ZERO).to_string());
+        let range = match request.headers.range() {
+            Ok(None) => return Ok(Position::Keep(at_beginning)),
+            Ok(Some(range)) => range,
+            Err(error) => {
+                return Err(self.reply_with(request, error.status(), Some("Invalid Range")));
+            }
+        };
+        let npt = match range {
+            Range::Npt(npt) => npt,
+            Range::Other { .. } => {
+                // Recordings seek in normal play time only (456, as RTSP 2.0, RFC 7826, rules).
+                let mut reply = self.reply_with(request, StatusCode::HEADER_FIELD_NOT_VALID, None);
+                reply.response.headers.set("Accept-Ranges", "npt");
+                return Err(reply);
+            }
+        };
+        match npt.start {
+            Some(NptTime::At(start)) if start.is_zero() && !self.played => {
+                Ok(Position::Keep(at_beginning))
+            }
+            Some(NptTime::At(start)) => Ok(Position::Seek(start)),
+            // From where the replay is.
+            Some(NptTime::Now) | None => Ok(Position::Keep(Some(
+                NptRange {
+                    start: Some(NptTime::Now),
+                    end: None,
+                }
+                .to_string(),
+            ))),
+        }
+    }
+
+    /// The device seeked to `start`: answer a playing session, or add the viewer of a ready one.
+    fn sought(&mut self, request: RtspRequest, start: Duration) -> Step {
+        let range = NptRange::from(start).to_string();
+        if self.state == State::Playing {
+            let mut reply = self.reply_with(&request, StatusCode::OK, None);
+            reply.response.headers.set("Range", range);
+            return Step::Reply(reply);
+        }
+        let Some((stream, _)) = self.bound.clone() else {
+            return Step::Reply(self.internal_error());
+        };
+        self.pending = Some(Pending::Play(request, Some(range)));
         Step::Need(Need::Play {
             stream,
             channels: self.play_channels,

@@ -249,6 +249,8 @@ struct Attached {
     /// The mode the device was asked for (61007 carries encryptTCP and TCP alike).
     mode: IngestMode,
     close: crate::hub::LocalNotify,
+    /// A replay's seek sequence the ingest accepts from (the preview moves it on a seek).
+    seek_floor: Rc<std::cell::Cell<u32>>,
     publisher: Option<(
         Rc<std::cell::RefCell<crate::hub::StreamHub>>,
         crate::hub::PublisherId,
@@ -288,6 +290,10 @@ async fn serve(
     let never = crate::hub::LocalNotify::new();
     let result: io::Result<&'static str> = async {
         loop {
+            // A seek asked since the last read: what follows of the old position is stale.
+            if let Some(attached) = &attached {
+                ingest.set_seek_floor(attached.seek_floor.get());
+            }
             // Events first: the hello/handshake replies and media already received.
             while let Some(event) = ingest.poll() {
                 match event {
@@ -297,12 +303,13 @@ async fn serve(
                     IngestEvent::StreamBound { stream_id } => {
                         let uid = ingest.uid().unwrap_or_default().to_owned();
                         match shard.attach(stream_id, &uid) {
-                            Some((key, asked, close)) => {
+                            Some(attachment) => {
                                 attached = Some(Attached {
                                     stream_id,
-                                    key,
-                                    mode: ingest_mode(asked),
-                                    close,
+                                    key: attachment.key,
+                                    mode: ingest_mode(attachment.mode),
+                                    close: attachment.close,
+                                    seek_floor: attachment.seek_floor,
                                     publisher: None,
                                 })
                             }
@@ -330,6 +337,11 @@ async fn serve(
                                     return Ok("stream already published");
                                 }
                             },
+                        }
+                    }
+                    IngestEvent::Sought { seek_seq } => {
+                        if let Some(attached) = &attached {
+                            debug!(shard = shard.id, stream = %attached.key, seek_seq, "replay continues at its new position");
                         }
                     }
                     IngestEvent::Packet(packet) => {
@@ -414,7 +426,7 @@ async fn serve(
             let _ = hub.borrow_mut().detach_publisher(publisher, Instant::now());
         }
         shard.detached(attached.stream_id);
-        info!(shard = shard.id, stream = %attached.key, stream_id = attached.stream_id, ?result, frames = stats.video_frames, bad_hmac = stats.bad_hmac, bad_sequence = stats.bad_sequence, "device stream ended");
+        info!(shard = shard.id, stream = %attached.key, stream_id = attached.stream_id, ?result, frames = stats.video_frames, bad_hmac = stats.bad_hmac, bad_sequence = stats.bad_sequence, stale_seek = stats.stale_seek_packets, "device stream ended");
     } else {
         debug!(shard = shard.id, ?peer, ?result, "stream connection ended");
     }

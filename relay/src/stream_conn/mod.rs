@@ -14,8 +14,13 @@
 //!     ingest: hello, 458 handshake, first media packet names the stream id -> pending preview
 //!     first keyframe: StreamDescription -> Shard::publish (DESCRIBE completes), RTP -> hub;
 //!     the time from the DESCRIBE to it is logged and shown in the device's presence
-//!  a viewer arrives and the hub caches no GOP: keyframe request 189
+//!  a viewer arrives and the hub caches no GOP: keyframe request 189 (live previews)
+//!  PLAY with a Range on a replay --Shard::seek--> StreamShard::seek (OnDemand)
+//!     position = recording start (from its file name) + npt, whole seconds
+//!     seek sequence += 1024; the ingest drops packets below it; hub GOP dropped, viewers wait
+//!     replay seek 123 on the signalling link; the PLAY answers once the device agreed
 //!  sweeper (1 s): previews unwatched for the linger time -> preview stop 4, connection closed;
+//!     replays without a viewer for REPLAY_PAUSE_GRACE -> replay stop 7;
 //!     previews the device never connected -> forgotten
 //! ```
 //!
@@ -39,10 +44,17 @@ use crate::device::{DeviceShard, DeviceStreams, PreviewRoute};
 use crate::hub::{LocalNotify, StreamHub};
 use crate::ingest::IngestPolicy;
 use crate::rtsp::session::Refusal;
-use crate::shard::{OnDemand, PreviewStarted, Shard, ShardMsg};
+use crate::shard::{OnDemand, PreviewStarted, SeekStarted, Shard, ShardMsg};
 use crate::stream_key::{StreamKey, StreamKind};
 
 pub use conn::StreamHandoff;
+
+/// How long a replay may go without a viewer before replay stop: a player seeks with PAUSE
+/// then PLAY (its viewer is away in between), and a device cannot hold a replay paused.
+pub const REPLAY_PAUSE_GRACE: Duration = Duration::from_secs(2);
+
+/// The platform's step of the replay seek sequence (its first replay runs with 0).
+const SEEK_SEQ_STEP: u32 = 1024;
 
 /// Settings of the stream ports, shared by every shard.
 #[derive(Clone)]
@@ -143,6 +155,18 @@ struct Preview {
     connected: bool,
     /// It has had a viewer.
     watched: bool,
+    /// A replay's seek sequence: 0 from replay start, [`SEEK_SEQ_STEP`] more per seek.
+    seek_seq: u32,
+    /// The seek sequence the stream connection's ingest accepts from (shared with it).
+    seek_floor: Rc<Cell<u32>>,
+}
+
+/// What a stream connection gets from its preview ([`StreamShard::attach`]).
+struct Attachment {
+    key: StreamKey,
+    mode: StreamMode,
+    close: LocalNotify,
+    seek_floor: Rc<Cell<u32>>,
 }
 
 /// Counters of one shard's stream connections (media, previews and TLS failures are counted
@@ -338,13 +362,16 @@ impl StreamShard {
                 close: LocalNotify::new(),
                 connected: false,
                 watched: false,
+                seek_seq: 0,
+                seek_floor: Rc::new(Cell::new(0)),
             },
         );
     }
 
     /// A stream connection of `uid` names `stream_id`: the preview's stream, the mode the
-    /// device was asked for, and the notify that closes the connection; `None` when no such preview of that device exists.
-    fn attach(&self, stream_id: u32, uid: &str) -> Option<(StreamKey, StreamMode, LocalNotify)> {
+    /// device was asked for, the notify that closes the connection and the replay's seek floor;
+    /// `None` when no such preview of that device exists.
+    fn attach(&self, stream_id: u32, uid: &str) -> Option<Attachment> {
         let mut previews = self.previews.borrow_mut();
         let preview = previews.get_mut(&stream_id)?;
         if preview.key.uid() != uid || preview.connected {
@@ -352,7 +379,12 @@ impl StreamShard {
         }
         preview.connected = true;
         debug!(shard = self.id, stream_id, stream = %preview.key, mode = ?preview.mode, "stream connection attached");
-        Some((preview.key.clone(), preview.mode, preview.close.clone()))
+        Some(Attachment {
+            key: preview.key.clone(),
+            mode: preview.mode,
+            close: preview.close.clone(),
+            seek_floor: preview.seek_floor.clone(),
+        })
     }
 
     /// The stream connection of `stream_id` published into `hub`: its first keyframe arrived.
@@ -418,8 +450,12 @@ impl StreamShard {
                         preview.watched = true;
                         return true;
                     }
-                    // A replay is one viewer's: it stops once its viewers are gone.
-                    let replay_done = preview.watched && preview.key.file().is_some();
+                    // A replay is one viewer's: it stops once its viewers are gone (beyond the
+                    // PAUSE of a seek).
+                    let replay_done = preview.watched
+                        && preview.key.file().is_some()
+                        && now.saturating_duration_since(preview.last_watched)
+                            >= REPLAY_PAUSE_GRACE;
                     if !replay_done && now.saturating_duration_since(preview.last_watched) < linger
                     {
                         return true;
@@ -654,12 +690,81 @@ impl OnDemand for StreamShard {
         self.settings.start_timeout
     }
 
+    fn seek(self: Rc<Self>, stream: &StreamKey, start: Duration) -> Option<SeekStarted> {
+        let file = stream.file()?;
+        let ready = |result| -> Option<SeekStarted> { Some(Box::pin(std::future::ready(result))) };
+        let devices = self.devices.clone()?;
+        let mut previews = self.previews.borrow_mut();
+        let Some((&stream_id, preview)) = previews
+            .iter_mut()
+            .find(|(_, p)| &p.key == stream && p.hub.is_some())
+        else {
+            // The replay is over (stopped, or its device hung up): nothing to move.
+            return ready(Err(Refusal::StreamEnded));
+        };
+        let Some(span) = signal::proto::body::RecordingSpan::from_file_name(file) else {
+            warn!(shard = self.id, %stream, "recording's start unknown (file name without the camera's time stamps): not seekable");
+            return ready(Err(Refusal::NotSeekable));
+        };
+        // The device seeks to whole seconds of its clock.
+        let offset = u32::try_from(start.as_secs()).unwrap_or(u32::MAX);
+        if offset >= span.duration_secs() {
+            debug!(shard = self.id, %stream, ?start, duration_secs = span.duration_secs(), "seek beyond the recording's end");
+            return ready(Err(Refusal::RangeBeyondEnd));
+        }
+        let time = span.start.plus_seconds(offset);
+        let previous_floor = preview.seek_floor.get();
+        let seek_seq = preview.seek_seq.wrapping_add(SEEK_SEQ_STEP);
+        let sent = devices.replay_seek(
+            stream.uid(),
+            u32::from(stream.channel()),
+            stream_id,
+            seek_seq,
+            time,
+        );
+        let reply = match sent {
+            Ok(reply) => reply,
+            Err(e) => {
+                warn!(shard = self.id, %stream, "replay seek not sent: {e}");
+                return ready(Err(Refusal::DeviceOffline));
+            }
+        };
+        // From here the old position is stale: the ingest drops what is still in flight of it,
+        // and the hub's viewers (and the GOP cache) wait for the new position's keyframe.
+        preview.seek_seq = seek_seq;
+        preview.seek_floor.set(seek_seq);
+        preview.last_watched = Instant::now();
+        if let Some(hub) = &preview.hub {
+            hub.borrow_mut().restart_at_next_keyframe();
+        }
+        let seek_floor = preview.seek_floor.clone();
+        drop(previews);
+        info!(shard = self.id, %stream, stream_id, seek_seq, ?start, at = %time.format(), "replay seek");
+        let (shard, stream) = (self.clone(), stream.clone());
+        Some(Box::pin(async move {
+            let refused = match reply.await {
+                Ok(Ok(_)) => return Ok(Duration::from_secs(u64::from(offset))),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "no answer".to_owned(),
+            };
+            warn!(shard = shard.id, %stream, stream_id, "device refused the replay seek: {refused}");
+            // It goes on where it was; its packets carry the old sequence.
+            if seek_floor.get() == seek_seq {
+                seek_floor.set(previous_floor);
+            }
+            Err(Refusal::DeviceRefusedSeek)
+        }))
+    }
+
     fn viewer_without_gop(&self, stream: &StreamKey) {
-        let live = self
-            .previews
-            .borrow()
-            .values()
-            .any(|p| &p.key == stream && p.hub.is_some());
+        // A recording's replay has no live keyframe to ask for: its next one comes with the
+        // replay (or the seek) itself.
+        let live = stream.file().is_none()
+            && self
+                .previews
+                .borrow()
+                .values()
+                .any(|p| &p.key == stream && p.hub.is_some());
         let Some(devices) = self.devices.as_ref().filter(|_| live) else {
             return;
         };

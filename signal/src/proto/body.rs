@@ -1015,6 +1015,52 @@ impl LocalTime {
     }
 }
 
+/// When a recording starts and ends on the device's clock, read from its file name by the
+/// cameras' naming convention `…/Rec<kind><nn>_[DST]YYYYMMDD_HHMMSS_HHMMSS_….mp4` (the
+/// interfaces document's examples, e.g. `RecS02_DST20220110_000107_000310_2B14808_3F6F88.mp4`:
+/// 2022-01-10 00:01:07 to 00:03:10). An end before the start is on the next day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordingSpan {
+    /// The recording's first second.
+    pub start: LocalTime,
+    /// Its end.
+    pub end: LocalTime,
+}
+
+impl RecordingSpan {
+    /// The span a file name gives, if it follows the convention.
+    pub fn from_file_name(path: &str) -> Option<Self> {
+        let name = path.rsplit('/').next()?;
+        if !name.starts_with("Rec") {
+            return None;
+        }
+        let mut fields = name.split('_').skip(1);
+        let date = fields.next()?;
+        let date = date.strip_prefix("DST").unwrap_or(date);
+        let (start, end) = (fields.next()?, fields.next()?);
+        let digits =
+            |text: &str, len| text.len() == len && text.bytes().all(|b| b.is_ascii_digit());
+        if !digits(date, 8) || !digits(start, 6) || !digits(end, 6) {
+            return None;
+        }
+        let date = format!("{}-{}-{}", &date[..4], &date[4..6], &date[6..]);
+        let clock = |t: &str| format!("{}:{}:{}", &t[..2], &t[2..4], &t[4..]);
+        let start = LocalTime::parse(&date, &clock(start))?;
+        let mut end = LocalTime::parse(&date, &clock(end))?;
+        if end < start {
+            end = end.plus_seconds(86_400);
+        }
+        Some(RecordingSpan { start, end })
+    }
+
+    /// Its length in seconds.
+    pub fn duration_secs(&self) -> u32 {
+        let days = (self.end.date - self.start.date).whole_days();
+        let secs = days * 86_400 + i64::from(self.end.seconds) - i64::from(self.start.seconds);
+        u32::try_from(secs.max(0)).unwrap_or(u32::MAX)
+    }
+}
+
 /// Replay seek 123 from the server (`Param008`): the device restarts the replay whose stream id
 /// is `stream_id` at the device-local time `time`, and its media packets from then on carry
 /// `seek_seq` in the header's response code (the platform starts a replay at 0 and adds 1024 per
@@ -1287,6 +1333,33 @@ impl PreviewStartReply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recording_spans_come_from_the_cameras_file_names() {
+        let span = RecordingSpan::from_file_name(
+            "/mnt/sda/Mp4Record/2022-01-10/RecS02_DST20220110_000107_000310_2B14808_3F6F88.mp4",
+        )
+        .unwrap();
+        assert_eq!(span.start.format(), "2022-01-10 00:01:07");
+        assert_eq!(span.end.format(), "2022-01-10 00:03:10");
+        assert_eq!(span.duration_secs(), 123);
+        // No DST mark; across midnight.
+        let night = RecordingSpan::from_file_name(
+            "Mp4Record/2022-03-06/RecM01_20220306_235930_000110_6732828_2821E4C.mp4",
+        )
+        .unwrap();
+        assert_eq!(night.end.format(), "2022-03-07 00:01:10");
+        assert_eq!(night.duration_secs(), 100);
+        for other in [
+            "/mnt/sda/clip.mp4",
+            "RecM01_2022030_235930_000110.mp4",
+            "RecM01_20221306_235930_000110.mp4",
+            "RecM01_20220306_246000_000110.mp4",
+            "RecM01_20220306_2359",
+        ] {
+            assert_eq!(RecordingSpan::from_file_name(other), None, "{other}");
+        }
+    }
 
     fn round_trip<T: BodyMessage + PartialEq + std::fmt::Debug>(message: T) {
         let encoded = message.encode();

@@ -101,7 +101,7 @@ fn ffmpeg_publishes() {
     assert_eq!(description.tracks, vec![TrackKind::Video, TrackKind::Audio]);
     assert!(description.sdp.contains("a=control:trackID=1"));
     assert!(!description.sdp.contains("streamid"));
-    let announced = s.resume(Answer::Publish(Ok(())));
+    let announced = reply(s.resume(Answer::Publish(Ok(()))));
     assert_eq!(announced.response.status, StatusCode::OK);
     assert_eq!(s.state(), State::Announced);
     let setup = reply(s.on_request(&requests[2], NOW));
@@ -163,7 +163,7 @@ fn gstreamer_plays() {
         panic!("DESCRIBE must ask for the description");
     };
     assert_eq!(stream.uid(), "952700000A5S348E");
-    let described = s.resume(Answer::Description(Ok(description())));
+    let described = reply(s.resume(Answer::Description(Ok(description()))));
     assert_eq!(described.response.status, StatusCode::OK);
     assert_eq!(
         described.response.headers.get("Content-Base").unwrap(),
@@ -187,7 +187,7 @@ fn gstreamer_plays() {
         panic!("PLAY must ask to play");
     };
     assert_eq!(channels.get(1), Some(TrackChannels { rtp: 2, rtcp: 3 }));
-    let played = s.resume(Answer::Play(Ok(())));
+    let played = reply(s.resume(Answer::Play(Ok(()))));
     assert_eq!(played.response.status, StatusCode::OK);
     assert_eq!(played.response.headers.get("Range"), Some("npt=0.000-"));
     assert_eq!(s.state(), State::Playing);
@@ -301,7 +301,7 @@ fn state_and_protocol_errors() {
     let Step::Need(_) = s.on_request(&request(Method::Describe, &play), NOW) else {
         panic!()
     };
-    s.resume(Answer::Description(Ok(description())));
+    reply(s.resume(Answer::Description(Ok(description()))));
     let mut udp = request(Method::Setup, &format!("{play}/trackID=0"));
     udp.headers
         .set("Transport", "RTP/AVP;unicast;client_port=5000-5001");
@@ -415,7 +415,7 @@ fn refused_publish_and_broken_sdp() {
     let Step::Need(Need::Publish { .. }) = s.on_request(&announce, NOW) else {
         panic!("a valid ANNOUNCE asks to publish");
     };
-    let refused = s.resume(Answer::Publish(Err(Refusal::PublisherExists)));
+    let refused = reply(s.resume(Answer::Publish(Err(Refusal::PublisherExists))));
     assert_eq!(refused.response.status, StatusCode::BAD_REQUEST);
     assert_eq!(s.state(), State::Init);
     // And the no-publisher DESCRIBE answer.
@@ -423,7 +423,150 @@ fn refused_publish_and_broken_sdp() {
     let Step::Need(_) = s.on_request(&request(Method::Describe, &play), NOW) else {
         panic!()
     };
-    let r = s.resume(Answer::Description(Err(Refusal::NoPublisher)));
+    let r = reply(s.resume(Answer::Description(Err(Refusal::NoPublisher))));
     assert_eq!(r.response.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.response.reason, "No Publisher");
+}
+
+/// A play URL for the replay of a recording.
+fn replay_url() -> String {
+    let grant = StreamGrant {
+        uid: "952700000A5S348E".into(),
+        channel: 0,
+        stream_type: "replay".into(),
+        op: TokenOp::Play,
+        exp: NOW + 60,
+        file: Some("/mnt/sda/Mp4Record/2022-01-10/RecS02_DST20220110_000107_000310_A.mp4".into()),
+    };
+    signer().sign_url("rtsp", "127.0.0.1", 8554, &grant)
+}
+
+/// A session of ffmpeg's recorded requests on `base` up to the first PLAY (exclusive), ready,
+/// and the PLAY request with the session id.
+fn ready_session(base: &str) -> (Session, RtspRequest) {
+    let requests = requests(FFMPEG_PLAY, "rtsp://127.0.0.1:8554/live/x", base);
+    let mut s = session();
+    let Step::Need(Need::Description { .. }) = s.on_request(&requests[1], NOW) else {
+        panic!("DESCRIBE must ask for the description");
+    };
+    reply(s.resume(Answer::Description(Ok(description()))));
+    let setup = reply(s.on_request(&requests[2], NOW));
+    let id = SessionHeader::parse(setup.response.headers.get("Session").unwrap()).unwrap();
+    reply(s.on_request(&with_session(requests[3].clone(), &id.id), NOW));
+    assert_eq!(s.state(), State::Ready);
+    (s, with_session(requests[4].clone(), &id.id))
+}
+
+fn with_range(mut request: RtspRequest, range: &str) -> RtspRequest {
+    request.headers.set("Range", range);
+    request
+}
+
+#[test]
+fn ffmpeg_seeking_a_replay_pauses_and_plays_with_a_range() {
+    let (mut s, play) = ready_session(&replay_url());
+    // ffmpeg's first PLAY says npt=0.000-: the replay is at its beginning, no seek.
+    assert_eq!(play.headers.get("Range"), Some("npt=0.000-"));
+    let Step::Need(Need::Play { .. }) = s.on_request(&play, NOW) else {
+        panic!("the first PLAY from 0 plays without a seek");
+    };
+    let played = reply(s.resume(Answer::Play(Ok(()))));
+    assert_eq!(played.response.headers.get("Range"), Some("npt=0.000-"));
+    // `-ss 5`: PAUSE, then PLAY with the position.
+    let mut pause = play.clone();
+    pause.method = Method::Pause;
+    assert_eq!(reply(s.on_request(&pause, NOW)).effect, Effect::StopViewer);
+    let seek = with_range(play.clone(), "npt=5.000-");
+    let Step::Need(Need::Seek { stream, start }) = s.on_request(&seek, NOW) else {
+        panic!("PLAY with a Range on a replay seeks");
+    };
+    assert!(stream.file().is_some());
+    assert_eq!(start, Duration::from_secs(5));
+    let Step::Need(Need::Play { .. }) = s.resume(Answer::Seek(Ok(Duration::from_secs(5)))) else {
+        panic!("after the seek the viewer is added");
+    };
+    let played = reply(s.resume(Answer::Play(Ok(()))));
+    assert_eq!(played.response.status, StatusCode::OK);
+    assert_eq!(played.response.headers.get("Range"), Some("npt=5.000-"));
+    assert_eq!(s.state(), State::Playing);
+    // A PLAY while playing seeks too, and answers with where the device continues (it seeks
+    // in whole seconds); npt=0 is a seek now that the replay has moved on.
+    for (range, asked, at, echo) in [
+        ("npt=0:01:02.5-", 62_500, 62, "npt=62.000-"),
+        ("npt=10-20", 10_000, 10, "npt=10.000-"),
+        ("npt=0-", 0, 0, "npt=0.000-"),
+    ] {
+        let Step::Need(Need::Seek { start, .. }) =
+            s.on_request(&with_range(play.clone(), range), NOW)
+        else {
+            panic!("{range} seeks");
+        };
+        assert_eq!(start, Duration::from_millis(asked), "{range}");
+        let answer = reply(s.resume(Answer::Seek(Ok(Duration::from_secs(at)))));
+        assert_eq!(answer.response.headers.get("Range"), Some(echo), "{range}");
+        assert_eq!(answer.effect, Effect::None);
+        assert_eq!(s.state(), State::Playing);
+    }
+    // `now` and an omitted start continue from where the replay is.
+    for range in ["npt=now-", "npt=-20"] {
+        let answer = reply(s.on_request(&with_range(play.clone(), range), NOW));
+        assert_eq!(answer.response.status, StatusCode::OK, "{range}");
+        assert_eq!(answer.response.headers.get("Range"), Some("npt=now-"));
+    }
+}
+
+#[test]
+fn bad_ranges_on_a_replay_are_refused_and_the_session_goes_on() {
+    let (mut s, play) = ready_session(&replay_url());
+    for bad in ["npt=abc-", "npt=20-10", "npt=0:61:00-", "npt=-"] {
+        let answer = reply(s.on_request(&with_range(play.clone(), bad), NOW));
+        assert_eq!(answer.response.status, StatusCode::INVALID_RANGE, "{bad}");
+        assert!(!answer.close);
+        assert_eq!(s.state(), State::Ready);
+    }
+    let clock = reply(s.on_request(&with_range(play.clone(), "clock=19961108T142300Z-"), NOW));
+    assert_eq!(clock.response.status, StatusCode::HEADER_FIELD_NOT_VALID);
+    assert_eq!(clock.response.headers.get("Accept-Ranges"), Some("npt"));
+    // What the hub side refuses: beyond the end, not seekable, the device says no.
+    for (refusal, status) in [
+        (Refusal::RangeBeyondEnd, StatusCode::INVALID_RANGE),
+        (Refusal::NotSeekable, StatusCode::HEADER_FIELD_NOT_VALID),
+        (Refusal::DeviceRefusedSeek, StatusCode::SERVICE_UNAVAILABLE),
+    ] {
+        let Step::Need(Need::Seek { .. }) =
+            s.on_request(&with_range(play.clone(), "npt=9000-"), NOW)
+        else {
+            panic!("a seek");
+        };
+        let answer = reply(s.resume(Answer::Seek(Err(refusal))));
+        assert_eq!(answer.response.status, status, "{refusal:?}");
+        assert_eq!(s.state(), State::Ready);
+    }
+    // Still playable.
+    let Step::Need(Need::Play { .. }) = s.on_request(&play, NOW) else {
+        panic!("PLAY after refusals");
+    };
+}
+
+#[test]
+fn a_live_stream_ignores_range_as_mediamtx_does() {
+    let (mut s, play) = ready_session(&url(TokenOp::Play, NOW + 60));
+    for range in ["npt=5.000-", "clock=19961108T142300Z-", "npt=garbage"] {
+        let Step::Need(Need::Play { .. }) = s.on_request(&with_range(play.clone(), range), NOW)
+        else {
+            panic!("{range}: a live PLAY never seeks");
+        };
+        let played = reply(s.resume(Answer::Play(Ok(()))));
+        assert_eq!(played.response.status, StatusCode::OK);
+        assert_eq!(played.response.headers.get("Range"), Some("npt=0.000-"));
+        let mut pause = play.clone();
+        pause.method = Method::Pause;
+        reply(s.on_request(&pause, NOW));
+    }
+    let Step::Need(Need::Play { .. }) = s.on_request(&play, NOW) else {
+        panic!()
+    };
+    reply(s.resume(Answer::Play(Ok(()))));
+    let again = reply(s.on_request(&with_range(play, "npt=30-"), NOW));
+    assert_eq!(again.response.headers.get("Range"), Some("npt=0.000-"));
 }
