@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::clock::unix_now;
 use crate::config::Config;
+use crate::device_api::method_not_allowed;
 use crate::http_server::{BodyChunks, ConnInfo, Handler, Request};
 use crate::proto::http::{json_error, json_response, RequestHead, Response};
 use crate::provisioning::{
@@ -670,18 +671,6 @@ fn device_not_found(uid: &str) -> Response {
         "device_not_found",
         &format!("device {uid} is not known to this server"),
     )
-}
-
-fn method_not_allowed(allow: &'static str) -> Response {
-    let mut response = json_error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        &format!("allowed methods: {allow}"),
-    );
-    response
-        .headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allow));
-    response
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

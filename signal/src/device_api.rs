@@ -48,19 +48,27 @@ impl ControlPlane {
                 Method::GET | Method::HEAD => openapi(),
                 _ => method_not_allowed("GET, HEAD"),
             },
-            ["v1.0", "devices", uid, "settings", "alarm"] => {
-                if let Err(e) = pki::validate_uid(uid) {
-                    return Some(invalid_parameter(&e.to_string()));
+            // Route, then method (405 with Allow), then the UID (400), as any HTTP router does.
+            ["v1.0", "devices", uid, "settings", "alarm"] => match *method {
+                Method::GET | Method::HEAD | Method::PUT => {
+                    if let Err(e) = pki::validate_uid(uid) {
+                        return Some(invalid_parameter(&e.to_string()));
+                    }
+                    if *method == Method::PUT {
+                        self.put_alarm_switch(uid, req).await
+                    } else {
+                        self.get_alarm_switch(uid).await
+                    }
                 }
-                match *method {
-                    Method::GET | Method::HEAD => self.get_alarm_switch(uid).await,
-                    Method::PUT => self.put_alarm_switch(uid, req).await,
-                    _ => method_not_allowed("GET, HEAD, PUT"),
-                }
-            }
+                _ => method_not_allowed("GET, HEAD, PUT"),
+            },
             ["v1.0", "devices", uid, rest @ ..]
                 if !rest.is_empty() && *uid != "initialization-session" =>
             {
+                let allow = crate::device_control_api::control_route_allow(rest)?;
+                if !allow.split(", ").any(|m| m == method.as_str()) {
+                    return Some(method_not_allowed(allow));
+                }
                 if let Err(e) = pki::validate_uid(uid) {
                     return Some(invalid_parameter(&e.to_string()));
                 }

@@ -32,15 +32,39 @@ pub const RECORDS_PAGE: usize = 40;
 /// under the directory's 30 s ask timeout so the device's silence is `cmd_timeout`).
 pub const WIFI_DEVICE_TIMEOUT: Duration = Duration::from_secs(25);
 
+/// The methods each route of this module answers (its `Allow` header), `None` for a path
+/// that is none of them. The router checks the method against it before anything else about
+/// the request (the UID, the query, the body), as any HTTP router does: a wrong method is 405
+/// whatever else is wrong with the request.
+pub(crate) fn control_route_allow(rest: &[&str]) -> Option<&'static str> {
+    Some(match rest {
+        ["settings", "general-config" | "pir-config" | "wifi-config"] => "GET, HEAD, PUT",
+        ["wifi", "test" | "scan-task"] | ["live", "play-session"] | ["records", "play-session"] => {
+            "POST"
+        }
+        ["wifi", "scan", _]
+        | ["states", "battery"]
+        | ["records", "calendar"]
+        | ["records", "calendar", ""]
+        | ["records"]
+        | ["snap", "snapshot.jpg"] => "GET, HEAD",
+        // The platform serves POST for rotate; its own documentation's example sends PATCH.
+        ["ptz", "zoom" | "focus"] => "PATCH",
+        ["ptz", "rotate"] => "PATCH, POST",
+        _ => return None,
+    })
+}
+
 impl ControlPlane {
     /// Answers `/v1.0/devices/{uid}/{rest…}` for the routes of this module; `None` when the
-    /// path is not one of them.
+    /// path is not one of them ([`control_route_allow`]).
     pub(crate) async fn device_control_routes(
         &self,
         uid: &str,
         rest: &[&str],
         req: &Request,
     ) -> Option<Response> {
+        let allow = control_route_allow(rest)?;
         let method = req.method();
         let get = *method == Method::GET || *method == Method::HEAD;
         let directory = self.devices.as_ref();
@@ -53,7 +77,7 @@ impl ControlPlane {
                     }
                     Err(response) => response,
                 },
-                _ => method_not_allowed("GET, HEAD, PUT"),
+                _ => method_not_allowed(allow),
             },
             ["settings", "pir-config"] => match *method {
                 _ if get => with_directory(directory, |d| get_pir(d, uid)).await,
@@ -66,7 +90,7 @@ impl ControlPlane {
                     }
                     Err(response) => response,
                 },
-                _ => method_not_allowed("GET, HEAD, PUT"),
+                _ => method_not_allowed(allow),
             },
             ["settings", "wifi-config"] => match *method {
                 _ if get => match self.wifi_supported(uid).await {
@@ -83,7 +107,7 @@ impl ControlPlane {
                         }
                     },
                 },
-                _ => method_not_allowed("GET, HEAD, PUT"),
+                _ => method_not_allowed(allow),
             },
             ["wifi", "test"] => match *method {
                 Method::POST => match wifi_body(req) {
@@ -93,7 +117,7 @@ impl ControlPlane {
                         Ok(()) => with_directory(directory, |d| test_wifi(d, uid, body)).await,
                     },
                 },
-                _ => method_not_allowed("POST"),
+                _ => method_not_allowed(allow),
             },
             ["wifi", "scan-task"] => match *method {
                 Method::POST => match self.wifi_supported(uid).await {
@@ -105,7 +129,7 @@ impl ControlPlane {
                         }
                     },
                 },
-                _ => method_not_allowed("POST"),
+                _ => method_not_allowed(allow),
             },
             ["wifi", "scan", session_id] => match *method {
                 _ if get => match self.wifi_scans.result(uid, session_id) {
@@ -116,7 +140,7 @@ impl ControlPlane {
                         "The session is not found.",
                     ),
                 },
-                _ => method_not_allowed("GET, HEAD"),
+                _ => method_not_allowed(allow),
             },
             ["ptz", action @ ("zoom" | "focus")] => match *method {
                 Method::PATCH => match ptz_lens_body(req, action) {
@@ -131,7 +155,7 @@ impl ControlPlane {
                         }
                     }
                 },
-                _ => method_not_allowed("PATCH"),
+                _ => method_not_allowed(allow),
             },
             // The platform serves POST; its own documentation's example sends PATCH.
             ["ptz", "rotate"] => match *method {
@@ -150,19 +174,19 @@ impl ControlPlane {
                         }
                     }
                 },
-                _ => method_not_allowed("PATCH, POST"),
+                _ => method_not_allowed(allow),
             },
             ["states", "battery"] => match *method {
                 _ if get => self.battery(uid).await,
-                _ => method_not_allowed("GET, HEAD"),
+                _ => method_not_allowed(allow),
             },
             ["live", "play-session"] => match *method {
                 Method::POST => self.live_play_session(uid, req).await,
-                _ => method_not_allowed("POST"),
+                _ => method_not_allowed(allow),
             },
             ["records", "play-session"] => match *method {
                 Method::POST => self.record_play_session(uid, req).await,
-                _ => method_not_allowed("POST"),
+                _ => method_not_allowed(allow),
             },
             ["records", "calendar"] | ["records", "calendar", ""] => match *method {
                 _ if get => match calendar_query(req) {
@@ -171,14 +195,14 @@ impl ControlPlane {
                         with_directory(directory, |d| records_calendar(d, uid, query)).await
                     }
                 },
-                _ => method_not_allowed("GET, HEAD"),
+                _ => method_not_allowed(allow),
             },
             ["records"] => match *method {
                 _ if get => match records_query(req) {
                     Err(response) => response,
                     Ok(query) => with_directory(directory, |d| records_list(d, uid, query)).await,
                 },
-                _ => method_not_allowed("GET, HEAD"),
+                _ => method_not_allowed(allow),
             },
             ["snap", "snapshot.jpg"] => match *method {
                 _ if get => match snapshot_query(req) {
@@ -198,7 +222,7 @@ impl ControlPlane {
                         },
                     },
                 },
-                _ => method_not_allowed("GET, HEAD"),
+                _ => method_not_allowed(allow),
             },
             _ => return None,
         })

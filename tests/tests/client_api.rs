@@ -673,6 +673,67 @@ fn device_routes_against_a_simulated_camera() {
     device.join().unwrap();
 }
 
+/// A wrong method is 405 with Allow and a JSON body before anything else about the request is
+/// looked at: on a device route with a malformed UID too (as nginx or any HTTP router answers:
+/// route, then method, then parameters). With an allowed method the UID is refused with 400;
+/// an unknown route below a device is 404 whatever the UID.
+#[test]
+fn wrong_methods_are_405_before_a_bad_uid_is_400() {
+    let server = TestServer::start();
+    for (method, path, allow) in [
+        (
+            "TRACE",
+            "/v1.0/devices/bad-uid/settings/pir-config",
+            "GET, HEAD, PUT",
+        ),
+        (
+            "TRACE",
+            "/v1.0/devices/bad-uid/settings/alarm",
+            "GET, HEAD, PUT",
+        ),
+        (
+            "DELETE",
+            "/v1.0/devices/bad-uid/states/battery",
+            "GET, HEAD",
+        ),
+        ("GET", "/v1.0/devices/bad-uid/live/play-session", "POST"),
+        ("PUT", "/v1.0/devices/bad-uid/ptz/rotate", "PATCH, POST"),
+        ("TRACE", "/v1.0/devices/bad-uid/records", "GET, HEAD"),
+        ("TRACE", "/v1.0/devices/bad-uid", "GET, HEAD, DELETE"),
+        (
+            "TRACE",
+            &format!("/v1.0/devices/{OFFLINE_UID}/snap/snapshot.jpg"),
+            "GET, HEAD",
+        ),
+    ] {
+        let answer = raw(&server, method, path, b"");
+        assert_eq!(answer.status, 405, "{method} {path}");
+        assert_eq!(
+            answer.header("allow").as_deref(),
+            Some(allow),
+            "{method} {path}"
+        );
+        assert_eq!(
+            answer.json()["error"]["symbol"],
+            "method_not_allowed",
+            "{method} {path}"
+        );
+    }
+    for (method, path) in [
+        ("GET", "/v1.0/devices/bad-uid/settings/pir-config"),
+        ("PUT", "/v1.0/devices/bad-uid/settings/alarm"),
+        ("POST", "/v1.0/devices/bad-uid/live/play-session"),
+        ("GET", "/v1.0/devices/bad-uid"),
+    ] {
+        let answer = raw(&server, method, path, b"{}");
+        assert_eq!(answer.status, 400, "{method} {path}");
+        assert_eq!(answer.json()["error"]["symbol"], "invalid_parameter");
+    }
+    let answer = raw(&server, "TRACE", "/v1.0/devices/bad-uid/nothing/here", b"");
+    assert_eq!(answer.status, 404);
+    assert_eq!(answer.json()["error"]["symbol"], "url_not_found");
+}
+
 /// Every documented path answers every documented method (no 405, no `url_not_found`), and
 /// every other method with 405 whose Allow lists exactly the documented ones.
 #[test]
