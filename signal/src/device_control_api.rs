@@ -813,6 +813,9 @@ struct RecordsQuery {
     end: LocalTime,
     /// Rows on earlier pages (from the token).
     rows: u64,
+    /// The token's next page starts after `end`: the listing is over (the last page was full
+    /// and its last file ended at the end of the span, e.g. 23:59:59).
+    past_end: bool,
 }
 
 /// The platform's cursor: base64url JSON `{nextTime, rows}`.
@@ -837,6 +840,7 @@ fn records_query(req: &Request) -> Result<RecordsQuery, Response> {
     let mut start = clock("start_at")?;
     let end = clock("end_at")?;
     let mut rows = 0;
+    let mut past_end = false;
     if let Some(token) = query_field(&pairs, "next_token") {
         let content = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(token.trim_end_matches('='))
@@ -852,8 +856,8 @@ fn records_query(req: &Request) -> Result<RecordsQuery, Response> {
         };
         start = time;
         rows = previous;
-    }
-    if start >= end {
+        past_end = start > end;
+    } else if start >= end {
         return Err(invalid("start_at", "before end_at"));
     }
     Ok(RecordsQuery {
@@ -862,12 +866,18 @@ fn records_query(req: &Request) -> Result<RecordsQuery, Response> {
         start,
         end,
         rows,
+        past_end,
     })
 }
 
-/// Record search 459: up to 40 files per page; a full page carries `nextToken`.
+/// Record search 459: up to 40 files per page; a full page carries `nextToken`, whose next
+/// page starts one second after that page's last file. A token past the span's end gives the
+/// empty last page without asking the device.
 async fn records_list(d: &DeviceDirectory, uid: &str, q: RecordsQuery) -> Response {
     use base64::Engine as _;
+    if q.past_end {
+        return json_response(StatusCode::OK, &json!({ "totalRows": q.rows, "items": [] }));
+    }
     let body = XmlBody::new().with(
         XmlElement::new("Param006").with(
             XmlElement::new("attr001")

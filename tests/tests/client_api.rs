@@ -15,7 +15,7 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConnection, StreamOwned};
 use serde_json::{json, Value};
 use signal::proto::body::{
-    BatteryState, Capabilities, ChannelCapabilities, Handshake, Heartbeat, XmlBody,
+    BatteryState, Capabilities, ChannelCapabilities, Handshake, Heartbeat, LocalTime, XmlBody,
 };
 use signal::proto::core_packet::{cmd, CorePacket, CODE_LAST_CHUNK, CODE_OK, MAGIC_RESPONSE};
 use signal::session::sim::SimDevice;
@@ -214,12 +214,17 @@ fn answer_of(command: u32, body: Option<&XmlBody>) -> String {
     }
 }
 
-/// Runs the device: answers every request until the link closes or `stop` is set.
+/// How the camera answers a command with an XML body (by its request's body).
+type Answers = fn(u32, Option<&XmlBody>) -> String;
+
+/// Runs the device: answers every request (with `answers`) until the link closes or `stop` is
+/// set.
 fn run_device(
     mut stream: StreamOwned<ClientConnection, TcpStream>,
     mut sim: SimDevice,
     received: Received,
     stop: Arc<std::sync::atomic::AtomicBool>,
+    answers: Answers,
 ) {
     let mut buf = [0u8; 16 * 1024];
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -266,7 +271,7 @@ fn run_device(
                     out.extend_from_slice(&sim.reply(command, id, CODE_LAST_CHUNK, &JPEG[10..]));
                 }
                 _ => {
-                    let answer = answer_of(command, xml.as_ref());
+                    let answer = answers(command, xml.as_ref());
                     out.extend_from_slice(&sim.reply(command, id, CODE_OK, answer.as_bytes()));
                 }
             }
@@ -308,6 +313,185 @@ fn ok_message(answer: (u16, Value)) {
     assert_eq!(answer, (200, json!({ "message": "ok" })));
 }
 
+/// Files a camera recording all day keeps: 80 of 9 min 50 s, every 10 minutes, the last one
+/// ending at 23:59:59 of 2022-01-01.
+const DAY_FILES: u32 = 80;
+
+/// The (start, end) seconds of the day of file `i` of [`DAY_FILES`].
+fn day_file(i: u32) -> (u32, u32) {
+    let end = 86_399 - (DAY_FILES - 1 - i) * 600;
+    (end - 590, end)
+}
+
+fn day_file_name(i: u32) -> String {
+    let (start, end) = day_file(i);
+    let hms = |t: u32| format!("{:02}{:02}{:02}", t / 3600, t / 60 % 60, t % 60);
+    format!(
+        "/mnt/sda/Mp4Record/2022-01-01/RecM01_20220101_{}_{}_6732828_{i:06X}.mp4",
+        hms(start),
+        hms(end)
+    )
+}
+
+/// A camera with [`DAY_FILES`] recordings: record search 459 answers the files overlapping the
+/// asked span, at most 40 of them (the platform's page), with the number of all of them in
+/// `attr002`, as the platform's view of the answer reads it.
+fn all_day_answers(command: u32, body: Option<&XmlBody>) -> String {
+    if command != cmd::RECORD_SEARCH {
+        return answer_of(command, body);
+    }
+    let asked = |name| {
+        let element = body.and_then(|b| b.root.at(&["Param006", "attr001", name]));
+        LocalTime::from_element(element.expect("search times")).expect("valid search times")
+    };
+    let (from, to) = (asked("attr012"), asked("attr013"));
+    let day = LocalTime::parse("2022-01-01", "00:00:00").unwrap();
+    let at = |secs: u32| day.plus_seconds(secs);
+    let time = |name: &str, t: LocalTime| {
+        let s = t.seconds;
+        format!(
+            "<{name}><attr001>{}</attr001><attr002>{}</attr002><attr003>{}</attr003>\
+             <attr004>{}</attr004><attr005>{}</attr005><attr006>{}</attr006></{name}>",
+            t.date.year(),
+            u8::from(t.date.month()),
+            t.date.day(),
+            s / 3600,
+            s / 60 % 60,
+            s % 60
+        )
+    };
+    let matching: Vec<u32> = (0..DAY_FILES)
+        .filter(|&i| {
+            let (start, end) = day_file(i);
+            at(end) >= from && at(start) <= to
+        })
+        .collect();
+    let files: String = matching
+        .iter()
+        .take(40)
+        .map(|&i| {
+            let (start, end) = day_file(i);
+            format!(
+                "<attr001><attr001>0</attr001><attr002>mainStream</attr002>\
+                 <attr007>{}</attr007>{}{}</attr001>",
+                day_file_name(i),
+                time("attr012", at(start)),
+                time("attr013", at(end))
+            )
+        })
+        .collect();
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\" ?>\n<body><attr002>{}</attr002><Param006>{files}</Param006></body>",
+        matching.len()
+    )
+}
+
+/// Follows `nextToken` from the first page of the records of 2022-01-01 from `start_at` to
+/// `end_at`; returns each page's item count, every file name in order, and the totals.
+fn page_through(
+    server: &TestServer,
+    start_at: &str,
+    end_at: &str,
+) -> (Vec<usize>, Vec<String>, Vec<u64>) {
+    let query = format!(
+        "/v1.0/devices/{UID}/records?channel=0&stream_type=mainStream&record_date=2022-01-01\
+         &start_at={start_at}&end_at={end_at}"
+    );
+    let (mut pages, mut names, mut totals) = (Vec::new(), Vec::new(), Vec::new());
+    let mut token: Option<String> = None;
+    loop {
+        let path = match &token {
+            Some(token) => format!("{query}&next_token={token}"),
+            None => query.clone(),
+        };
+        let (status, body) = api(server, "GET", &path, None);
+        assert_eq!(status, 200, "{path}: {body}");
+        let items = body["items"].as_array().expect("items");
+        pages.push(items.len());
+        names.extend(
+            items
+                .iter()
+                .map(|i| i["fileName"].as_str().unwrap().to_owned()),
+        );
+        totals.push(body["totalRows"].as_u64().expect("totalRows"));
+        match body.get("nextToken").and_then(Value::as_str) {
+            Some(next) => {
+                assert!(
+                    (1..=64).contains(&next.len()),
+                    "nextToken of 1-64 bytes: {next}"
+                );
+                token = Some(next.to_owned());
+            }
+            None => return (pages, names, totals),
+        }
+        assert!(pages.len() < 10, "paging does not end: {pages:?}");
+    }
+}
+
+#[test]
+fn records_page_through_next_token_to_the_end() {
+    let server = TestServer::start_with(|c| c.shards = Some(2));
+    let (stream, sim) = connect_device(&server);
+    let received: Received = Default::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let device = {
+        let received = received.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || run_device(stream, sim, received, stop, all_day_answers))
+    };
+    wait_online(&server);
+    let all: Vec<String> = (0..DAY_FILES).map(day_file_name).collect();
+
+    // The whole day: two full pages, then the token points past the day's end (the last file
+    // ends at 23:59:59): an empty last page, no token.
+    let (pages, names, totals) = page_through(&server, "00%3A00%3A00", "23%3A59%3A59");
+    assert_eq!(pages, vec![40, 40, 0]);
+    assert_eq!(names, all, "every file once, in order");
+    assert_eq!(totals, vec![80, 80, 80]);
+    // The second page asked the device from one second after the first page's last file.
+    let searches: Vec<XmlBody> = received
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(c, _)| *c == cmd::RECORD_SEARCH)
+        .filter_map(|(_, b)| b.clone())
+        .collect();
+    assert_eq!(
+        searches.len(),
+        2,
+        "the page past the day's end needs no device request"
+    );
+    let second_from = searches[1]
+        .root
+        .at(&["Param006", "attr001", "attr012"])
+        .and_then(LocalTime::from_element)
+        .unwrap();
+    assert_eq!(second_from.seconds, day_file(39).1 + 1);
+
+    // Until 20:00: a full page and the 16 files left, no token after the partial page.
+    let (pages, names, totals) = page_through(&server, "00%3A00%3A00", "20%3A00%3A00");
+    assert_eq!(pages, vec![40, 16]);
+    assert_eq!(names, all[..56].to_vec());
+    assert_eq!(totals, vec![56, 56]);
+    // A token that is not one of ours is refused, naming the field.
+    let (status, body) = api(
+        &server,
+        "GET",
+        &format!(
+            "/v1.0/devices/{UID}/records?channel=0&stream_type=mainStream&record_date=2022-01-01\
+             &start_at=00%3A00%3A00&end_at=23%3A59%3A59&next_token=bm90IGEgdG9rZW4"
+        ),
+        None,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("next_token"));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    device.join().unwrap();
+}
+
 #[test]
 fn device_routes_against_a_simulated_camera() {
     let server = TestServer::start_with(|c| c.shards = Some(2));
@@ -317,7 +501,7 @@ fn device_routes_against_a_simulated_camera() {
     let device = {
         let received = received.clone();
         let stop = stop.clone();
-        std::thread::spawn(move || run_device(stream, sim, received, stop))
+        std::thread::spawn(move || run_device(stream, sim, received, stop, answer_of))
     };
     wait_online(&server);
     let base = format!("/v1.0/devices/{UID}");
