@@ -1538,19 +1538,20 @@ fn metrics_count_a_device_stream_its_viewers_and_tls_failures() {
         .spawn()
         .expect("ffmpeg starts");
     expect_preview(&events, StreamMode::EncryptTcp);
-    wait_for_metric(&server, "one viewer", |s| {
+    let bytes_in = |s: &[tests::PromSample], mode| {
+        prom_value(s, "rop_stream_bytes_in_total", &[("mode", mode)])
+    };
+    // The counters grow as the stream flows: wait until the first 10 kB are in.
+    wait_for_metric(&server, "one viewer and 10 kB in", |s| {
         prom_value(s, "rop_viewers", &[]) == 1.0
             && prom_value(s, "rop_stream_bytes_out_total", &[]) > 0.0
+            && bytes_in(s, "encrypt_tcp") > 10_000.0
     });
     let samples = scrape(&server);
     assert_eq!(
         prom_value(&samples, "rop_streams", &[("state", "live")]),
         1.0
     );
-    let bytes_in = |s: &[tests::PromSample], mode| {
-        prom_value(s, "rop_stream_bytes_in_total", &[("mode", mode)])
-    };
-    assert!(bytes_in(&samples, "encrypt_tcp") > 10_000.0, "{samples:?}");
     for other in ["tls", "tcp", "rtsp_publish"] {
         assert_eq!(bytes_in(&samples, other), 0.0, "bytes in as {other}");
     }
