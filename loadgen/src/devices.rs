@@ -96,6 +96,11 @@ pub struct DevicesArgs {
     /// Signalling port to connect to instead of the one registration names.
     #[arg(long)]
     signaling_port: Option<u16>,
+    /// Write every alarm the server answered to this file (`uid`, AI type, reply code,
+    /// tab-separated), each alarm tagged in its AI type (`people,t<n>`) so that what the
+    /// partner's webhook received can be compared with what the server acknowledged.
+    #[arg(long)]
+    alarm_log: Option<PathBuf>,
     #[command(flatten)]
     run: crate::RunOutput,
 }
@@ -207,6 +212,13 @@ pub fn devices_command(args: DevicesArgs) -> anyhow::Result<bool> {
         keepalive_port: args.keepalive_port,
         signaling_port: args.signaling_port,
         stamps: !args.no_stamps,
+        alarm_log: match &args.alarm_log {
+            Some(path) => Some(Arc::new(
+                loadgen::fleet::AlarmLog::create(path)
+                    .with_context(|| format!("creating the alarm log {}", path.display()))?,
+            )),
+            None => None,
+        },
     };
     let started_unix_secs = unix_secs();
     // The server's memory before the first device connects: the baseline of the per-device cost
@@ -285,8 +297,15 @@ fn print_devices(report: &DevicesReport) {
         o.online_at_secs.p99
     );
     println!(
-        "provisioned {}, from cache {}, reconnects {}, errors {}, heartbeats {}, alarms {}",
-        o.provisioned, o.from_cache, o.reconnects, o.errors, o.heartbeats, o.alarms
+        "provisioned {}, from cache {}, reconnects {}, errors {}, heartbeats {}, alarms {} ({} answered 200, {} refused)",
+        o.provisioned,
+        o.from_cache,
+        o.reconnects,
+        o.errors,
+        o.heartbeats,
+        o.alarms,
+        o.alarms_acked,
+        o.alarms_refused
     );
     println!(
         "streams: {} preview starts, {} streams, {} frames, {:.1} MB sent, {} keyframe requests",

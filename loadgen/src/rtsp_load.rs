@@ -640,8 +640,10 @@ async fn receive(
         record.lost = meter.lost;
         record.late = meter.late;
         record.restarts = meter.restarts;
+        let filled = client.buf.fill(&client.stream).await;
+        // Until the last read, the one that found the connection closed included.
         record.playing_secs = playing_since.elapsed().as_secs_f64();
-        let n = match client.buf.fill(&client.stream).await {
+        let n = match filled {
             Ok(0) => return ViewerError::Closed,
             Ok(n) => n,
             Err(e) => return e.into(),

@@ -233,6 +233,8 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
             linger: Duration::from_secs(config.device.stream_linger_secs),
             wait_for_rtsp_publisher: config.device.wait_for_rtsp_publisher,
             handshake_timeout: Duration::from_secs(config.device.handshake_timeout_secs),
+            media_timeout: Duration::from_secs(config.device.stream_media_timeout_secs),
+            grace: Duration::from_secs(config.device.stream_grace_secs),
         },
         ready: streams_ready_tx,
     };
@@ -402,7 +404,9 @@ fn start_shards(
     DeviceAddrs,
 )> {
     let mesh = rt::Mesh::new(count, 256);
-    let settings = crate::shard::ShardSettings::default();
+    let mut settings = crate::shard::ShardSettings::default();
+    // One grace for every stream whose source went away: devices, RTSP publishers, pulls.
+    settings.hub.publisher_grace = streams.settings.grace;
     let signer = signal::tokens::TokenSigner::new(token_key);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let running = rt::ShardPool::new(count)

@@ -246,6 +246,14 @@ impl Shard {
         })
     }
 
+    /// The publisher state of `stream`'s hub, if it has one.
+    pub fn publisher_state(&self, stream: &StreamKey) -> Option<PublisherState> {
+        self.streams
+            .borrow()
+            .get(stream)
+            .map(|entry| entry.hub.borrow().publisher_state())
+    }
+
     /// The shard's counters.
     pub fn stats(&self) -> ShardStats {
         self.stats.get()

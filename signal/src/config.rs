@@ -231,6 +231,16 @@ pub struct DeviceConfig {
     pub stream_start_timeout_secs: u64,
     /// Time a device stream keeps flowing with no viewer before preview stop, seconds.
     pub stream_linger_secs: u64,
+    /// A device stream connection that delivers no byte for this long is closed as silent
+    /// (the device lost its network without a reset), seconds; its viewers wait for the stream
+    /// to resume like after any lost stream connection.
+    pub stream_media_timeout_secs: u64,
+    /// How long viewers keep their connection when a stream's source goes away (a device's
+    /// stream connection lost, an RTSP publisher or a pulled camera gone), seconds. Meanwhile
+    /// the server asks the device for the stream again (at once when its signalling link is
+    /// up, else as soon as the link is back); a stream that returns in time continues for the
+    /// same viewers, otherwise their connections are closed.
+    pub stream_grace_secs: u64,
     /// A DESCRIBE of the stream of a device that has no link online waits for an RTSP
     /// publisher (ANNOUNCE with a publish token) instead of answering 503 "Device Offline"
     /// at once. For deployments that feed device streams from elsewhere.
@@ -245,6 +255,8 @@ impl Default for DeviceConfig {
             request_timeout_secs: 10,
             stream_start_timeout_secs: 10,
             stream_linger_secs: 10,
+            stream_media_timeout_secs: 10,
+            stream_grace_secs: 5,
             wait_for_rtsp_publisher: false,
         }
     }
@@ -455,6 +467,15 @@ impl Config {
         }
         if !(1..=3600).contains(&self.device.stream_linger_secs) {
             return invalid("device.stream_linger_secs", "must be between 1 and 3600");
+        }
+        if !(1..=300).contains(&self.device.stream_media_timeout_secs) {
+            return invalid(
+                "device.stream_media_timeout_secs",
+                "must be between 1 and 300",
+            );
+        }
+        if !(1..=600).contains(&self.device.stream_grace_secs) {
+            return invalid("device.stream_grace_secs", "must be between 1 and 600");
         }
         if !(64..=65_000).contains(&self.stream.rtp_max_payload) {
             return invalid("stream.rtp_max_payload", "must be between 64 and 65000");

@@ -209,6 +209,11 @@ pub struct MediaStats {
     pub previews_stopped: u64,
     /// Previews forgotten because the device never connected its stream.
     pub previews_abandoned: u64,
+    /// Watched previews whose stream connection ended without preview stop (the device closed
+    /// it, the connection broke or went silent): the device is asked for the stream again.
+    pub previews_interrupted: u64,
+    /// Interrupted previews a new stream connection continued for their viewers.
+    pub previews_resumed: u64,
     /// Failed TLS handshakes on the shard's TLS ports.
     pub tls_failures: TlsFailures,
     /// RTSP and RTSPS connections the shard's listeners accepted.
@@ -257,6 +262,8 @@ impl MediaStats {
         self.previews_refused += other.previews_refused;
         self.previews_stopped += other.previews_stopped;
         self.previews_abandoned += other.previews_abandoned;
+        self.previews_interrupted += other.previews_interrupted;
+        self.previews_resumed += other.previews_resumed;
         self.tls_failures.merge(&other.tls_failures);
         self.rtsp_accepted += other.rtsp_accepted;
         self.rtsp_handed_off += other.rtsp_handed_off;
@@ -378,6 +385,8 @@ impl MediaStats {
             ("refused", self.previews_refused),
             ("stopped", self.previews_stopped),
             ("abandoned", self.previews_abandoned),
+            ("interrupted", self.previews_interrupted),
+            ("resumed", self.previews_resumed),
         ] {
             let _ = writeln!(out, "rop_previews_total{{event=\"{event}\"}} {n}");
         }

@@ -407,14 +407,19 @@ fn spawn_stream(
                 let mut sd = kind(StreamDevice::tls(stream_id));
                 stream_handshake(&mut stream, &mut sd, &device.uid);
                 let _ = events.send(DeviceEvent::StreamHandshakeOk);
-                stream_media(
+                let sent = stream_media(
                     &mut stream,
                     &mut sd,
                     fixture,
                     (passes, tamper),
                     seeks.as_ref(),
                     &stop,
-                )
+                );
+                // A camera that hangs up ends its stream cleanly (close_notify): the server
+                // does not ask for it again as it would after a broken connection.
+                stream.conn.send_close_notify();
+                let _ = stream.flush();
+                sent
             }
             mode => {
                 let mut addr = stream_tcp;

@@ -44,6 +44,7 @@ fn fleet_config(server: &TestServer, identities: &std::path::Path) -> FleetConfi
         keepalive_port: None,
         signaling_port: None,
         stamps: true,
+        alarm_log: None,
     }
 }
 

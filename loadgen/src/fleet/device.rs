@@ -112,6 +112,9 @@ struct Link<S> {
     buf: Vec<u8>,
     next_request_id: u32,
     last_rx: Instant,
+    /// Packets that arrived with the handshake reply (a server may send a request right
+    /// behind it, as the relay does with preview start for a stream it resumes).
+    pending: Vec<CorePacket>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
@@ -123,6 +126,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
             buf: vec![0; 8 * 1024],
             next_request_id: 1,
             last_rx: Instant::now(),
+            pending: Vec::new(),
         }
     }
 
@@ -148,8 +152,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
         Ok(())
     }
 
-    /// Reads once; the packets completed (possibly none).
+    /// Reads once; the packets completed (possibly none). Packets kept from the handshake
+    /// come first, without a read.
     async fn receive(&mut self) -> Result<Vec<CorePacket>, SessionError> {
+        if !self.pending.is_empty() {
+            return Ok(std::mem::take(&mut self.pending));
+        }
         let link = self.name;
         let n = self
             .stream
@@ -198,8 +206,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
                 if let Some(code) = self.sim.hello_code().filter(|c| *c != 200) {
                     return Err(SessionError::Refused { link, code });
                 }
-                for packet in self.receive().await? {
+                let mut packets = self.receive().await?.into_iter();
+                while let Some(packet) = packets.next() {
                     if packet.header.command == cmd::HANDSHAKE {
+                        self.pending.extend(packets);
                         return match packet.header.response_code {
                             CODE_OK => Ok(()),
                             code => Err(SessionError::HandshakeRefused { link, code }),
@@ -386,6 +396,8 @@ async fn serve_signalling(
     let mut next_alarm = alarm_every.map(|every| {
         Instant::now() + every.mul_f64(((index * 2_654_435_761) % 1000) as f64 / 1000.0)
     });
+    // Alarms sent and not answered yet: request id -> AI type (its tag).
+    let mut alarms_waiting: Vec<(u32, String)> = Vec::new();
     loop {
         let mut wake = next_beat.min(link.last_rx + SILENCE_LIMIT);
         if let Some(alarm) = next_alarm {
@@ -410,21 +422,43 @@ async fn serve_signalling(
             }
             if let (Some(at), Some(every)) = (next_alarm, alarm_every) {
                 if now >= at {
+                    let n = totals.alarms.fetch_add(1, Ordering::Relaxed);
                     let alarm = Alarm {
                         channel: 0,
                         status: "MD".into(),
-                        ai_type: "people".into(),
+                        ai_type: match shared.alarm_log {
+                            Some(_) => format!("people,t{n}"),
+                            None => "people".into(),
+                        },
                     };
                     let id = link.request_id();
                     let bytes = link.sim.alarm(&alarm, id);
+                    alarms_waiting.push((id, alarm.ai_type));
                     link.send(&bytes, totals).await?;
-                    totals.alarms.fetch_add(1, Ordering::Relaxed);
                     next_alarm = Some(now + every);
                 }
             }
             continue;
         };
         for packet in packets? {
+            if packet.header.command == cmd::ALARM {
+                let id = packet.header.request_id;
+                if let Some(at) = alarms_waiting
+                    .iter()
+                    .position(|(waiting, _)| *waiting == id)
+                {
+                    let (_, ai_type) = alarms_waiting.swap_remove(at);
+                    let code = packet.header.response_code;
+                    match code {
+                        CODE_OK => totals.alarms_acked.fetch_add(1, Ordering::Relaxed),
+                        _ => totals.alarms_refused.fetch_add(1, Ordering::Relaxed),
+                    };
+                    if let Some(log) = &shared.alarm_log {
+                        log.record(&identity.uid, &ai_type, code);
+                    }
+                }
+                continue;
+            }
             // Replies to our heartbeats and alarms (whatever their magic says), and any reply.
             if matches!(
                 packet.header.command,

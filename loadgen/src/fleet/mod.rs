@@ -63,6 +63,10 @@ pub struct FleetConfig {
     pub signaling_port: Option<u16>,
     /// Put SEI send stamps in the frames (off for servers that refuse SEI).
     pub stamps: bool,
+    /// Record every answered alarm here, each alarm tagged in its AI type (`people,t<n>`,
+    /// unique in the run) so that the partner's webhook log can be compared with what the
+    /// server acknowledged.
+    pub alarm_log: Option<Arc<AlarmLog>>,
 }
 
 impl FleetConfig {
@@ -108,6 +112,10 @@ pub struct Totals {
     pub reconnects: AtomicU64,
     pub heartbeats: AtomicU64,
     pub alarms: AtomicU64,
+    /// Alarms the server answered with 200 (it committed them to its queue).
+    pub alarms_acked: AtomicU64,
+    /// Alarms the server answered with an error (not stored: a device sends them again).
+    pub alarms_refused: AtomicU64,
     pub preview_starts: AtomicU64,
     pub preview_stops: AtomicU64,
     pub keyframe_requests: AtomicU64,
@@ -127,6 +135,33 @@ pub struct FleetShared {
     cache: Option<Rc<IdentityCache>>,
     source: VideoSource,
     filler: Filler,
+    alarm_log: Option<Arc<AlarmLog>>,
+}
+
+/// The answered alarms of a run, one line each: `uid`, AI type (with its tag), reply code,
+/// tab-separated.
+#[derive(Debug)]
+pub struct AlarmLog(Mutex<std::io::BufWriter<std::fs::File>>);
+
+impl AlarmLog {
+    /// Creates (truncates) the log file.
+    pub fn create(path: &std::path::Path) -> std::io::Result<AlarmLog> {
+        Ok(AlarmLog(Mutex::new(std::io::BufWriter::new(
+            std::fs::File::create(path)?,
+        ))))
+    }
+
+    /// Records one answered alarm.
+    pub fn record(&self, uid: &str, ai_type: &str, code: u32) {
+        use std::io::Write as _;
+        let mut out = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = writeln!(out, "{uid}\t{ai_type}\t{code}");
+    }
+
+    fn flush(&self) -> std::io::Result<()> {
+        use std::io::Write as _;
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).flush()
+    }
 }
 
 impl FleetShared {
@@ -134,6 +169,22 @@ impl FleetShared {
         self.totals.errors.fetch_add(1, Ordering::Relaxed);
         let mut outcome = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
         *outcome.errors.entry(kind.to_owned()).or_default() += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_delay_doubles_to_30_s_with_equal_jitter() {
+        let ms = |failures, random| reconnect_delay(failures, random).as_millis();
+        assert_eq!((ms(1, 0.0), ms(1, 1.0)), (500, 1000));
+        assert_eq!((ms(2, 0.0), ms(2, 1.0)), (1000, 2000));
+        assert_eq!((ms(5, 0.0), ms(5, 1.0)), (8000, 16000));
+        assert_eq!((ms(6, 0.0), ms(6, 1.0)), (15000, 30000));
+        assert_eq!(ms(60, 1.0), 30000);
+        assert_eq!(ms(0, 0.5), 750);
     }
 }
 
@@ -165,6 +216,7 @@ pub struct Fleet {
     totals: Arc<Totals>,
     outcome: Arc<Mutex<Collected>>,
     running: rt::shard::RunningShards<()>,
+    alarm_log: Option<Arc<AlarmLog>>,
     started: Instant,
     last: (Instant, u64, u64),
     server: Option<ProcSampler>,
@@ -179,11 +231,17 @@ impl Fleet {
         let outcome = Arc::new(Mutex::new(Collected::default()));
         let started = Instant::now();
         let filler = Filler::for_source(&config.source);
+        let alarm_log = config.alarm_log.clone();
         let pool = rt::ShardPool::new(config.shards.max(1))
             .pin(false)
             .name("devices")
             .io_memory(1 << 20);
-        let (c, t, o) = (config.clone(), totals.clone(), outcome.clone());
+        let (c, t, o, log) = (
+            config.clone(),
+            totals.clone(),
+            outcome.clone(),
+            alarm_log.clone(),
+        );
         let running = pool.start(move |ctx| {
             let shared = FleetShared {
                 config: c.clone(),
@@ -196,6 +254,7 @@ impl Fleet {
                     .map(Rc::new),
                 source: c.source.clone(),
                 filler: filler.clone(),
+                alarm_log: log.clone(),
             };
             async move { shard_devices(ctx, shared, started).await }
         })?;
@@ -210,6 +269,7 @@ impl Fleet {
             totals,
             outcome,
             running,
+            alarm_log,
             started,
             last: (started, 0, 0),
             server,
@@ -288,6 +348,11 @@ impl Fleet {
     pub fn stop(self) -> Result<FleetOutcome, rt::ShardError> {
         self.running.shutdown().trigger();
         self.running.join()?;
+        if let Some(log) = &self.alarm_log {
+            if let Err(e) = log.flush() {
+                eprintln!("warning: alarm log not written: {e}");
+            }
+        }
         let collected =
             std::mem::take(&mut *self.outcome.lock().unwrap_or_else(|e| e.into_inner()));
         Ok(FleetOutcome::from_online_times(
@@ -314,8 +379,14 @@ pub struct FleetOutcome {
     pub errors: u64,
     pub error_kinds: BTreeMap<String, usize>,
     pub heartbeats: u64,
+    /// Alarms sent.
     pub alarms: u64,
+    /// Alarms answered 200 (the server stored them: they must reach the webhook).
+    pub alarms_acked: u64,
+    /// Alarms answered with an error.
+    pub alarms_refused: u64,
     pub preview_starts: u64,
+    pub preview_stops: u64,
     pub keyframe_requests: u64,
     pub streams_started: u64,
     pub frames_sent: u64,
@@ -348,7 +419,10 @@ impl FleetOutcome {
             error_kinds,
             heartbeats: load(&totals.heartbeats),
             alarms: load(&totals.alarms),
+            alarms_acked: load(&totals.alarms_acked),
+            alarms_refused: load(&totals.alarms_refused),
             preview_starts: load(&totals.preview_starts),
+            preview_stops: load(&totals.preview_stops),
             keyframe_requests: load(&totals.keyframe_requests),
             streams_started: load(&totals.streams_started),
             frames_sent: load(&totals.frames_sent),
@@ -494,9 +568,18 @@ async fn device_life(shared: &FleetShared, index: usize, started: Instant) {
     }
 }
 
-/// 1 s, 2 s, 4 s... up to 30 s, with jitter so a fleet does not come back in lockstep.
+/// The wait before reconnect attempt `failures` (1 for the first after a failure): a ceiling of
+/// 1 s doubled per consecutive failure up to 30 s, and a random delay between half and all of
+/// it ("equal jitter"), so that a fleet cut off at once (the server restarted) comes back spread
+/// over the first second instead of in lockstep, and keeps spreading while the server is away.
+/// A session that was online resets the count. This is what docs/architecture.md recommends to
+/// device makers.
+pub fn reconnect_delay(failures: u32, unit_random: f64) -> Duration {
+    let ceiling_ms = (1000u64 << failures.saturating_sub(1).min(5)).min(30_000);
+    let half = ceiling_ms / 2;
+    Duration::from_millis(half + (half as f64 * unit_random.clamp(0.0, 1.0)) as u64)
+}
+
 async fn backoff(failures: u32) {
-    let base = 1u64 << failures.saturating_sub(1).min(5);
-    let jitter = rand::random::<u64>() % 1000;
-    rt::timer::sleep(Duration::from_millis((base * 1000).min(30_000) + jitter)).await;
+    rt::timer::sleep(reconnect_delay(failures, rand::random::<f64>())).await;
 }

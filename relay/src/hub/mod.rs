@@ -27,7 +27,8 @@
 //!   cache is dropped, so new viewers start on its first keyframe). Packets are relayed with the
 //!   RTP headers they were pushed with: an RTSP publisher's own headers (a returning publisher may
 //!   use a new SSRC and sequence, which RTSP clients treat as a new source), or, for ROP device
-//!   ingest, headers the packetizer builds and keeps continuous across reconnects. When the grace
+//!   ingest, headers the packetizer builds and keeps continuous across reconnects
+//!   ([`crate::ingest::Continuation`]). When the grace
 //!   period ends, each viewer receives what it was owed and then a clean [`ViewerEnd::StreamEnded`].
 //! - **No clocks, no runtime**: time comes in as `Instant` arguments, so tests drive it.
 //!

@@ -112,6 +112,22 @@ pub struct RtpTrackConfig {
     pub timestamp_offset: u32,
 }
 
+/// Where the stream a connection carried stands, so that the next connection of the same stream
+/// (the device came back after losing its stream connection) continues it for the viewers:
+/// the same SSRCs and payload types, the next sequence numbers, and RTP timestamps that go on
+/// from the last ones by the time that passed in between. Players then see one source with a
+/// gap in time rather than a new source whose timestamps jump back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Continuation {
+    /// Video track settings, `initial_sequence` being the next sequence number to send.
+    pub video: RtpTrackConfig,
+    /// Audio track settings, likewise.
+    pub audio: RtpTrackConfig,
+    /// PTS of the last video frame relayed, µs, in the timeline viewers saw (after any shift
+    /// an earlier continuation made); `None` when no frame was relayed.
+    pub last_pts_us: Option<u64>,
+}
+
 /// Checks the platform's server does not make. On by default; a deployment with devices that
 /// fail them can turn them off (each rejection is counted either way).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -676,6 +692,52 @@ impl DeviceStreamIngest {
     /// Sequence numbers the next video and audio packets will carry.
     pub fn next_sequences(&self) -> (u16, u16) {
         self.tracks.next_sequences()
+    }
+
+    /// Where this connection's stream stands, for a later connection to continue it
+    /// ([`DeviceStreamIngest::continue_stream`]).
+    pub fn continuation(&self) -> Continuation {
+        let (video, audio) = self.tracks.next_sequences();
+        Continuation {
+            video: RtpTrackConfig {
+                initial_sequence: video,
+                ..self.config.video
+            },
+            audio: RtpTrackConfig {
+                initial_sequence: audio,
+                ..self.config.audio
+            },
+            last_pts_us: self.tracks.last_pts_us(),
+        }
+    }
+
+    /// Continues the stream a previous connection carried ([`Continuation`]), `gap` after its
+    /// last media: this connection's first video frame is relayed `gap` after the previous
+    /// connection's last one. Only before any media was processed (call it at
+    /// [`IngestEvent::StreamBound`]); returns false, changing nothing, once it was.
+    pub fn continue_stream(
+        &mut self,
+        continuation: &Continuation,
+        gap: std::time::Duration,
+    ) -> bool {
+        if self.tracks.has_media() {
+            return false;
+        }
+        let mut config = self.config.clone();
+        config.video = continuation.video;
+        config.audio = continuation.audio;
+        let Ok(mut tracks) = Tracks::new(&config) else {
+            return false;
+        };
+        let gap_us = u64::try_from(gap.as_micros()).unwrap_or(u64::MAX);
+        tracks.resume_at(
+            continuation
+                .last_pts_us
+                .map(|pts| pts.saturating_add(gap_us)),
+        );
+        self.config = config;
+        self.tracks = tracks;
+        true
     }
 
     /// Whether the stream description is known.

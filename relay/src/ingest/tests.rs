@@ -266,3 +266,65 @@ fn a_replay_seek_drops_the_old_position_and_restarts_on_the_new_keyframe() {
         Vec::<u32>::new()
     );
 }
+
+/// (track, ssrc, sequence, timestamp) of every RTP packet `wire` gives `ingest`.
+fn rtp_headers(ingest: &mut DeviceStreamIngest, wire: &[u8]) -> Vec<(u8, u32, u16, u32)> {
+    ingest.receive(wire);
+    let mut headers = Vec::new();
+    while let Some(event) = ingest.poll() {
+        if let IngestEvent::Packet(packet) = event {
+            let h = packet.prefix();
+            headers.push((
+                packet.track(),
+                u32::from_be_bytes([h[8], h[9], h[10], h[11]]),
+                u16::from_be_bytes([h[2], h[3]]),
+                u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+            ));
+        }
+    }
+    assert!(ingest.failure().is_none(), "{:?}", ingest.failure());
+    headers
+}
+
+#[test]
+fn a_later_connection_continues_the_stream_of_a_lost_one() {
+    let wire = tls_stream();
+    let mut first = tls_ingest();
+    let before = rtp_headers(&mut first, &wire);
+    let continuation = first.continuation();
+    assert_eq!(continuation.last_pts_us, Some(1_000_000));
+
+    // The device comes back 2 s later on a new connection (another nonce: other SSRCs and
+    // sequence starts) and starts its PTS from where it started before.
+    let mut config = IngestConfig::new(StreamMode::Tls, [2; 32]);
+    config.stream_id = Some(STREAM_ID);
+    let mut second = DeviceStreamIngest::new(config, Box::new(|_| KeyLookup::Unknown)).unwrap();
+    assert!(second.continue_stream(&continuation, std::time::Duration::from_secs(2)));
+    let after = rtp_headers(&mut second, &wire);
+    assert!(
+        !second.continue_stream(&continuation, std::time::Duration::ZERO),
+        "too late once media was processed"
+    );
+
+    for track in [VIDEO_TRACK, AUDIO_TRACK] {
+        let old: Vec<_> = before.iter().filter(|h| h.0 == track).collect();
+        let new: Vec<_> = after.iter().filter(|h| h.0 == track).collect();
+        let (last, next) = (old.last().unwrap(), new.first().unwrap());
+        assert_eq!(next.1, last.1, "track {track}: same SSRC");
+        assert_eq!(
+            next.2,
+            last.2.wrapping_add(1),
+            "track {track}: next sequence"
+        );
+    }
+    let video_ts =
+        |headers: &[(u8, u32, u16, u32)]| headers.iter().find(|h| h.0 == VIDEO_TRACK).unwrap().3;
+    // 1 s of PTS before, 1 s + 2 s of gap after, on the 90 kHz clock.
+    assert_eq!(video_ts(&before), 90_000);
+    assert_eq!(video_ts(&after), 270_000);
+    let audio_ts =
+        |headers: &[(u8, u32, u16, u32)]| headers.iter().find(|h| h.0 == AUDIO_TRACK).unwrap().3;
+    // Audio follows the video PTS on its own 16 kHz clock.
+    assert_eq!(audio_ts(&after) - audio_ts(&before), 2 * 16_000);
+    assert_eq!(second.continuation().last_pts_us, Some(3_000_000));
+}

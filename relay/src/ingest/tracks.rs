@@ -96,6 +96,10 @@ pub struct Tracks {
     /// The first keyframe's packets, waiting for the first description.
     held: Option<Vec<RtpPacket>>,
     last_video_pts: Option<u64>,
+    /// A continued stream: the PTS its first relayed video frame is moved to.
+    resume_pts: Option<u64>,
+    /// Added to every video PTS (non-zero for a continued stream, fixed by its first frame).
+    pts_shift: i128,
     /// Audio clock ticks of the next AAC frame (before the offset).
     audio_next: Option<u64>,
     scratch: Vec<rtp::RtpPacket>,
@@ -124,9 +128,28 @@ impl Tracks {
             seen_keyframe: false,
             held: None,
             last_video_pts: None,
+            resume_pts: None,
+            pts_shift: 0,
             audio_next: None,
             scratch: Vec::new(),
         })
+    }
+
+    /// Moves the stream's timeline so that its first relayed video frame has PTS `pts_us`
+    /// (`None`: the device's PTS as they are).
+    pub fn resume_at(&mut self, pts_us: Option<u64>) {
+        self.resume_pts = pts_us;
+    }
+
+    /// Whether any media frame was processed.
+    pub fn has_media(&self) -> bool {
+        self.video.is_some() || self.aac_config.is_some()
+    }
+
+    /// PTS of the last video frame relayed (shifted as relayed), or where a continued stream
+    /// was to resume if it relayed nothing yet.
+    pub fn last_pts_us(&self) -> Option<u64> {
+        self.last_video_pts.or(self.resume_pts)
     }
 
     /// Whether a description has been handed out.
@@ -185,7 +208,13 @@ impl Tracks {
             stats.video_frames_before_keyframe += 1;
             return;
         }
-        let pts = frame.pts_us.unwrap_or(0);
+        let mut pts = frame.pts_us.unwrap_or(0);
+        if let Some(resume) = self.resume_pts.take() {
+            self.pts_shift = i128::from(resume) - i128::from(pts);
+        }
+        if self.pts_shift != 0 {
+            pts = u64::try_from((i128::from(pts) + self.pts_shift).max(0)).unwrap_or(u64::MAX);
+        }
         self.last_video_pts = Some(pts);
         let timestamp = rtp_timestamp(pts, VIDEO_CLOCK, self.video_timestamp_offset);
         self.scratch.clear();

@@ -17,7 +17,8 @@
 //! - A second ANNOUNCE of a stream that has a publisher gets 400 "Stream Already Published" (the
 //!   status MediaMTX answers with); the first publisher is not disturbed.
 //! - When the publisher leaves (TEARDOWN or lost connection), players keep their connection for
-//!   the hub's publisher grace (5 s); a publisher that returns continues the stream. Otherwise each
+//!   the hub's publisher grace (`[device] stream_grace_secs`, 5 s); a publisher that returns
+//!   continues the stream. Otherwise each
 //!   player receives what it was owed and its connection is closed (no server-sent TEARDOWN:
 //!   RTSP 1.0 clients do not expect requests from the server).
 //! - A request must arrive whole within [`RtspSettings::request_timeout`] of its first byte

@@ -251,6 +251,8 @@ struct Attached {
     close: crate::hub::LocalNotify,
     /// A replay's seek sequence the ingest accepts from (the preview moves it on a seek).
     seek_floor: Rc<std::cell::Cell<u32>>,
+    /// Where bytes arriving are recorded for the sweeper's silence check.
+    last_media: Rc<std::cell::Cell<Instant>>,
     publisher: Option<(
         Rc<std::cell::RefCell<crate::hub::StreamHub>>,
         crate::hub::PublisherId,
@@ -287,6 +289,10 @@ async fn serve(
     // What of the ingest's counters the shard has been told.
     let mut reported = IngestStats::default();
     let handshake_deadline = Instant::now() + shard.settings.handshake_timeout;
+    // Until the first media packet names the preview, this task keeps its own deadline: the
+    // handshake, then the first media within the media timeout. Once attached the shard's
+    // sweeper watches for silence.
+    let first_media_deadline = handshake_deadline + shard.settings.media_timeout;
     let never = crate::hub::LocalNotify::new();
     let result: io::Result<&'static str> = async {
         loop {
@@ -304,12 +310,20 @@ async fn serve(
                         let uid = ingest.uid().unwrap_or_default().to_owned();
                         match shard.attach(stream_id, &uid) {
                             Some(attachment) => {
+                                if let Some(resume) = &attachment.resume {
+                                    if let Some(continuation) = &resume.continuation {
+                                        let gap = Instant::now()
+                                            .saturating_duration_since(resume.last_media);
+                                        ingest.continue_stream(continuation, gap);
+                                    }
+                                }
                                 attached = Some(Attached {
                                     stream_id,
                                     key: attachment.key,
                                     mode: ingest_mode(attachment.mode),
                                     close: attachment.close,
                                     seek_floor: attachment.seek_floor,
+                                    last_media: attachment.last_media,
                                     publisher: None,
                                 })
                             }
@@ -369,8 +383,15 @@ async fn serve(
                 debug!(shard = shard.id, ?peer, "stream connection refused: {failure}");
                 return Ok("refused by the ingest");
             }
-            if ingest.handshake().is_none() && Instant::now() > handshake_deadline {
-                return Ok("no handshake in time");
+            let deadline = match ingest.handshake() {
+                None => handshake_deadline,
+                Some(_) => first_media_deadline,
+            };
+            if attached.is_none() && Instant::now() > deadline {
+                return Ok(match ingest.handshake() {
+                    None => "no handshake in time",
+                    Some(_) => "no media after the handshake",
+                });
             }
             let close = attached.as_ref().map(|a| a.close.clone());
             let mut closed = pin!(async {
@@ -378,7 +399,7 @@ async fn serve(
                     Some(close) => close.notified().await,
                     None => {
                         let _ = rt::timer::timeout(
-                            handshake_deadline.saturating_duration_since(Instant::now())
+                            deadline.saturating_duration_since(Instant::now())
                                 + Duration::from_millis(10),
                             never.notified(),
                         )
@@ -398,12 +419,18 @@ async fn serve(
             match step {
                 // Without a preview the wake-up is the handshake deadline check.
                 Step::Close if close.is_none() => {}
-                Step::Close => return Ok("preview stopped"),
+                Step::Close => {
+                    return Ok(match attached.as_ref() {
+                        Some(a) if shard.is_silent(a.stream_id) => "device silent",
+                        _ => "preview stopped",
+                    })
+                }
                 Step::Read(Ok(0)) => return Ok("device closed"),
                 Step::Read(Ok(n)) => {
                     ingest.commit(n);
                     // Counted per read once the stream is known (its mode is the preview's).
                     if let Some(attached) = &attached {
+                        attached.last_media.set(Instant::now());
                         let mode = attached.mode;
                         let stats = ingest.stats();
                         shard.shard.count_media(|m| stats.report(&mut reported, mode, m));
@@ -422,10 +449,13 @@ async fn serve(
         .shard
         .count_media(|m| stats.report(&mut reported, mode, m));
     if let Some(attached) = attached {
-        if let Some((hub, publisher)) = attached.publisher {
+        let continuation = attached.publisher.map(|(hub, publisher)| {
             let _ = hub.borrow_mut().detach_publisher(publisher, Instant::now());
-        }
-        shard.detached(attached.stream_id);
+            ingest.continuation()
+        });
+        // TLS close_notify then EOF on 61006, EOF on 61007: the device ended the stream itself.
+        let ended_by_device = matches!(result, Ok("device closed"));
+        shard.detached(attached.stream_id, continuation, ended_by_device);
         info!(shard = shard.id, stream = %attached.key, stream_id = attached.stream_id, ?result, frames = stats.video_frames, bad_hmac = stats.bad_hmac, bad_sequence = stats.bad_sequence, stale_seek = stats.stale_seek_packets, "device stream ended");
     } else {
         debug!(shard = shard.id, ?peer, ?result, "stream connection ended");

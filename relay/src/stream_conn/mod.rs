@@ -21,7 +21,12 @@
 //!     replay seek 123 on the signalling link; the PLAY answers once the device agreed
 //!  sweeper (1 s): previews unwatched for the linger time -> preview stop 4, connection closed;
 //!     replays without a viewer for REPLAY_PAUSE_GRACE -> replay stop 7;
-//!     previews the device never connected -> forgotten
+//!     previews the device never connected -> forgotten; connections silent for the media
+//!     timeout -> closed (the device lost its network without a reset)
+//!  a watched stream's connection breaks (reset, truncated TLS, silent; not a clean close):
+//!     viewers keep their place for the grace; preview start again at once if the signalling
+//!     link is up, else when it is back; the new connection continues the stream (same hub,
+//!     SSRCs, next sequence numbers, timestamps on by the time in between)
 //! ```
 //!
 //! The preview table lives on the owner shard, where the signalling session, the stream
@@ -81,6 +86,11 @@ pub struct StreamSettings {
     pub wait_for_rtsp_publisher: bool,
     /// A device has this long to send its hello / finish TLS and its handshake.
     pub handshake_timeout: Duration,
+    /// A stream connection delivering nothing for this long is closed as silent.
+    pub media_timeout: Duration,
+    /// How long viewers wait for a lost device stream to come back (the hubs' publisher
+    /// grace); the device is asked for it again meanwhile.
+    pub grace: Duration,
 }
 
 impl std::fmt::Debug for StreamSettings {
@@ -91,6 +101,8 @@ impl std::fmt::Debug for StreamSettings {
             .field("mode", &self.mode)
             .field("start_timeout", &self.start_timeout)
             .field("linger", &self.linger)
+            .field("media_timeout", &self.media_timeout)
+            .field("grace", &self.grace)
             .finish_non_exhaustive()
     }
 }
@@ -159,6 +171,25 @@ struct Preview {
     seek_seq: u32,
     /// The seek sequence the stream connection's ingest accepts from (shared with it).
     seek_floor: Rc<Cell<u32>>,
+    /// When the stream connection last delivered bytes (set by the connection, read by the
+    /// sweeper).
+    last_media: Rc<Cell<Instant>>,
+    /// The sweeper closed the connection because it went silent.
+    silent: bool,
+    /// This preview resumes a stream whose connection was lost.
+    resume: Option<Resume>,
+}
+
+/// Where a device stream whose connection was lost left off, handed to the preview that resumes
+/// it.
+#[derive(Debug, Clone, Copy)]
+struct Resume {
+    /// The RTP state the next connection continues.
+    continuation: Option<crate::ingest::Continuation>,
+    /// When the lost connection last delivered bytes.
+    last_media: Instant,
+    /// When it ended.
+    lost: Instant,
 }
 
 /// What a stream connection gets from its preview ([`StreamShard::attach`]).
@@ -167,6 +198,10 @@ struct Attachment {
     mode: StreamMode,
     close: LocalNotify,
     seek_floor: Rc<Cell<u32>>,
+    /// Where the connection records when bytes arrive.
+    last_media: Rc<Cell<Instant>>,
+    /// The stream it continues, if it resumes one.
+    resume: Option<Resume>,
 }
 
 /// Counters of one shard's stream connections (media, previews and TLS failures are counted
@@ -185,6 +220,8 @@ pub struct StreamStats {
     pub unknown_previews: u64,
     /// Connections the ingest closed (rejections are in the ingest counters, logged).
     pub ingest_failures: u64,
+    /// Connections closed for delivering nothing for the media timeout.
+    pub silent: u64,
 }
 
 /// The stream side of one shard. Lives in an `Rc` on its shard.
@@ -330,7 +367,7 @@ impl StreamShard {
     /// Registers a preview the device was asked for (also what tests use to start one without
     /// signalling). A preview for the same stream already pending or live is replaced.
     pub fn add_pending_preview(&self, stream_id: u32, key: StreamKey, mode: StreamMode) {
-        self.insert_preview(stream_id, key, mode, Instant::now(), false);
+        self.insert_preview(stream_id, key, mode, Instant::now(), false, None);
     }
 
     fn insert_preview(
@@ -340,6 +377,7 @@ impl StreamShard {
         mode: StreamMode,
         requested: Instant,
         woken: bool,
+        resume: Option<Resume>,
     ) {
         let now = Instant::now();
         let ago = now.saturating_duration_since(requested);
@@ -364,12 +402,16 @@ impl StreamShard {
                 watched: false,
                 seek_seq: 0,
                 seek_floor: Rc::new(Cell::new(0)),
+                last_media: Rc::new(Cell::new(now)),
+                silent: false,
+                resume,
             },
         );
     }
 
     /// A stream connection of `uid` names `stream_id`: the preview's stream, the mode the
-    /// device was asked for, the notify that closes the connection and the replay's seek floor;
+    /// device was asked for, the notify that closes the connection the replay's seek floor,
+    /// and the stream it resumes, if any;
     /// `None` when no such preview of that device exists.
     fn attach(&self, stream_id: u32, uid: &str) -> Option<Attachment> {
         let mut previews = self.previews.borrow_mut();
@@ -378,13 +420,24 @@ impl StreamShard {
             return None;
         }
         preview.connected = true;
-        debug!(shard = self.id, stream_id, stream = %preview.key, mode = ?preview.mode, "stream connection attached");
+        preview.last_media.set(Instant::now());
+        debug!(shard = self.id, stream_id, stream = %preview.key, mode = ?preview.mode, resumes = preview.resume.is_some(), "stream connection attached");
         Some(Attachment {
             key: preview.key.clone(),
             mode: preview.mode,
             close: preview.close.clone(),
             seek_floor: preview.seek_floor.clone(),
+            last_media: preview.last_media.clone(),
+            resume: preview.resume,
         })
+    }
+
+    /// Whether the sweeper closed the connection of `stream_id` for silence.
+    fn is_silent(&self, stream_id: u32) -> bool {
+        self.previews
+            .borrow()
+            .get(&stream_id)
+            .is_some_and(|p| p.silent)
     }
 
     /// The stream connection of `stream_id` published into `hub`: its first keyframe arrived.
@@ -395,21 +448,73 @@ impl StreamShard {
             preview.last_watched = now;
             let waited = now.saturating_duration_since(preview.requested);
             preview.first_keyframe = Some(waited);
-            info!(
-                shard = self.id,
-                stream = %preview.key,
-                stream_id,
-                woken = preview.woken,
-                first_keyframe_ms = waited.as_millis() as u64,
-                "first keyframe from the device"
-            );
+            match &preview.resume {
+                Some(resume) => {
+                    self.shard.count_media(|m| m.previews_resumed += 1);
+                    info!(
+                        shard = self.id,
+                        stream = %preview.key,
+                        stream_id,
+                        media_gap_ms = now.saturating_duration_since(resume.last_media).as_millis() as u64,
+                        "device stream resumed for its viewers"
+                    );
+                }
+                None => info!(
+                    shard = self.id,
+                    stream = %preview.key,
+                    stream_id,
+                    woken = preview.woken,
+                    first_keyframe_ms = waited.as_millis() as u64,
+                    "first keyframe from the device"
+                ),
+            }
         }
     }
 
-    /// The stream connection of `stream_id` ended: the preview is over (a new DESCRIBE starts
-    /// another).
-    fn detached(&self, stream_id: u32) {
-        self.previews.borrow_mut().remove(&stream_id);
+    /// The stream connection of `stream_id` ended. A preview still in the table ended without
+    /// preview stop: the connection broke (reset, truncated TLS, refused by the ingest), went
+    /// silent, or the device closed it cleanly (`ended_by_device`: TLS close_notify, or EOF on
+    /// 61007). If it was published and someone watches, it is resumed for them
+    /// ([`StreamShard::resume`]); a clean close while the device's signalling link is up is the
+    /// device's decision, and is resumed only if the device comes back with a new signalling
+    /// link within the grace (it restarted its session). Otherwise the preview is over: its
+    /// viewers are closed after the grace, and a new DESCRIBE starts another.
+    fn detached(
+        self: &Rc<Self>,
+        stream_id: u32,
+        continuation: Option<crate::ingest::Continuation>,
+        ended_by_device: bool,
+    ) {
+        let Some(preview) = self.previews.borrow_mut().remove(&stream_id) else {
+            return;
+        };
+        // Never published: the DESCRIBE waiting for it times out. A replay would start over
+        // from its beginning: its viewer asks again.
+        if preview.hub.is_none() || preview.key.file().is_some() {
+            return;
+        }
+        if self.shard.audience(&preview.key) == 0 {
+            return;
+        }
+        let device_decided = ended_by_device
+            && !preview.silent
+            && self
+                .devices
+                .as_ref()
+                .is_some_and(|d| d.is_signalling_online(preview.key.uid()));
+        if device_decided {
+            debug!(shard = self.id, stream = %preview.key, stream_id, "the device ended its stream: resumed only after a new signalling link");
+        }
+        if preview.silent {
+            // The device may still think it is streaming: end the old preview on its side.
+            self.stop_preview(stream_id, &preview.key);
+        }
+        let resume = Resume {
+            continuation,
+            last_media: preview.last_media.get(),
+            lost: Instant::now(),
+        };
+        rt::spawn_detached(self.clone().resume(preview.key, resume, device_decided));
     }
 
     /// The port preview start names for `mode`.
@@ -441,8 +546,17 @@ impl StreamShard {
     fn sweep(&self, now: Instant) {
         let linger = self.settings.linger;
         let abandon = self.settings.start_timeout + self.settings.handshake_timeout;
+        let media_timeout = self.settings.media_timeout;
         let mut ended = Vec::new();
         self.previews.borrow_mut().retain(|&stream_id, preview| {
+            let quiet = now.saturating_duration_since(preview.last_media.get());
+            if preview.connected && !preview.silent && quiet >= media_timeout {
+                warn!(shard = self.id, stream = %preview.key, stream_id, quiet_ms = quiet.as_millis() as u64, "device stream silent: connection closed");
+                preview.silent = true;
+                self.count(|s| s.silent += 1);
+                preview.close.notify();
+                return true;
+            }
             match &preview.hub {
                 Some(hub) => {
                     if hub.borrow().viewer_count() > 0 {
@@ -508,6 +622,7 @@ impl StreamShard {
         stream: StreamKey,
         requested: Instant,
         woken: bool,
+        resume: Option<Resume>,
     ) -> PreviewStarted {
         let ready = |result| -> PreviewStarted { Box::pin(std::future::ready(result)) };
         let Some(devices) = self.devices.clone() else {
@@ -542,8 +657,8 @@ impl StreamShard {
         } else {
             "preview start"
         };
-        info!(shard = self.id, %stream, stream_id, mode = mode.as_str(), port, woken, "{what}");
-        self.insert_preview(stream_id, stream.clone(), mode, requested, woken);
+        info!(shard = self.id, %stream, stream_id, mode = mode.as_str(), port, woken, resumes = resume.is_some(), "{what}");
+        self.insert_preview(stream_id, stream.clone(), mode, requested, woken, resume);
         Box::pin(async move {
             let refused = match reply.await {
                 Ok(Ok(_)) => return Ok(()),
@@ -555,6 +670,67 @@ impl StreamShard {
             self.previews.borrow_mut().remove(&stream_id);
             Err(Refusal::DeviceRefused)
         })
+    }
+
+    /// Gets a watched stream whose connection was lost going again for its viewers, within the
+    /// hubs' publisher grace: preview start at once while the device's signalling link is up
+    /// (a new stream connection), otherwise as soon as a signalling link of the device is back
+    /// online; with `after_new_link` (the device closed the stream itself) only once a new
+    /// signalling link comes online. Gives up when the grace is over (the hub ends the stream
+    /// and closes the viewers), when nobody watches any more, or when the stream is live again
+    /// (a new DESCRIBE got there first). A device that refuses is asked again only on its next
+    /// signalling link.
+    async fn resume(self: Rc<Self>, key: StreamKey, resume: Resume, after_new_link: bool) {
+        let Some(devices) = self.devices.clone() else {
+            return;
+        };
+        let uid = key.uid().to_owned();
+        let deadline = resume.lost + self.settings.grace;
+        let online = devices.awake_notify(&uid);
+        let mut wait_for_link = after_new_link;
+        let mut counted = false;
+        let mut attempt = 0u32;
+        loop {
+            let waiting = matches!(
+                self.shard.publisher_state(&key),
+                Some(crate::hub::PublisherState::Waiting { .. })
+            );
+            if !waiting || self.shard.audience(&key) == 0 {
+                debug!(shard = self.id, stream = %key, "stream resumption not needed any more");
+                return;
+            }
+            if self.previews.borrow().values().any(|p| p.key == key) {
+                // A preview (resumed or asked by a new viewer) is already on its way.
+                return;
+            }
+            // A clean close waits for a new link before it counts as an interruption.
+            if !wait_for_link && !counted {
+                counted = true;
+                self.shard.count_media(|m| m.previews_interrupted += 1);
+            }
+            let ready = devices.preview_route(&uid) == PreviewRoute::Ready;
+            if !wait_for_link && ready {
+                attempt += 1;
+                info!(shard = self.id, stream = %key, attempt, "device stream lost while watched: preview start again");
+                let started = self.clone().send_preview_start(
+                    key.clone(),
+                    Instant::now(),
+                    false,
+                    Some(resume),
+                );
+                if started.await.is_ok() {
+                    return;
+                }
+            } else if !wait_for_link && attempt == 0 {
+                info!(shard = self.id, stream = %key, grace_ms = self.settings.grace.as_millis() as u64, "device stream lost while watched, device offline: waiting for its signalling link");
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || rt::timer::timeout(left, online.notified()).await.is_err() {
+                info!(shard = self.id, stream = %key, "device did not come back within the grace: viewers will be closed");
+                return;
+            }
+            wait_for_link = false;
+        }
     }
 
     /// Wakes the sleeping battery device of `stream` with 460 on its keep-alive link and
@@ -670,7 +846,7 @@ impl OnDemand for StreamShard {
         }
         let requested = Instant::now();
         if route == PreviewRoute::Ready {
-            return Some(self.send_preview_start(stream.clone(), requested, false));
+            return Some(self.send_preview_start(stream.clone(), requested, false, None));
         }
         self.waking.borrow_mut().insert(stream.clone());
         let waking = Waking {
@@ -680,7 +856,7 @@ impl OnDemand for StreamShard {
         Some(Box::pin(async move {
             let shard = waking.shard.clone();
             shard.wake(&waking.key).await?;
-            let started = shard.send_preview_start(waking.key.clone(), requested, true);
+            let started = shard.send_preview_start(waking.key.clone(), requested, true, None);
             drop(waking);
             started.await
         }))
