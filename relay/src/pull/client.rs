@@ -174,12 +174,15 @@ fn percent_decode(text: &str) -> String {
 fn resolve_control(base: &str, control: Option<&str>) -> String {
     match control {
         None | Some("*") | Some("") => base.to_owned(),
+        // `get`, not indexing: the attribute is the upstream's text and may hold a multi-byte
+        // character where the scheme would end.
         Some(control)
-            if control.len() > 7
-                && (control[..7].eq_ignore_ascii_case("rtsp://")
-                    || control
-                        .get(..8)
-                        .is_some_and(|p| p.eq_ignore_ascii_case("rtsps://"))) =>
+            if ["rtsp://", "rtsps://"].iter().any(|scheme| {
+                control.len() > scheme.len()
+                    && control
+                        .get(..scheme.len())
+                        .is_some_and(|p| p.eq_ignore_ascii_case(scheme))
+            }) =>
         {
             control.to_owned()
         }
@@ -590,6 +593,24 @@ impl ClientSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the pull_client fuzzer: a control attribute with a multi-byte character across
+    /// byte 7 panicked when sliced as a scheme.
+    #[test]
+    fn control_with_a_multibyte_character_is_joined_not_sliced() {
+        assert_eq!(
+            resolve_control("rtsp://cam/s", Some("stre\u{fcb23}q8")),
+            "rtsp://cam/s/stre\u{fcb23}q8"
+        );
+        assert_eq!(
+            resolve_control("rtsp://cam/s", Some("RTSPS://other/t")),
+            "RTSPS://other/t"
+        );
+        assert_eq!(
+            resolve_control("rtsp://cam/s/", Some("rtsp://")),
+            "rtsp://cam/s/rtsp://"
+        );
+    }
     use crate::hub::TrackKind;
     use crate::proto::rtsp::RtspResponse;
 
