@@ -548,6 +548,19 @@ async fn run_control_plane(
     let alarm_metrics = Some(alarm_delivery.queue().metrics().clone());
     let firmware =
         signal::firmware::FirmwareStore::new(firmware_dir, config.api.firmware_max_bytes);
+    let upgrades = match signal::upgrade::UpgradeSessions::open(
+        store.clone(),
+        signal::upgrade::UpgradeSettings::from_config(&config.upgrade),
+        signal::alarms::unix_now_ms(),
+    ) {
+        Ok(upgrades) => Arc::new(upgrades),
+        Err(e) => {
+            let _ = ready.send(Err(anyhow::anyhow!(
+                "opening the firmware upgrade sessions: {e}"
+            )));
+            return;
+        }
+    };
     let alarm_sender = rt::spawn_local(alarm_delivery.run(shutdown.clone()));
     let plane = Arc::new(ControlPlane {
         alarm_metrics,
@@ -572,6 +585,7 @@ async fn run_control_plane(
         advertised,
         wifi_scans: Default::default(),
         firmware,
+        upgrades,
         tls_failures: Default::default(),
         sources,
     });

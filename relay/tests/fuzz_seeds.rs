@@ -16,8 +16,9 @@ use relay::proto::media::{Codec, FrameKind, MediaFrame};
 use signal::proto::access_key::AccessKeyPair;
 use signal::proto::body::{
     Alarm, AlarmSwitch, BatteryState, BodyMessage, Capabilities, ChannelCapabilities, Handshake,
-    Heartbeat, HeartbeatReply, KeyframeRequest, PirConfig, PreviewStart, PreviewStartReply,
-    PreviewStop, SnapshotRequest, StreamMode, StreamType, VideoCodecId,
+    Heartbeat, HeartbeatReply, KeyframeRequest, PacketExtension, PirConfig, PreviewStart,
+    PreviewStartReply, PreviewStop, SnapshotRequest, StreamMode, StreamType, UpgradeStart,
+    VideoCodecId,
 };
 use signal::proto::core_packet::{cmd, encode_packet, CoreHeader, CODE_OK};
 use signal::proto::encrypt_tcp::{Direction, FrameEncoder, Hello, SessionKeys};
@@ -286,7 +287,48 @@ fn core_packet_seeds(seeds: &mut Seeds) {
             &units[0].1[..units[0].1.len().min(1500)],
         );
         seeds.put(target, "stream_packet", &[&[12u8][..], &stream].concat());
+        seeds.put(
+            target,
+            "server_upgrade",
+            &[&[17u8][..], &server_upgrade()].concat(),
+        );
     }
+}
+
+/// A firmware upgrade from the server: start 67 (`Param012`), then the file in command-67
+/// requests whose extension says the body is binary (short slices: the fuzz reader's limit is
+/// 4 KiB), and the device's replies.
+fn server_upgrade() -> BytesMut {
+    let firmware = &fixture("clip_h264.264")[..3000];
+    let mut out = BytesMut::new();
+    let start = UpgradeStart {
+        file_name: "IPC_523B188MP.1569_230106789.RLC-812A.IMX415.8MP.REOLINK.pak".into(),
+        file_size: firmware.len() as u64,
+        factory_reset: false,
+    };
+    packet(
+        &mut out,
+        CoreHeader {
+            response_code: CODE_OK,
+            ..CoreHeader::request(cmd::UPGRADE, 40)
+        },
+        start.encode().as_bytes(),
+    );
+    let extension = PacketExtension::BINARY_DATA.encode();
+    for (n, slice) in firmware.chunks(1200).enumerate() {
+        let header = CoreHeader {
+            response_code: CODE_OK,
+            ..CoreHeader::request(cmd::UPGRADE, 41 + n as u32)
+        };
+        encode_packet(header, extension.as_bytes(), slice, &mut out).unwrap();
+        packet(
+            &mut out,
+            CoreHeader::response(cmd::UPGRADE, 41 + n as u32, CODE_OK),
+            b"",
+        );
+    }
+    packet(&mut out, CoreHeader::request(cmd::SLEEP, 44), b"");
+    out
 }
 
 fn body_seeds(seeds: &mut Seeds) {
@@ -316,6 +358,16 @@ fn body_seeds(seeds: &mut Seeds) {
             .encode(),
         ),
         ("alarm_switch", AlarmSwitch { enabled: true }.encode()),
+        (
+            "upgrade_start",
+            UpgradeStart {
+                file_name: "Reolink-Duo-2.2143_23042822.BIPC_529MIX32M35B17B6MP.paks".into(),
+                file_size: 25_165_824,
+                factory_reset: true,
+            }
+            .encode(),
+        ),
+        ("binary_extension", PacketExtension::BINARY_DATA.encode()),
         (
             "pir",
             PirConfig {

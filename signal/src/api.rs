@@ -65,6 +65,8 @@ pub struct ControlPlane {
     pub wifi_scans: crate::wifi_scan::WifiScans,
     /// Uploaded firmware files (`DATA/firmware`).
     pub firmware: crate::firmware::FirmwareStore,
+    /// Firmware upgrade sessions (persisted in the store).
+    pub upgrades: Arc<crate::upgrade::UpgradeSessions>,
     /// Failed TLS handshakes on the control plane's HTTPS ports (61000-61002, 61010).
     pub tls_failures: std::sync::Mutex<crate::metrics::TlsFailures>,
     /// Pull sources (config file and API) with the state their shards report.
@@ -536,6 +538,9 @@ impl ControlPlane {
                     online: bool,
                     #[serde(skip_serializing_if = "Option::is_none")]
                     presence: Option<&'a crate::devices::DevicePresence>,
+                    /// The firmware upgrade running now, if any.
+                    #[serde(skip_serializing_if = "Option::is_none")]
+                    upgrade: Option<crate::upgrade::UpgradeView>,
                     revoked: bool,
                     created_at: u64,
                     registered_at: Option<u64>,
@@ -553,6 +558,7 @@ impl ControlPlane {
                     uid: &device.uid,
                     online: presence.is_some(),
                     presence,
+                    upgrade: self.upgrades.running_for(uid),
                     revoked: device.revoked,
                     created_at: device.created_at,
                     registered_at: device.registered_at,

@@ -292,6 +292,36 @@ impl Default for StreamConfig {
     }
 }
 
+/// Firmware upgrade sessions (`[upgrade]`; the platform's `upgrade.*` and
+/// `timeout.upgradeSignaling`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpgradeConfig {
+    /// Lifetime of an upgrade session (`expiredIn`), seconds: 60 to 3600 (the platform's
+    /// `upgrade.sessionTTL`: 3600).
+    pub session_ttl_secs: u64,
+    /// Longest wait, once the device acknowledged the file and the sleep 233, for it to come
+    /// back online with another firmware, seconds; then `unknown_error` (the platform's: 300).
+    pub reboot_timeout_secs: u64,
+    /// Time the device has to answer each 36 KiB firmware slice, seconds (the platform's
+    /// `timeout.upgradeSignaling`: 60).
+    pub slice_timeout_secs: u64,
+    /// Most upgrades running at once; more are refused with `up_to_upgrade_session_limit`
+    /// (the platform's `upgrade.maxSession`: 100).
+    pub max_sessions: usize,
+}
+
+impl Default for UpgradeConfig {
+    fn default() -> Self {
+        Self {
+            session_ttl_secs: 3600,
+            reboot_timeout_secs: 300,
+            slice_timeout_secs: 60,
+            max_sessions: 100,
+        }
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -325,6 +355,8 @@ pub struct Config {
     pub device: DeviceConfig,
     /// Device stream ingest.
     pub stream: StreamConfig,
+    /// Firmware upgrade sessions.
+    pub upgrade: UpgradeConfig,
     /// Connection limits and guessing protection (`[limits]`).
     pub limits: crate::limits::LimitsConfig,
     /// Pull sources (`[[sources]]`): cameras serving RTSP/RTSPS that the relay connects to.
@@ -347,6 +379,7 @@ impl Default for Config {
             provisioning: ProvisioningConfig::default(),
             device: DeviceConfig::default(),
             stream: StreamConfig::default(),
+            upgrade: UpgradeConfig::default(),
             limits: crate::limits::LimitsConfig::default(),
             sources: Vec::new(),
         }
@@ -476,6 +509,18 @@ impl Config {
         }
         if !(1..=600).contains(&self.device.stream_grace_secs) {
             return invalid("device.stream_grace_secs", "must be between 1 and 600");
+        }
+        if !(60..=3600).contains(&self.upgrade.session_ttl_secs) {
+            return invalid("upgrade.session_ttl_secs", "must be between 60 and 3600");
+        }
+        if !(1..=3600).contains(&self.upgrade.reboot_timeout_secs) {
+            return invalid("upgrade.reboot_timeout_secs", "must be between 1 and 3600");
+        }
+        if !(1..=600).contains(&self.upgrade.slice_timeout_secs) {
+            return invalid("upgrade.slice_timeout_secs", "must be between 1 and 600");
+        }
+        if !(1..=10_000).contains(&self.upgrade.max_sessions) {
+            return invalid("upgrade.max_sessions", "must be between 1 and 10000");
         }
         if !(64..=65_000).contains(&self.stream.rtp_max_payload) {
             return invalid("stream.rtp_max_payload", "must be between 64 and 65000");
@@ -645,6 +690,23 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+        for (field, change) in [
+            (
+                "session_ttl_secs",
+                (|c: &mut Config| c.upgrade.session_ttl_secs = 59) as fn(&mut Config),
+            ),
+            ("reboot_timeout_secs", |c: &mut Config| {
+                c.upgrade.reboot_timeout_secs = 0
+            }),
+            ("slice_timeout_secs", |c: &mut Config| {
+                c.upgrade.slice_timeout_secs = 601
+            }),
+            ("max_sessions", |c: &mut Config| c.upgrade.max_sessions = 0),
+        ] {
+            let mut c = Config::default();
+            change(&mut c);
+            assert!(c.validate().unwrap_err().to_string().contains(field));
+        }
         for payload in [63, 65_001] {
             let mut c = Config::default();
             c.stream.rtp_max_payload = payload;

@@ -39,10 +39,12 @@ pub const WIFI_DEVICE_TIMEOUT: Duration = Duration::from_secs(25);
 pub(crate) fn control_route_allow(rest: &[&str]) -> Option<&'static str> {
     Some(match rest {
         ["settings", "general-config" | "pir-config" | "wifi-config"] => "GET, HEAD, PUT",
-        ["wifi", "test" | "scan-task"] | ["live", "play-session"] | ["records", "play-session"] => {
-            "POST"
-        }
+        ["wifi", "test" | "scan-task"]
+        | ["live", "play-session"]
+        | ["records", "play-session"]
+        | ["upgrade-session"] => "POST",
         ["wifi", "scan", _]
+        | ["upgrade-session", _]
         | ["states", "battery"]
         | ["records", "calendar"]
         | ["records", "calendar", ""]
@@ -202,6 +204,14 @@ impl ControlPlane {
                     Err(response) => response,
                     Ok(query) => with_directory(directory, |d| records_list(d, uid, query)).await,
                 },
+                _ => method_not_allowed(allow),
+            },
+            ["upgrade-session"] => match *method {
+                Method::POST => self.post_upgrade_session(uid, req).await,
+                _ => method_not_allowed(allow),
+            },
+            ["upgrade-session", session_id] => match *method {
+                _ if get => self.get_upgrade_session(uid, session_id),
                 _ => method_not_allowed(allow),
             },
             ["snap", "snapshot.jpg"] => match *method {

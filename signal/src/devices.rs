@@ -354,6 +354,17 @@ pub enum DeviceCommand {
         /// The device's answer.
         reply: OneshotSender<Result<Reply, DeviceError>>,
     },
+    /// Runs a firmware upgrade on the device's signalling link (start 67, the file in slices,
+    /// sleep 233), then waits for the device to come back with another firmware. The answer
+    /// comes when it is over, minutes later; progress goes to the job's tracker.
+    Upgrade {
+        /// The device.
+        uid: String,
+        /// What to send and where to report.
+        job: crate::upgrade::UpgradeJob,
+        /// The outcome.
+        reply: OneshotSender<crate::upgrade::UpgradeOutcome>,
+    },
     /// The shard's link counters.
     Stats {
         /// The answer.
@@ -529,6 +540,20 @@ impl DeviceDirectory {
             },
         )?;
         self.wait(answer).await
+    }
+
+    /// Starts a firmware upgrade of `uid` on its owner shard; the returned receiver gets the
+    /// outcome once the upgrade is over (no ask timeout: every step of the upgrade has its own,
+    /// and a shard that stops drops the sender).
+    pub fn upgrade(
+        &self,
+        uid: &str,
+        job: crate::upgrade::UpgradeJob,
+    ) -> Result<OneshotReceiver<crate::upgrade::UpgradeOutcome>, DeviceError> {
+        let (reply, answer) = oneshot();
+        let uid = uid.to_owned();
+        self.send(self.owner(&uid), DeviceCommand::Upgrade { uid, job, reply })?;
+        Ok(answer)
     }
 
     /// Sends `call` to `uid` over its signalling link and awaits the device's answer.

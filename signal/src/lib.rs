@@ -22,4 +22,6 @@ pub mod sources;
 mod sources_api;
 pub mod store;
 pub mod tokens;
+pub mod upgrade;
+mod upgrade_api;
 pub mod wifi_scan;

@@ -16,6 +16,8 @@ const CODES: TableDefinition<&str, &[u8]> = TableDefinition::new("codes");
 const REVOKED: TableDefinition<&str, &[u8]> = TableDefinition::new("revoked_serials");
 /// Pull sources added through the API (`SourceSpec` as JSON, by UID).
 const SOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("sources");
+/// Firmware upgrade sessions of the client API (`UpgradeRecord` as JSON, by session id).
+const UPGRADES: TableDefinition<&str, &[u8]> = TableDefinition::new("upgrade_sessions");
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +164,7 @@ impl Store {
         txn.open_table(CODES)?;
         txn.open_table(REVOKED)?;
         txn.open_table(SOURCES)?;
+        txn.open_table(UPGRADES)?;
         txn.commit()?;
         Ok(Self {
             db: std::sync::RwLock::new(Some(db)),
@@ -394,6 +397,60 @@ impl Store {
             out.push(decode("sources", key.value(), value.value())?);
         }
         Ok(out)
+    }
+
+    /// Adds or replaces a firmware upgrade session (committed, fsynced, before the API
+    /// answers).
+    pub fn put_upgrade_session(
+        &self,
+        record: &crate::upgrade::UpgradeRecord,
+    ) -> Result<(), StoreError> {
+        let txn = self.database()?.begin_write()?;
+        txn.open_table(UPGRADES)?
+            .insert(record.session_id.as_str(), encode(record).as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The firmware upgrade session `id`.
+    pub fn upgrade_session(
+        &self,
+        id: &str,
+    ) -> Result<Option<crate::upgrade::UpgradeRecord>, StoreError> {
+        let txn = self.database()?.begin_read()?;
+        let table = txn.open_table(UPGRADES)?;
+        let value = table.get(id)?;
+        value
+            .map(|v| decode("upgrade_sessions", id, v.value()))
+            .transpose()
+    }
+
+    /// Every firmware upgrade session, in id order.
+    pub fn upgrade_sessions(&self) -> Result<Vec<crate::upgrade::UpgradeRecord>, StoreError> {
+        let txn = self.database()?.begin_read()?;
+        let table = txn.open_table(UPGRADES)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            out.push(decode("upgrade_sessions", key.value(), value.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Removes the firmware upgrade sessions `ids` (expired) in one transaction.
+    pub fn delete_upgrade_sessions(&self, ids: &[String]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let txn = self.database()?.begin_write()?;
+        {
+            let mut table = txn.open_table(UPGRADES)?;
+            for id in ids {
+                table.remove(id.as_str())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
     }
 
     fn update_device(

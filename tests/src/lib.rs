@@ -104,6 +104,33 @@ impl TestServer {
     }
 }
 
+/// Pseudo-random bytes (a firmware stand-in that compresses nowhere), the same for a length.
+pub fn pseudo_random_bytes(len: usize) -> Vec<u8> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+/// Uploads `file` as firmware `name` with curl (`POST /v1.0/firmware/{name}`, the body
+/// streamed from the file).
+pub fn upload_firmware(server: &TestServer, name: &str, file: &Path) -> CurlResponse {
+    curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/octet-stream",
+        "--data-binary",
+        &format!("@{}", file.display()),
+        &format!("{}/v1.0/firmware/{name}", server.api_url()),
+    ])
+}
+
 /// Panics with a clear message unless `tool` is on the PATH.
 pub fn require_tool(tool: &str) {
     let found = Command::new("sh")

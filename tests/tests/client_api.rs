@@ -15,7 +15,8 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConnection, StreamOwned};
 use serde_json::{json, Value};
 use signal::proto::body::{
-    BatteryState, Capabilities, ChannelCapabilities, Handshake, Heartbeat, LocalTime, XmlBody,
+    BatteryState, BodyMessage, Capabilities, ChannelCapabilities, Handshake, Heartbeat, LocalTime,
+    PacketExtension, UpgradeStart, XmlBody,
 };
 use signal::proto::core_packet::{cmd, CorePacket, CODE_LAST_CHUNK, CODE_OK, MAGIC_RESPONSE};
 use signal::session::sim::SimDevice;
@@ -109,6 +110,12 @@ fn tls_connect(
 
 /// Provisions `UID` and returns its signalling connection after the 458 handshake.
 fn connect_device(server: &TestServer) -> (StreamOwned<ClientConnection, TcpStream>, SimDevice) {
+    let credentials = provision_device(server);
+    connect_signalling(server, &credentials, "Argus_2_200104_751")
+}
+
+/// Provisions `UID` (initialization session, credentials); returns its TLS client config.
+fn provision_device(server: &TestServer) -> Arc<rustls::ClientConfig> {
     let (status, session) = api(
         server,
         "POST",
@@ -131,14 +138,23 @@ fn connect_device(server: &TestServer) -> (StreamOwned<ClientConnection, TcpStre
     .json();
     let cert = credentials["cert"].as_str().unwrap().to_owned();
     let key = credentials["key"].as_str().unwrap().to_owned();
-    let config = pki::client_config_for_device(&ca, &cert, &key).unwrap();
-    let mut stream = tls_connect(server.server.addrs.signaling, config);
+    pki::client_config_for_device(&ca, &cert, &key).unwrap()
+}
+
+/// Connects `UID`'s signalling link and sends its 458 handshake (saying `firmware`) and a
+/// heartbeat.
+fn connect_signalling(
+    server: &TestServer,
+    credentials: &Arc<rustls::ClientConfig>,
+    firmware: &str,
+) -> (StreamOwned<ClientConnection, TcpStream>, SimDevice) {
+    let mut stream = tls_connect(server.server.addrs.signaling, credentials.clone());
     let mut sim = SimDevice::signalling();
     let handshake = Handshake {
         uid: UID.to_owned(),
         family: Some("battery".into()),
         model: Some("Argus 2".into()),
-        firmware: Some("Argus_2_200104_751".into()),
+        firmware: Some(firmware.into()),
         network_type: Some("wifi".into()),
         carrier: None,
     };
@@ -217,14 +233,44 @@ fn answer_of(command: u32, body: Option<&XmlBody>) -> String {
 /// How the camera answers a command with an XML body (by its request's body).
 type Answers = fn(u32, Option<&XmlBody>) -> String;
 
+/// What the device does with a firmware upgrade 67, and what it got.
+#[derive(Debug, Default)]
+struct FirmwareSink {
+    /// The start request's body (`Param012`).
+    start: Option<UpgradeStart>,
+    /// The slices' bytes, in the order they came.
+    bytes: Vec<u8>,
+    /// Slices received.
+    slices: usize,
+    /// Answer slice number `.0` (from 0) with error code `.1` instead of 200.
+    refuse_slice: Option<(usize, u32)>,
+    /// Sleep 233 received (answered 200; then the device "reboots": it closes its link).
+    slept: bool,
+}
+
+type Firmware = Arc<Mutex<FirmwareSink>>;
+
 /// Runs the device: answers every request (with `answers`) until the link closes or `stop` is
 /// set.
 fn run_device(
+    stream: StreamOwned<ClientConnection, TcpStream>,
+    sim: SimDevice,
+    received: Received,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    answers: Answers,
+) {
+    run_device_with_firmware(stream, sim, received, stop, answers, Firmware::default())
+}
+
+/// [`run_device`] that also takes firmware upgrades into `firmware`; returns when the link
+/// closes, `stop` is set, or after the sleep that ends an upgrade.
+fn run_device_with_firmware(
     mut stream: StreamOwned<ClientConnection, TcpStream>,
     mut sim: SimDevice,
     received: Received,
     stop: Arc<std::sync::atomic::AtomicBool>,
     answers: Answers,
+    firmware: Firmware,
 ) {
     let mut buf = [0u8; 16 * 1024];
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -250,8 +296,44 @@ fn run_device(
             let body = packet.body.to_contiguous();
             let xml = XmlBody::parse(&body).ok();
             let mut out = Vec::new();
+            let mut reboot = false;
             match command {
                 cmd::HANDSHAKE => continue,
+                cmd::UPGRADE if !packet.extension.is_empty() => {
+                    assert_eq!(
+                        PacketExtension::parse(&packet.extension),
+                        Ok(PacketExtension::BINARY_DATA),
+                        "a firmware slice says its body is binary"
+                    );
+                    assert!(body.len() <= 36 * 1024, "slices are 36 KiB at most");
+                    let mut sink = firmware.lock().unwrap();
+                    let number = sink.slices;
+                    sink.slices += 1;
+                    sink.bytes.extend_from_slice(&body);
+                    let code = match sink.refuse_slice {
+                        Some((n, code)) if n == number => code,
+                        _ => CODE_OK,
+                    };
+                    drop(sink);
+                    out.extend_from_slice(&sim.reply(command, id, code, b""));
+                    stream.write_all(&out).unwrap();
+                    stream.flush().unwrap();
+                    continue;
+                }
+                cmd::UPGRADE => {
+                    let start = UpgradeStart::parse(&body).expect("an upgrade start body");
+                    let mut sink = firmware.lock().unwrap();
+                    sink.start = Some(start);
+                    sink.bytes.clear();
+                    sink.slices = 0;
+                    drop(sink);
+                    out.extend_from_slice(&sim.reply(command, id, CODE_OK, b""));
+                }
+                cmd::SLEEP => {
+                    firmware.lock().unwrap().slept = true;
+                    out.extend_from_slice(&sim.reply(command, id, CODE_OK, b""));
+                    reboot = true;
+                }
                 cmd::CAPABILITIES => {
                     let capabilities = Capabilities {
                         channels: vec![ChannelCapabilities {
@@ -278,6 +360,9 @@ fn run_device(
             received.lock().unwrap().push((command, xml));
             stream.write_all(&out).unwrap();
             stream.flush().unwrap();
+            if reboot {
+                return;
+            }
         }
     }
 }
@@ -916,6 +1001,235 @@ fn wrong_methods_are_405_before_a_bad_uid_is_400() {
     let answer = raw(&server, "TRACE", "/v1.0/devices/bad-uid/nothing/here", b"");
     assert_eq!(answer.status, 404);
     assert_eq!(answer.json()["error"]["symbol"], "url_not_found");
+}
+
+const FIRMWARE: &str = "IPC_523B188MP.1569_230106789.RLC-812A.IMX415.8MP.REOLINK.pak";
+
+/// Polls upgrade session `id` until `done` says its answer is the one waited for.
+fn wait_upgrade(server: &TestServer, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let path = format!("/v1.0/devices/{UID}/upgrade-session/{id}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = api(server, "GET", &path, None);
+        assert_eq!(status, 200, "{body}");
+        if done(&body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "upgrade session stuck at {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn start_upgrade(server: &TestServer, factory_reset: bool) -> String {
+    let (status, body) = api(
+        server,
+        "POST",
+        &format!("/v1.0/devices/{UID}/upgrade-session"),
+        Some(json!({ "upgradeFile": FIRMWARE, "factoryReset": factory_reset })),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["expiredIn"], 3600);
+    let id = body["sessionId"].as_str().unwrap().to_owned();
+    assert_eq!(id.len(), 32);
+    assert!(id.bytes().all(|b| b.is_ascii_alphanumeric()));
+    id
+}
+
+/// A device that went online with `firmware`, served on its own thread until it reboots or
+/// its stop flag is set.
+fn spawn_device(
+    server: &TestServer,
+    credentials: &Arc<rustls::ClientConfig>,
+    firmware: &str,
+    sink: &Firmware,
+) -> (
+    std::thread::JoinHandle<()>,
+    Arc<std::sync::atomic::AtomicBool>,
+) {
+    let (stream, sim) = connect_signalling(server, credentials, firmware);
+    let sink = sink.clone();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let device = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            run_device_with_firmware(stream, sim, Received::default(), stop, answer_of, sink)
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = api(server, "GET", &format!("/v1.0/devices/{UID}"), None);
+        if body["presence"]["firmware"] == firmware && body["presence"]["signalling"] == true {
+            return (device, stop);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "device online with {firmware}: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Firmware upgrade end to end: curl uploads a firmware; the client API's upgrade session
+/// makes the server send start 67, the file in 36 KiB slices and sleep 233 to the simulated
+/// camera, which checks the slices are the uploaded file byte for byte. A device error code
+/// ends the session with the platform's status; a device that comes back with another
+/// firmware makes it `upgrade_success`, one that does not within the (shortened) reboot limit
+/// `unknown_error`. The sessions survive a restart.
+#[test]
+fn firmware_upgrade_sessions_against_a_simulated_camera() {
+    let server = TestServer::start_with(|c| {
+        c.shards = Some(2);
+        c.upgrade.reboot_timeout_secs = 2;
+    });
+    let credentials = provision_device(&server);
+    let sink = Firmware::default();
+    // 40 whole slices and a short one: two windows of 30.
+    let content = tests::pseudo_random_bytes(40 * 36 * 1024 + 1234);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("firmware.pak");
+    std::fs::write(&file, &content).unwrap();
+    let uploaded = tests::upload_firmware(&server, FIRMWARE, &file);
+    assert_eq!(uploaded.status, 200);
+    let base = format!("/v1.0/devices/{UID}/upgrade-session");
+
+    // Refusals before anything reaches the device (the device is not even online yet).
+    let refused = |body: Value| {
+        let (status, body) = api(&server, "POST", &base, Some(body));
+        (
+            status,
+            body["error"]["symbol"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        )
+    };
+    assert_eq!(
+        refused(json!({ "upgradeFile": "firmware.bin", "factoryReset": false })),
+        (400, "invalid_filename".into())
+    );
+    assert_eq!(
+        refused(json!({ "upgradeFile": "never-uploaded.paks", "factoryReset": false })),
+        (404, "file_not_found".into())
+    );
+    assert_eq!(
+        refused(json!({ "upgradeFile": FIRMWARE, "factoryReset": "no" })),
+        (400, "invalid_parameter".into())
+    );
+    assert_eq!(
+        refused(json!({ "factoryReset": false })),
+        (400, "invalid_parameter".into())
+    );
+    assert_eq!(
+        refused(json!({ "upgradeFile": FIRMWARE, "factoryReset": false })),
+        (404, "device_offline".into())
+    );
+    let (status, body) = api(&server, "GET", &format!("{base}/{}", "x".repeat(32)), None);
+    assert_eq!(
+        (status, &body["error"]["symbol"]),
+        (404, &json!("session_not_found"))
+    );
+
+    // 1. The device refuses the sixth slice: file_check_failed.
+    let (device, _) = spawn_device(&server, &credentials, "v1.0.0", &sink);
+    sink.lock().unwrap().refuse_slice = Some((5, 402));
+    let failed = start_upgrade(&server, true);
+    let body = wait_upgrade(&server, &failed, |b| b["status"] != "upgrading");
+    assert_eq!(body["status"], "file_check_failed", "{body}");
+    assert_eq!(body["phase"], "done");
+    assert!(body["error"].as_str().unwrap().contains("402"), "{body}");
+    {
+        let sink = sink.lock().unwrap();
+        let start = sink.start.as_ref().unwrap();
+        assert_eq!(start.file_name, FIRMWARE);
+        assert_eq!(start.file_size, content.len() as u64);
+        assert!(start.factory_reset);
+        assert!(
+            sink.slices >= 6 && sink.slices <= 30,
+            "{} slices",
+            sink.slices
+        );
+        assert!(!sink.slept);
+    }
+
+    // 2. Everything taken, sleep, reboot, back with another firmware: upgrade_success.
+    sink.lock().unwrap().refuse_slice = None;
+    let succeeded = start_upgrade(&server, false);
+    device.join().unwrap();
+    {
+        let sink = sink.lock().unwrap();
+        assert!(sink.slept);
+        assert_eq!(sink.slices, 41);
+        assert!(
+            sink.bytes == content,
+            "the device got the uploaded file byte for byte"
+        );
+        assert!(!sink.start.as_ref().unwrap().factory_reset);
+    }
+    let body = wait_upgrade(&server, &succeeded, |b| b["phase"] == "installing");
+    assert_eq!(body["status"], "upgrading");
+    assert_eq!(body["bytesSent"], content.len());
+    assert_eq!(body["fileSize"], content.len());
+    // The device detail shows it while the device reboots; a second upgrade is refused.
+    let (_, detail) = api(&server, "GET", &format!("/v1.0/devices/{UID}"), None);
+    assert_eq!(
+        detail["upgrade"]["sessionId"],
+        succeeded.as_str(),
+        "{detail}"
+    );
+    assert_eq!(detail["upgrade"]["phase"], "installing");
+    assert_eq!(
+        refused(json!({ "upgradeFile": FIRMWARE, "factoryReset": false })),
+        (400, "duplicate_upgrade".into())
+    );
+    let (device, _) = spawn_device(&server, &credentials, "v2.0.0", &sink);
+    let body = wait_upgrade(&server, &succeeded, |b| b["status"] != "upgrading");
+    assert_eq!(body["status"], "upgrade_success", "{body}");
+    assert_eq!(body["firmwareBefore"], "v1.0.0");
+    assert_eq!(body["firmwareAfter"], "v2.0.0");
+    let (_, detail) = api(&server, "GET", &format!("/v1.0/devices/{UID}"), None);
+    assert!(detail.get("upgrade").is_none(), "{detail}");
+    // Another device's UID does not see the session.
+    let (status, _) = api(
+        &server,
+        "GET",
+        &format!("/v1.0/devices/{OFFLINE_UID}/upgrade-session/{succeeded}"),
+        None,
+    );
+    assert_eq!(status, 404);
+
+    // 3. Back with the same firmware: still upgrading until the reboot limit, then
+    // unknown_error.
+    let same = start_upgrade(&server, false);
+    device.join().unwrap();
+    let (device, stop) = spawn_device(&server, &credentials, "v2.0.0", &sink);
+    let body = wait_upgrade(&server, &same, |b| b["status"] != "upgrading");
+    assert_eq!(body["status"], "unknown_error", "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("come back"),
+        "{body}"
+    );
+
+    // The sessions are in the store: a restarted server answers them.
+    let TestServer {
+        server: running,
+        dir: data,
+    } = server;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    device.join().unwrap();
+    running.stop();
+    let server = TestServer::start_in(data);
+    for (id, status) in [
+        (&failed, "file_check_failed"),
+        (&succeeded, "upgrade_success"),
+        (&same, "unknown_error"),
+    ] {
+        let (code, body) = api(&server, "GET", &format!("{base}/{id}"), None);
+        assert_eq!(
+            (code, body["status"].as_str()),
+            (200, Some(status)),
+            "{body}"
+        );
+    }
 }
 
 /// Every documented path answers every documented method (no 405, no `url_not_found`), and

@@ -11,29 +11,12 @@ use tests::{curl, TestServer};
 
 const NAME: &str = "Reolink-Duo-2.2143_23042822.BIPC_529MIX32M35B17B6MP.paks";
 
-/// Pseudo-random bytes (a firmware stand-in that compresses nowhere).
 fn firmware_bytes(len: usize) -> Vec<u8> {
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
+    tests::pseudo_random_bytes(len)
 }
 
 fn upload(server: &TestServer, name: &str, file: &Path) -> tests::CurlResponse {
-    curl(&[
-        "-X",
-        "POST",
-        "-H",
-        "Content-Type: application/octet-stream",
-        "--data-binary",
-        &format!("@{}", file.display()),
-        &format!("{}/v1.0/firmware/{name}", server.api_url()),
-    ])
+    tests::upload_firmware(server, name, file)
 }
 
 fn stored(server: &TestServer) -> Vec<String> {

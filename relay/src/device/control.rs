@@ -83,8 +83,11 @@ pub fn presence_of(uid: &str, view: &DeviceView<'_>) -> DevicePresence {
 }
 
 impl DeviceShard {
-    fn command(&self, command: DeviceCommand) {
+    fn command(self: &Rc<Self>, command: DeviceCommand) {
         match command {
+            DeviceCommand::Upgrade { uid, job, reply } => {
+                rt::spawn_detached(super::upgrade::run(self.clone(), uid, job, reply));
+            }
             DeviceCommand::Presence { uid, reply } => {
                 let registry = self.registry.borrow();
                 let presence = registry.device(&uid).map(|view| presence_of(&uid, &view));

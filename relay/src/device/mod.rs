@@ -24,6 +24,7 @@
 
 mod conn;
 mod control;
+mod upgrade;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -130,6 +131,7 @@ impl DeviceSettings {
             heartbeat_timeout: timeout,
             handshake_timeout: Duration::from_secs(config.device.handshake_timeout_secs),
             request_timeout: Duration::from_secs(config.device.request_timeout_secs),
+            upgrade_slice_timeout: Duration::from_secs(config.upgrade.slice_timeout_secs),
             ..SessionConfig::default()
         }
     }
@@ -198,6 +200,10 @@ pub struct DeviceShard {
     /// The shard's streams, whose counters travel with the link counters to `/metrics`
     /// (weak: the stream side holds this shard).
     data_plane: RefCell<std::rc::Weak<crate::shard::Shard>>,
+    /// Firmware transfers running, by signalling connection.
+    transfers: RefCell<HashMap<ConnId, upgrade::Transfer>>,
+    /// Upgrades whose device took the file, by UID: waiting for it to come back.
+    reboot_watches: RefCell<HashMap<String, upgrade::RebootWatch>>,
 }
 
 impl std::fmt::Debug for DeviceShard {
@@ -235,6 +241,8 @@ impl DeviceShard {
             awake_waiters: RefCell::new(HashMap::new()),
             streams: RefCell::new(None),
             data_plane: RefCell::new(std::rc::Weak::new()),
+            transfers: RefCell::new(HashMap::new()),
+            reboot_watches: RefCell::new(HashMap::new()),
         }
     }
 
@@ -642,6 +650,7 @@ impl DeviceShard {
                     LinkKind::Signalling => self.count(|s| s.online_signalling += 1),
                 }
                 info!(shard = self.id, uid, ?link, model = ?info.model, firmware = ?info.firmware, "device online");
+                self.on_device_back(&uid, info.firmware.as_deref());
                 if link == LinkKind::Signalling {
                     self.wake_waiters(&uid);
                 }
@@ -698,6 +707,13 @@ impl DeviceShard {
                     }),
                 }
             }
+            SessionEvent::Upgrade(event) => match &evicted {
+                Some(session) => self.on_upgrade_event(conn, event, Some(session)),
+                None => {
+                    let registry = self.registry.borrow();
+                    self.on_upgrade_event(conn, event, registry.session(conn));
+                }
+            },
             SessionEvent::RequestDone(outcome) => {
                 let waiter = self
                     .waiters
@@ -782,6 +798,9 @@ impl DeviceShard {
         self.waiters
             .borrow_mut()
             .retain(|&(waiting_conn, _), _| waiting_conn != conn);
+        // A transfer whose session left without saying how it ended.
+        let failure = signal::session::UpgradeFailure::LinkClosed;
+        self.on_upgrade_event(conn, signal::session::UpgradeEvent::Failed(failure), None);
     }
 
     /// The periodic sweep: silent sessions close, requests past their deadline fail.
@@ -794,6 +813,11 @@ impl DeviceShard {
         for evicted in sweep.closed {
             self.evict(evicted);
         }
+        // Timeouts of firmware transfers are events.
+        for conn in sweep.events {
+            self.drain(conn);
+        }
+        self.sweep_reboot_watches(now);
         for (conn, outcome) in sweep.expired {
             let waiter = self
                 .waiters

@@ -112,6 +112,15 @@ pub enum BodyError {
         /// What was expected.
         expected: &'static str,
     },
+    /// The document's root element is not the one expected (an extension block that is not
+    /// `<Extension>`).
+    #[error("peer sent an XML document whose root is <{found}>, not <{expected}>")]
+    WrongRoot {
+        /// The root expected.
+        expected: &'static str,
+        /// The root's name (cut to 64 characters).
+        found: String,
+    },
     /// A binary body is shorter than its fixed layout.
     #[error(
         "peer sent a {length}-byte binary body, shorter than the {needed} bytes of its layout"
@@ -270,86 +279,7 @@ impl XmlBody {
 
     /// Parses with explicit limits. Trailing NUL bytes (sent by some firmware) are ignored.
     pub fn parse_with_limits(input: &[u8], limits: &BodyLimits) -> Result<Self, BodyError> {
-        if input.len() > limits.max_bytes {
-            return Err(BodyError::TooLarge {
-                length: input.len(),
-                limit: limits.max_bytes,
-            });
-        }
-        let end = input.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
-        let text = std::str::from_utf8(&input[..end]).map_err(|e| BodyError::InvalidUtf8 {
-            offset: e.valid_up_to(),
-        })?;
-        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-        let mut reader = Reader::from_str(text);
-        let mut stack: Vec<XmlElement> = Vec::new();
-        let mut root: Option<XmlElement> = None;
-        let mut elements = 0usize;
-        loop {
-            let position = reader.buffer_position();
-            let event = reader.read_event().map_err(|e| BodyError::Syntax {
-                offset: reader.error_position(),
-                message: e.to_string(),
-            })?;
-            match event {
-                Event::Start(start) | Event::Empty(start) if root.is_some() && stack.is_empty() => {
-                    let _ = start;
-                    return Err(BodyError::OutsideRoot { offset: position });
-                }
-                Event::Start(start) => {
-                    open(
-                        &mut stack,
-                        &mut elements,
-                        limits,
-                        position,
-                        start.name().as_ref(),
-                    )?;
-                }
-                Event::Empty(start) => {
-                    open(
-                        &mut stack,
-                        &mut elements,
-                        limits,
-                        position,
-                        start.name().as_ref(),
-                    )?;
-                    close(&mut stack, &mut root);
-                }
-                Event::End(_) => close(&mut stack, &mut root),
-                Event::Text(text) => {
-                    let unescaped = text.unescape().map_err(|e| BodyError::Syntax {
-                        offset: position,
-                        message: e.to_string(),
-                    })?;
-                    match stack.last_mut() {
-                        Some(top) => top.text.push_str(&unescaped),
-                        None if unescaped.trim().is_empty() => {}
-                        None => return Err(BodyError::OutsideRoot { offset: position }),
-                    }
-                }
-                Event::CData(data) => match stack.last_mut() {
-                    Some(top) => {
-                        let raw = data.into_inner();
-                        // The input is a str, so CDATA content is UTF-8.
-                        top.text.push_str(&String::from_utf8_lossy(&raw));
-                    }
-                    None => return Err(BodyError::OutsideRoot { offset: position }),
-                },
-                Event::DocType(_) => return Err(BodyError::DocType { offset: position }),
-                Event::Decl(_) | Event::PI(_) | Event::Comment(_) => {}
-                Event::Eof => break,
-            }
-        }
-        if !stack.is_empty() {
-            return Err(BodyError::Syntax {
-                offset: reader.buffer_position(),
-                message: format!(
-                    "<{}> is not closed",
-                    stack.last().map_or("", |e| e.name.as_str())
-                ),
-            });
-        }
-        let root = root.ok_or(BodyError::NoRoot)?;
+        let root = parse_document(input, limits)?;
         if root.name != "body" {
             return Err(BodyError::NotBody {
                 found: truncate(&root.name),
@@ -360,12 +290,103 @@ impl XmlBody {
 
     /// The body as the platform's server writes it.
     pub fn encode(&self) -> String {
-        let mut out = String::with_capacity(128);
-        out.push_str(XML_DECLARATION);
-        out.push('\n');
-        self.root.write(&mut out, 0);
-        out
+        encode_document(&self.root)
     }
+}
+
+/// The document as the platform's server (xml2js) writes it: declaration, newline, the root
+/// element indented by two spaces per level.
+fn encode_document(root: &XmlElement) -> String {
+    let mut out = String::with_capacity(128);
+    out.push_str(XML_DECLARATION);
+    out.push('\n');
+    root.write(&mut out, 0);
+    out
+}
+
+/// Parses one XML document into its root element, within `limits`. Trailing NUL bytes (sent
+/// by some firmware) and a byte-order mark are ignored.
+fn parse_document(input: &[u8], limits: &BodyLimits) -> Result<XmlElement, BodyError> {
+    if input.len() > limits.max_bytes {
+        return Err(BodyError::TooLarge {
+            length: input.len(),
+            limit: limits.max_bytes,
+        });
+    }
+    let end = input.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
+    let text = std::str::from_utf8(&input[..end]).map_err(|e| BodyError::InvalidUtf8 {
+        offset: e.valid_up_to(),
+    })?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut reader = Reader::from_str(text);
+    let mut stack: Vec<XmlElement> = Vec::new();
+    let mut root: Option<XmlElement> = None;
+    let mut elements = 0usize;
+    loop {
+        let position = reader.buffer_position();
+        let event = reader.read_event().map_err(|e| BodyError::Syntax {
+            offset: reader.error_position(),
+            message: e.to_string(),
+        })?;
+        match event {
+            Event::Start(start) | Event::Empty(start) if root.is_some() && stack.is_empty() => {
+                let _ = start;
+                return Err(BodyError::OutsideRoot { offset: position });
+            }
+            Event::Start(start) => {
+                open(
+                    &mut stack,
+                    &mut elements,
+                    limits,
+                    position,
+                    start.name().as_ref(),
+                )?;
+            }
+            Event::Empty(start) => {
+                open(
+                    &mut stack,
+                    &mut elements,
+                    limits,
+                    position,
+                    start.name().as_ref(),
+                )?;
+                close(&mut stack, &mut root);
+            }
+            Event::End(_) => close(&mut stack, &mut root),
+            Event::Text(text) => {
+                let unescaped = text.unescape().map_err(|e| BodyError::Syntax {
+                    offset: position,
+                    message: e.to_string(),
+                })?;
+                match stack.last_mut() {
+                    Some(top) => top.text.push_str(&unescaped),
+                    None if unescaped.trim().is_empty() => {}
+                    None => return Err(BodyError::OutsideRoot { offset: position }),
+                }
+            }
+            Event::CData(data) => match stack.last_mut() {
+                Some(top) => {
+                    let raw = data.into_inner();
+                    // The input is a str, so CDATA content is UTF-8.
+                    top.text.push_str(&String::from_utf8_lossy(&raw));
+                }
+                None => return Err(BodyError::OutsideRoot { offset: position }),
+            },
+            Event::DocType(_) => return Err(BodyError::DocType { offset: position }),
+            Event::Decl(_) | Event::PI(_) | Event::Comment(_) => {}
+            Event::Eof => break,
+        }
+    }
+    if !stack.is_empty() {
+        return Err(BodyError::Syntax {
+            offset: reader.buffer_position(),
+            message: format!(
+                "<{}> is not closed",
+                stack.last().map_or("", |e| e.name.as_str())
+            ),
+        });
+    }
+    root.ok_or(BodyError::NoRoot)
 }
 
 fn open(
@@ -1273,6 +1294,74 @@ impl BodyMessage for PirConfig {
     }
 }
 
+/// Firmware upgrade start 67 from the server (`Param012`): the device is told the file's name
+/// and size, then receives the file in command-67 requests with a binary body (see
+/// [`PacketExtension::binary_data`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpgradeStart {
+    /// attr001: the firmware file name.
+    pub file_name: String,
+    /// attr002: the file size in bytes.
+    pub file_size: u64,
+    /// attr004: `1` restores factory settings once the upgrade succeeded, `0` keeps them.
+    pub factory_reset: bool,
+}
+
+impl BodyMessage for UpgradeStart {
+    fn from_body(body: &XmlBody) -> Result<Self, BodyError> {
+        Ok(UpgradeStart {
+            file_name: required(body, &["Param012", "attr001"], "Param012/attr001")?.to_owned(),
+            file_size: required_number(body, &["Param012", "attr002"], "Param012/attr002")?,
+            factory_reset: required(body, &["Param012", "attr004"], "Param012/attr004")? != "0",
+        })
+    }
+
+    fn to_body(&self) -> XmlBody {
+        XmlBody::new().with(
+            XmlElement::new("Param012")
+                .with_leaf("attr001", &self.file_name)
+                .with_leaf("attr002", self.file_size)
+                .with_leaf("attr004", u8::from(self.factory_reset)),
+        )
+    }
+}
+
+/// The extension block of a core packet (between the header and the body; its length is the
+/// header's extension length): an `<Extension>` XML document. The platform's server writes one
+/// only on the firmware slices of an upgrade, `<binaryData>1</binaryData>`: the body is raw
+/// bytes of the file, not XML.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PacketExtension {
+    /// `binaryData`: the body is binary (a firmware slice).
+    pub binary_data: bool,
+}
+
+impl PacketExtension {
+    /// The extension of a firmware slice.
+    pub const BINARY_DATA: PacketExtension = PacketExtension { binary_data: true };
+
+    /// Parses an extension block with the default limits.
+    pub fn parse(input: &[u8]) -> Result<Self, BodyError> {
+        let root = parse_document(input, &BodyLimits::default())?;
+        if root.name != "Extension" {
+            return Err(BodyError::WrongRoot {
+                expected: "Extension",
+                found: truncate(&root.name),
+            });
+        }
+        let binary_data = root
+            .text_at(&["binaryData"])
+            .is_some_and(|v| !v.is_empty() && v != "0");
+        Ok(PacketExtension { binary_data })
+    }
+
+    /// The block as the platform's server (xml2js) writes it.
+    pub fn encode(&self) -> String {
+        let root = XmlElement::new("Extension").with_leaf("binaryData", u8::from(self.binary_data));
+        encode_document(&root)
+    }
+}
+
 /// Video codec id in the preview-start reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VideoCodecId {
@@ -1651,9 +1740,63 @@ mod tests {
     }
 
     #[test]
+    fn upgrade_start_and_the_binary_extension_are_the_platforms_bytes() {
+        // What the platform's server (xml2js) writes for both.
+        let start = UpgradeStart {
+            file_name: "a.pak".into(),
+            file_size: 1234,
+            factory_reset: false,
+        };
+        assert_eq!(
+            start.encode(),
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<body>\n  <Param012>\n    \
+             <attr001>a.pak</attr001>\n    <attr002>1234</attr002>\n    <attr004>0</attr004>\n  \
+             </Param012>\n</body>"
+        );
+        assert_eq!(UpgradeStart::parse(start.encode().as_bytes()), Ok(start));
+        let reset = UpgradeStart::parse(
+            b"<body><Param012><attr001>f.paks</attr001><attr002>9</attr002><attr004>1</attr004></Param012></body>",
+        )
+        .unwrap();
+        assert!(reset.factory_reset);
+        assert!(matches!(
+            UpgradeStart::parse(b"<body><Param012><attr001>f</attr001><attr002>-1</attr002><attr004>1</attr004></Param012></body>"),
+            Err(BodyError::InvalidValue { path: "Param012/attr002", .. })
+        ));
+
+        let extension = PacketExtension::BINARY_DATA.encode();
+        assert_eq!(
+            extension,
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Extension>\n  <binaryData>1</binaryData>\n</Extension>"
+        );
+        assert_eq!(
+            PacketExtension::parse(extension.as_bytes()),
+            Ok(PacketExtension::BINARY_DATA)
+        );
+        assert_eq!(
+            PacketExtension::parse(b"<Extension/>"),
+            Ok(PacketExtension::default())
+        );
+        assert_eq!(
+            PacketExtension::parse(b"<body><binaryData>1</binaryData></body>"),
+            Err(BodyError::WrongRoot {
+                expected: "Extension",
+                found: "body".into()
+            })
+        );
+        // A body is not an extension, nor the reverse.
+        assert!(matches!(
+            XmlBody::parse(extension.as_bytes()),
+            Err(BodyError::NotBody { .. })
+        ));
+    }
+
+    #[test]
     fn fuzz_entry_point_on_bodies() {
         let bodies = [
             Handshake { uid: "U".into(), family: Some(" x ".into()), ..Default::default() }.encode(),
+            PacketExtension::BINARY_DATA.encode(),
+            UpgradeStart { file_name: "f.pak".into(), file_size: 7, factory_reset: true }.encode(),
             Capabilities { channels: vec![ChannelCapabilities::default()] }.encode(),
             "<body><Param002><attr001>1</attr001><attr002>2</attr002><attr003>subStream</attr003><attr004>TLS</attr004><attr008>9</attr008></Param002></body>".to_owned(),
             "<body>text<Param011><attr001>x</attr001></Param011></body>".to_owned(),
@@ -1683,6 +1826,12 @@ pub mod fuzzing {
     /// encode-parse round trip; the binary preview reply too.
     pub fn parse_body(data: &[u8]) {
         let _ = PreviewStartReply::parse(data);
+        if let Ok(extension) = PacketExtension::parse(data) {
+            assert_eq!(
+                PacketExtension::parse(extension.encode().as_bytes()),
+                Ok(extension)
+            );
+        }
         let Ok(body) = XmlBody::parse(data) else {
             return;
         };
@@ -1702,5 +1851,6 @@ pub mod fuzzing {
         typed_round_trip::<SnapshotRequest>(&body);
         typed_round_trip::<AlarmSwitch>(&body);
         typed_round_trip::<PirConfig>(&body);
+        typed_round_trip::<UpgradeStart>(&body);
     }
 }

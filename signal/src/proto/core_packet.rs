@@ -972,6 +972,37 @@ mod tests {
     }
 
     #[test]
+    fn firmware_slice_with_binary_extension_round_trips() {
+        let extension = crate::proto::body::PacketExtension::BINARY_DATA.encode();
+        let slice: Vec<u8> = (0..36 * 1024u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let header = CoreHeader {
+            response_code: CODE_OK,
+            ..CoreHeader::request(cmd::UPGRADE, 77)
+        };
+        let mut wire = BytesMut::new();
+        encode_packet(header, extension.as_bytes(), &slice, &mut wire).unwrap();
+        assert_eq!(wire.len(), HEADER_LEN + extension.len() + slice.len());
+        let mut fixed = [0u8; HEADER_LEN];
+        fixed.copy_from_slice(&wire[..HEADER_LEN]);
+        let sent = CoreHeader::parse(&fixed);
+        assert_eq!(sent.extension_length as usize, extension.len());
+        assert_eq!(sent.length as usize, extension.len() + slice.len());
+        // The platform's devices read 16 bits of the length: a slice must stay below 64 KiB.
+        assert!(sent.length < 1 << 16);
+        let wire = wire.freeze();
+        let mut reader = CorePacketReader::new(ReaderConfig::signalling());
+        let chunks = wire.chunks(1000).map(Bytes::copy_from_slice).collect();
+        let packets = read_all(&mut reader, chunks);
+        assert_eq!(packets.len(), 1);
+        assert_eq!(packets[0].header, sent);
+        assert_eq!(
+            crate::proto::body::PacketExtension::parse(&packets[0].extension),
+            Ok(crate::proto::body::PacketExtension::BINARY_DATA)
+        );
+        assert_eq!(&packets[0].body.to_contiguous()[..], &slice[..]);
+    }
+
+    #[test]
     fn command_names() {
         assert_eq!(cmd::name(458), Some("handshake"));
         assert_eq!(cmd::name(3), Some("preview_start"));

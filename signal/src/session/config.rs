@@ -22,7 +22,12 @@ pub struct SessionConfig {
     pub handshake_timeout: Duration,
     /// Default time a device has to answer a request. The platform's: 10 s.
     pub request_timeout: Duration,
-    /// Most requests outstanding on one link; more are refused locally.
+    /// Time a device has to answer one firmware slice of an upgrade 67 (the platform's
+    /// `timeout.upgradeSignaling`: 60 s). The start request and the sleep that follows the
+    /// file have [`SessionConfig::request_timeout`].
+    pub upgrade_slice_timeout: Duration,
+    /// Most requests outstanding on one link; more are refused locally. A firmware transfer's
+    /// slices are not counted: its own window bounds them.
     pub max_pending_requests: usize,
     /// Most alarms received but not yet acknowledged (the caller persists each first); past
     /// it, alarms are answered 400 at once so that a flooding device cannot grow memory.
@@ -47,6 +52,7 @@ impl Default for SessionConfig {
             heartbeat_timeout: Duration::from_secs(40),
             handshake_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
+            upgrade_slice_timeout: Duration::from_secs(60),
             max_pending_requests: 32,
             max_unacked_alarms: 16,
             max_snapshot_bytes: 4 * 1024 * 1024,
@@ -87,8 +93,14 @@ impl SessionConfig {
                 "must be longer than heartbeat_interval",
             );
         }
-        if self.handshake_timeout.is_zero() || self.request_timeout.is_zero() {
-            return invalid("handshake_timeout/request_timeout", "must not be zero");
+        if self.handshake_timeout.is_zero()
+            || self.request_timeout.is_zero()
+            || self.upgrade_slice_timeout.is_zero()
+        {
+            return invalid(
+                "handshake_timeout/request_timeout/upgrade_slice_timeout",
+                "must not be zero",
+            );
         }
         if self.max_pending_requests == 0 {
             return invalid("max_pending_requests", "must be at least 1");

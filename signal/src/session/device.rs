@@ -9,8 +9,8 @@ use bytes::{Bytes, BytesMut};
 use crate::proto::access_key::uid_hash;
 use crate::proto::body::{
     Alarm, AlarmSwitch, BodyMessage, Handshake, HandshakeReply, Heartbeat, HeartbeatReply,
-    KeyframeRequest, LocalTime, PreviewStart, PreviewStop, RecordFile, ReplaySeek, ReplayStart,
-    SnapshotRequest, StreamMode, StreamType, XmlBody,
+    KeyframeRequest, LocalTime, PacketExtension, PreviewStart, PreviewStop, RecordFile, ReplaySeek,
+    ReplayStart, SnapshotRequest, StreamMode, StreamType, UpgradeStart, XmlBody,
 };
 use crate::proto::core_packet::{cmd, CoreHeader, CorePacket, CODE_ERROR, CODE_OK};
 use crate::proto::encrypt_tcp::NONCE_LEN;
@@ -23,6 +23,10 @@ use super::requests::{
     Pending, PendingRequests, Reply, ReplyKind, ReplyStep, RequestError, RequestId, RequestOutcome,
 };
 use super::transport::{SendError, Transport, TransportLimits};
+use super::upgrade::{
+    UpgradeEvent, UpgradeFailure, UpgradePhase, UpgradeProgress, UpgradeRequest, UpgradeTransfer,
+    SLICE_LEN,
+};
 use super::LinkKind;
 
 /// Where a session is in its life.
@@ -64,6 +68,17 @@ pub enum RequestRejected {
         command: u32,
         /// This session's link.
         link: LinkKind,
+    },
+    /// A firmware upgrade is already running on this link (one per device, as the platform).
+    #[error("a firmware upgrade is already running on this device link")]
+    UpgradeInProgress,
+    /// [`DeviceSession::upgrade_data`] without a transfer asking for those bytes.
+    #[error("internal: no firmware transfer asked for {len} bytes at offset {offset}")]
+    UnexpectedUpgradeData {
+        /// Offset given.
+        offset: u64,
+        /// Length given.
+        len: usize,
     },
     /// Internal encoding failure.
     #[error(transparent)]
@@ -107,6 +122,8 @@ pub struct DeviceSession {
     requests: PendingRequests,
     next_request_id: RequestId,
     unacked_alarms: Vec<u32>,
+    /// The firmware transfer running on this link, if any.
+    upgrade: Option<Box<UpgradeTransfer>>,
     events: VecDeque<SessionEvent>,
     out: BytesMut,
     accepted_at: Instant,
@@ -186,6 +203,7 @@ impl DeviceSession {
             requests: PendingRequests::default(),
             next_request_id: first_request_id,
             unacked_alarms: Vec::new(),
+            upgrade: None,
             events: VecDeque::new(),
             out: BytesMut::new(),
             accepted_at: now,
@@ -250,6 +268,12 @@ impl DeviceSession {
         event
     }
 
+    /// True when events wait to be polled (the sweep's timeouts of a firmware transfer make
+    /// some outside [`DeviceSession::receive`]).
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// True when bytes wait to be written.
     pub fn has_output(&self) -> bool {
         !self.out.is_empty()
@@ -269,6 +293,10 @@ impl DeviceSession {
             + self.presence.heap_bytes()
             + self.authenticated_uid.as_ref().map_or(0, |u| u.len())
             + self.unacked_alarms.capacity() * std::mem::size_of::<u32>()
+            + self
+                .upgrade
+                .as_ref()
+                .map_or(0, |_| std::mem::size_of::<UpgradeTransfer>())
             + self.requests.len() * std::mem::size_of::<Pending>()
             + self.events.capacity() * std::mem::size_of::<SessionEvent>()
     }
@@ -313,7 +341,7 @@ impl DeviceSession {
             cmd::SLEEP if !self.requests.contains(packet.header.request_id) => {
                 self.on_sleep_announced(&packet)
             }
-            _ => self.on_reply(&packet),
+            _ => self.on_reply(&packet, now.instant),
         }
     }
 
@@ -465,13 +493,23 @@ impl DeviceSession {
         self.presence.asleep = false;
     }
 
-    fn on_reply(&mut self, packet: &CorePacket) {
+    fn on_reply(&mut self, packet: &CorePacket, now: Instant) {
         let step = self
             .requests
             .on_reply(packet, self.config.max_snapshot_bytes);
         match step {
             None => self.stats.unmatched_replies += 1,
             Some(ReplyStep::Continue) => {}
+            Some(ReplyStep::Done(pending, _)) if pending.kind.is_upgrade() => {
+                let result = match packet.header.response_code {
+                    CODE_OK => Ok(()),
+                    code => Err(RequestError::Refused {
+                        command: pending.command,
+                        code,
+                    }),
+                };
+                self.on_upgrade_reply(pending.kind, result, now);
+            }
             Some(ReplyStep::Done(pending, result)) => self.complete(pending, result),
         }
     }
@@ -761,11 +799,26 @@ impl DeviceSession {
         timeout: Duration,
         now: Instant,
     ) -> Result<RequestId, RequestRejected> {
+        let body = body.unwrap_or_default().as_bytes();
+        self.start_packet(command, &[], body, kind, timeout, now)
+    }
+
+    /// Sends a request packet (with an extension block for firmware slices) and records it.
+    /// A firmware transfer's requests are bounded by its window, not the link's limit.
+    fn start_packet(
+        &mut self,
+        command: u32,
+        extension: &[u8],
+        body: &[u8],
+        kind: ReplyKind,
+        timeout: Duration,
+        now: Instant,
+    ) -> Result<RequestId, RequestRejected> {
         if self.phase != Phase::Online {
             return Err(RequestRejected::NotOnline { phase: self.phase });
         }
         let limit = self.config.max_pending_requests;
-        if self.requests.len() >= limit {
+        if !kind.is_upgrade() && self.requests.regular_len() >= limit {
             return Err(RequestRejected::TooManyPending { limit });
         }
         let id = self.peek_request_id();
@@ -774,7 +827,8 @@ impl DeviceSession {
             response_code: CODE_OK,
             ..CoreHeader::request(command, id)
         };
-        self.send(header, body.unwrap_or_default().as_bytes())?;
+        self.transport
+            .send_with_extension(header, extension, body, &mut self.out)?;
         self.next_request_id = id.wrapping_add(1);
         self.requests.push(Pending {
             id,
@@ -787,22 +841,200 @@ impl DeviceSession {
         Ok(id)
     }
 
+    /// Starts a firmware upgrade 67 on this signalling link: the start request (`Param012`)
+    /// goes now; once the device answers it 200, the session asks for the file's bytes with
+    /// [`UpgradeEvent::Read`] events, sends them as slices, then sleep 233. The outcome is an
+    /// [`UpgradeEvent::Sent`] or [`UpgradeEvent::Failed`] event. One transfer per link.
+    pub fn upgrade_start(
+        &mut self,
+        request: &UpgradeRequest,
+        now: Instant,
+    ) -> Result<RequestId, RequestRejected> {
+        if self.link != LinkKind::Signalling {
+            return Err(RequestRejected::WrongLink {
+                command: cmd::UPGRADE,
+                link: self.link,
+            });
+        }
+        if self.upgrade.is_some() {
+            return Err(RequestRejected::UpgradeInProgress);
+        }
+        let body = UpgradeStart {
+            file_name: request.file_name.clone(),
+            file_size: request.file_size,
+            factory_reset: request.factory_reset,
+        }
+        .encode();
+        let timeout = self.config.request_timeout;
+        let id = self.start_packet(
+            cmd::UPGRADE,
+            &[],
+            body.as_bytes(),
+            ReplyKind::UpgradeStart,
+            timeout,
+            now,
+        )?;
+        let slice_timeout = self.config.upgrade_slice_timeout;
+        self.upgrade = Some(Box::new(UpgradeTransfer::new(
+            request.file_size,
+            slice_timeout,
+        )));
+        Ok(id)
+    }
+
+    /// The file's bytes asked for by the last [`UpgradeEvent::Read`] (same offset and
+    /// length): sent as slices of 36 KiB, each a command-67 request with the binary-data
+    /// extension and its own timeout.
+    pub fn upgrade_data(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+        now: Instant,
+    ) -> Result<(), RequestRejected> {
+        let expected = self.upgrade.as_ref().and_then(|t| t.reading);
+        if expected != Some((offset, data.len())) {
+            return Err(RequestRejected::UnexpectedUpgradeData {
+                offset,
+                len: data.len(),
+            });
+        }
+        let extension = PacketExtension::BINARY_DATA.encode();
+        let mut slice_timeout = Duration::ZERO;
+        if let Some(transfer) = self.upgrade.as_mut() {
+            transfer.reading = None;
+            slice_timeout = transfer.slice_timeout;
+        }
+        for slice in data.chunks(SLICE_LEN) {
+            let sent = self.start_packet(
+                cmd::UPGRADE,
+                extension.as_bytes(),
+                slice,
+                ReplyKind::UpgradeSlice,
+                slice_timeout,
+                now,
+            );
+            if let Err(error) = sent {
+                self.fail_upgrade(UpgradeFailure::Cancelled(error.to_string()));
+                return Err(error);
+            }
+            if let Some(transfer) = self.upgrade.as_mut() {
+                transfer.in_flight += 1;
+            }
+        }
+        self.upgrade_pump(now);
+        Ok(())
+    }
+
+    /// Stops the firmware transfer from our side (the file could not be read): an
+    /// [`UpgradeEvent::Failed`] event follows. False when no transfer runs.
+    pub fn upgrade_cancel(&mut self, reason: &str) -> bool {
+        if self.upgrade.is_none() {
+            return false;
+        }
+        self.fail_upgrade(UpgradeFailure::Cancelled(reason.to_owned()));
+        true
+    }
+
+    /// Where the firmware transfer of this link is, if one runs.
+    pub fn upgrade_progress(&self) -> Option<UpgradeProgress> {
+        self.upgrade.as_ref().map(|t| t.progress())
+    }
+
+    /// A reply (or a timeout) of a transfer's request.
+    fn on_upgrade_reply(
+        &mut self,
+        kind: ReplyKind,
+        result: Result<(), RequestError>,
+        now: Instant,
+    ) {
+        let Some(transfer) = self.upgrade.as_mut() else {
+            // The transfer already stopped; its other requests were dropped with it.
+            return;
+        };
+        let what = match kind {
+            ReplyKind::UpgradeStart => "the upgrade start",
+            ReplyKind::UpgradeSlice => "a firmware slice",
+            _ => "the sleep request",
+        };
+        if let Err(error) = result {
+            let failure = match error {
+                RequestError::Refused { code, .. } => UpgradeFailure::Refused { what, code },
+                RequestError::TimedOut { after, .. } => UpgradeFailure::TimedOut { what, after },
+                RequestError::LinkClosed { .. } => UpgradeFailure::LinkClosed,
+                other => UpgradeFailure::Cancelled(other.to_string()),
+            };
+            return self.fail_upgrade(failure);
+        }
+        match kind {
+            ReplyKind::UpgradeStart => transfer.phase = UpgradePhase::Sending,
+            ReplyKind::UpgradeSlice => {
+                transfer.in_flight = transfer.in_flight.saturating_sub(1);
+                transfer.acknowledged_slices += 1;
+            }
+            _ => {
+                self.upgrade = None;
+                self.requests.drop_upgrade();
+                self.events
+                    .push_back(SessionEvent::Upgrade(UpgradeEvent::Sent));
+                return;
+            }
+        }
+        self.upgrade_pump(now);
+    }
+
+    /// Asks for the next bytes when the window has room, or sends the sleep request once the
+    /// whole file was answered.
+    fn upgrade_pump(&mut self, now: Instant) {
+        let Some(transfer) = self.upgrade.as_mut() else {
+            return;
+        };
+        if let Some((offset, len)) = transfer.next_read() {
+            self.events
+                .push_back(SessionEvent::Upgrade(UpgradeEvent::Read { offset, len }));
+            return;
+        }
+        if !transfer.all_answered() {
+            return;
+        }
+        transfer.phase = UpgradePhase::Sleeping;
+        let timeout = self.config.request_timeout;
+        let sent = self.start_packet(cmd::SLEEP, &[], &[], ReplyKind::UpgradeSleep, timeout, now);
+        if let Err(error) = sent {
+            self.fail_upgrade(UpgradeFailure::Cancelled(error.to_string()));
+        }
+    }
+
+    fn fail_upgrade(&mut self, failure: UpgradeFailure) {
+        self.upgrade = None;
+        self.requests.drop_upgrade();
+        self.events
+            .push_back(SessionEvent::Upgrade(UpgradeEvent::Failed(failure)));
+    }
+
     /// Removes and returns the requests whose deadline passed (as failures with
     /// [`RequestError::TimedOut`]). The per-shard sweeper calls it.
+    ///
+    /// A firmware transfer's request that timed out fails the transfer instead
+    /// ([`SessionEvent::Upgrade`] with [`UpgradeEvent::Failed`]: poll the events after a
+    /// sweep when [`DeviceSession::has_events`]).
     pub fn expire(&mut self, now: Instant) -> Vec<RequestOutcome> {
-        self.requests
-            .take_expired(now)
-            .into_iter()
-            .filter(|p| p.kind != (ReplyKind::Capabilities { internal: true }))
-            .map(|p| RequestOutcome {
-                request_id: p.id,
-                command: p.command,
-                result: Err(RequestError::TimedOut {
-                    command: p.command,
-                    after: p.timeout,
+        let mut outcomes = Vec::new();
+        for pending in self.requests.take_expired(now) {
+            let error = RequestError::TimedOut {
+                command: pending.command,
+                after: pending.timeout,
+            };
+            match pending.kind {
+                ReplyKind::Capabilities { internal: true } => {}
+                kind if kind.is_upgrade() => self.on_upgrade_reply(kind, Err(error), now),
+                _ => outcomes.push(RequestOutcome {
+                    request_id: pending.id,
+                    command: pending.command,
+                    result: Err(error),
                 }),
-            })
-            .collect()
+            }
+        }
+        outcomes
     }
 
     /// Closes the session if the device has been silent too long (no handshake within the
@@ -861,6 +1093,16 @@ impl DeviceSession {
         }
         let was_online = self.phase == Phase::Online;
         self.phase = Phase::Closed;
+        if let Some(transfer) = self.upgrade.take() {
+            self.requests.drop_upgrade();
+            // The platform counts a link that closes after the sleep request as the device
+            // going to install: the sleep is done.
+            let event = match transfer.phase {
+                UpgradePhase::Sleeping => UpgradeEvent::Sent,
+                _ => UpgradeEvent::Failed(UpgradeFailure::LinkClosed),
+            };
+            self.events.push_back(SessionEvent::Upgrade(event));
+        }
         for pending in self.requests.take_all() {
             let result = match pending.kind {
                 ReplyKind::Sleep => Ok(Reply::Empty),

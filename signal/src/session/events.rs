@@ -8,6 +8,7 @@ use crate::proto::core_packet::CorePacketError;
 use crate::proto::encrypt_tcp::EncryptTcpError;
 
 use super::requests::RequestOutcome;
+use super::upgrade::UpgradeEvent;
 use super::LinkKind;
 
 /// Something the caller must act on, in the order it happened.
@@ -39,6 +40,9 @@ pub enum SessionEvent {
     /// A request to the device completed (reply, refusal, or the link closed under it).
     /// Timeouts are not events: [`super::DeviceSession::expire`] returns them.
     RequestDone(RequestOutcome),
+    /// The firmware transfer of this link wants bytes, finished or failed
+    /// ([`super::DeviceSession::upgrade_start`]).
+    Upgrade(UpgradeEvent),
     /// The session ended; emitted exactly once, last. Write any pending output, then close
     /// the connection.
     Offline {

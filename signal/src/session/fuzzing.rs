@@ -12,7 +12,8 @@ use crate::proto::core_packet::cmd;
 use crate::secrets::DeviceKeys;
 
 use super::sim::SimDevice;
-use super::{DeviceSession, Now, SessionConfig, SessionEvent};
+use super::upgrade::{UpgradeEvent, MAX_UNANSWERED_SLICES, SLICE_LEN};
+use super::{DeviceSession, Now, SessionConfig, SessionEvent, UpgradeRequest};
 
 const UID: &str = "95270000ABCDEFGH";
 const KEY_INDEX: &str = "fuzzKeyIndex0001";
@@ -113,14 +114,29 @@ pub fn session(data: &[u8]) {
             6 => {
                 let _ = session.check_liveness(now.instant);
             }
-            _ => {}
+            _ => {
+                // A firmware upgrade of two and a half slices; the input answers it or not.
+                let request = UpgradeRequest {
+                    file_name: "f.pak".into(),
+                    file_size: SLICE_LEN as u64 * 5 / 2,
+                    factory_reset: step.is_multiple_of(2),
+                };
+                let _ = session.upgrade_start(&request, now.instant);
+            }
         }
-        assert!(session.pending_requests() <= config.max_pending_requests);
+        // A transfer's slices and its sleep are bounded by its own window.
+        assert!(
+            session.pending_requests() <= config.max_pending_requests + MAX_UNANSWERED_SLICES + 1
+        );
         while let Some(event) = session.poll_event() {
             assert!(!offline_seen, "an event after Offline: {event:?}");
             match event {
                 SessionEvent::AlarmReceived { request_id, .. } => {
                     session.ack_alarm(request_id);
+                }
+                SessionEvent::Upgrade(UpgradeEvent::Read { offset, len }) => {
+                    let data = vec![offset as u8; len];
+                    let _ = session.upgrade_data(offset, &data, now.instant);
                 }
                 SessionEvent::Offline { .. } => offline_seen = true,
                 _ => {}

@@ -24,6 +24,9 @@
 //! - Alarm 33: handed to the caller, who persists it and then acks (the 200 reply).
 //! - Requests: ids count up from a random start; replies are matched by id; deadlines are
 //!   checked by the shard's sweeper ([`DeviceRegistry::sweep`]).
+//! - Firmware upgrade 67 ([`DeviceSession::upgrade_start`], [`upgrade`]): start request, the
+//!   file in 36 KiB slices with at most 30 unanswered (the caller reads the bytes the session
+//!   asks for), then sleep 233; outcomes as [`SessionEvent::Upgrade`].
 //!
 //! # Wiring (one connection task per accepted connection, on the device's owner shard)
 //! 1. Accept. 61005: finish TLS, take the UID from the certificate (`pki::peer_uid`), hand
@@ -50,6 +53,7 @@ mod registry;
 mod requests;
 pub mod sim;
 mod transport;
+pub mod upgrade;
 
 pub use config::{cellular_heartbeat_interval, SessionConfig, SessionConfigError};
 pub use device::{DeviceSession, Phase, RequestRejected, SessionStats};
@@ -58,6 +62,9 @@ pub use presence::{Now, Presence};
 pub use registry::{ConnId, DeviceLinks, DeviceRegistry, DeviceView, Evicted, Sweep};
 pub use requests::{Reply, RequestError, RequestId, RequestOutcome};
 pub use transport::SendError;
+pub use upgrade::{
+    UpgradeEvent, UpgradeFailure, UpgradePhase, UpgradeProgress, UpgradeRequest, UpgradeStatus,
+};
 
 use crate::proto::access_key::{split_access_key, uid_hash};
 

@@ -60,6 +60,8 @@ pub struct Sweep {
     pub closed: Vec<Evicted>,
     /// Requests that timed out, by connection (the sessions stay).
     pub expired: Vec<(ConnId, RequestOutcome)>,
+    /// Sessions that have events to poll after the sweep (a firmware transfer that timed out).
+    pub events: Vec<ConnId>,
 }
 
 /// A read-only view of one device across its links.
@@ -276,6 +278,9 @@ impl DeviceRegistry {
             }
             for outcome in session.expire(now) {
                 sweep.expired.push((conn, outcome));
+            }
+            if session.has_events() {
+                sweep.events.push(conn);
             }
         }
         for conn in silent {

@@ -103,6 +103,23 @@ pub(crate) enum ReplyKind {
     Snapshot,
     /// Sleep 233: the device may close the link instead of answering; a close completes it.
     Sleep,
+    /// Firmware upgrade start 67 (`Param012`); its reply goes to the transfer, not an event.
+    UpgradeStart,
+    /// One firmware slice (67 with a binary body).
+    UpgradeSlice,
+    /// The sleep 233 that ends a transfer: a close completes it, like [`ReplyKind::Sleep`].
+    UpgradeSleep,
+}
+
+impl ReplyKind {
+    /// Requests of a firmware transfer: bounded by the transfer's own window, not by the
+    /// link's request limit, and answered to the transfer.
+    pub(crate) fn is_upgrade(self) -> bool {
+        matches!(
+            self,
+            ReplyKind::UpgradeStart | ReplyKind::UpgradeSlice | ReplyKind::UpgradeSleep
+        )
+    }
 }
 
 #[derive(Debug)]
@@ -133,6 +150,16 @@ pub(crate) struct PendingRequests {
 impl PendingRequests {
     pub(crate) fn len(&self) -> usize {
         self.list.len()
+    }
+
+    /// Outstanding requests other than a firmware transfer's.
+    pub(crate) fn regular_len(&self) -> usize {
+        self.list.iter().filter(|p| !p.kind.is_upgrade()).count()
+    }
+
+    /// Removes the requests of a firmware transfer (it stopped: late replies are unmatched).
+    pub(crate) fn drop_upgrade(&mut self) {
+        self.list.retain(|p| !p.kind.is_upgrade());
     }
 
     pub(crate) fn contains(&self, id: RequestId) -> bool {
@@ -224,6 +251,11 @@ impl PendingRequests {
                 .map(Reply::AlarmSwitch)
                 .map_err(malformed),
             ReplyKind::Xml | ReplyKind::Sleep | ReplyKind::Snapshot => xml_reply(&body, command),
+            // A transfer needs the response code only; what a device puts in the body is not
+            // read.
+            ReplyKind::UpgradeStart | ReplyKind::UpgradeSlice | ReplyKind::UpgradeSleep => {
+                Ok(Reply::Empty)
+            }
         };
         Some(ReplyStep::Done(done, result))
     }

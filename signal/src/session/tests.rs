@@ -4,6 +4,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use bytes::Bytes;
 
 use super::sim::SimDevice;
+use super::upgrade;
 use super::*;
 use crate::proto::access_key::AccessKeyPair;
 use crate::proto::body::{
@@ -1287,4 +1288,269 @@ fn fuzz_entry_point_survives() {
         }
         fuzzing::session(&input);
     }
+}
+
+// ----- firmware upgrade 67 -----
+
+fn firmware(len: usize) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect()
+}
+
+/// The device's side of a transfer: every slice's bytes, in order, and the ids to answer.
+#[derive(Default)]
+struct FirmwareSink {
+    bytes: Vec<u8>,
+    unanswered: Vec<u32>,
+    most_unanswered: usize,
+    sleep: Option<u32>,
+}
+
+impl FirmwareSink {
+    fn take(&mut self, packets: Vec<CorePacket>) {
+        for packet in packets {
+            match packet.header.command {
+                cmd::UPGRADE => {
+                    assert_eq!(
+                        crate::proto::body::PacketExtension::parse(&packet.extension),
+                        Ok(crate::proto::body::PacketExtension::BINARY_DATA),
+                        "a slice carries the binary-data extension"
+                    );
+                    assert!(packet.body.len() <= upgrade::SLICE_LEN);
+                    assert_eq!(packet.header.response_code, CODE_OK);
+                    self.bytes.extend_from_slice(&packet.body.to_contiguous());
+                    self.unanswered.push(packet.header.request_id);
+                    self.most_unanswered = self.most_unanswered.max(self.unanswered.len());
+                }
+                cmd::SLEEP => self.sleep = Some(packet.header.request_id),
+                other => panic!("unexpected command {other} during the transfer"),
+            }
+        }
+    }
+}
+
+/// Supplies every `Read` event's bytes from `file`; returns the other upgrade events.
+fn serve_reads(session: &mut DeviceSession, file: &[u8], now: Now) -> Vec<UpgradeEvent> {
+    let mut others = Vec::new();
+    while let Some(event) = session.poll_event() {
+        match event {
+            SessionEvent::Upgrade(UpgradeEvent::Read { offset, len }) => {
+                let at = offset as usize;
+                session
+                    .upgrade_data(offset, &file[at..at + len], now.instant)
+                    .unwrap();
+            }
+            SessionEvent::Upgrade(other) => others.push(other),
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    others
+}
+
+fn start_upgrade(
+    session: &mut DeviceSession,
+    device: &mut SimDevice,
+    size: usize,
+    now: Now,
+) -> u32 {
+    let request = UpgradeRequest {
+        file_name: "IPC_523B188MP.1569_230106789.RLC-812A.IMX415.8MP.REOLINK.pak".into(),
+        file_size: size as u64,
+        factory_reset: true,
+    };
+    let id = session.upgrade_start(&request, now.instant).unwrap();
+    assert_eq!(
+        session.upgrade_start(&request, now.instant),
+        Err(RequestRejected::UpgradeInProgress)
+    );
+    let sent = delivered(session, device);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].header.command, cmd::UPGRADE);
+    assert_eq!(sent[0].header.request_id, id);
+    assert_eq!(sent[0].header.extension_length, 0);
+    let start = crate::proto::body::UpgradeStart::parse(&sent[0].body.to_contiguous()).unwrap();
+    assert_eq!(start.file_name, request.file_name);
+    assert_eq!(start.file_size, size as u64);
+    assert!(start.factory_reset);
+    id
+}
+
+#[test]
+fn upgrade_streams_the_file_in_36k_slices_with_at_most_30_unanswered_then_sleeps() {
+    let now = start();
+    let (mut session, mut device) = online_signalling(now);
+    // 70 slices and a 1000-byte tail: three windows' worth, the last one short.
+    let file = firmware(70 * upgrade::SLICE_LEN + 1000);
+    let start_id = start_upgrade(&mut session, &mut device, file.len(), now);
+    assert!(
+        drain(&mut session).is_empty(),
+        "no read before the start reply"
+    );
+    session.receive(&device.reply(cmd::UPGRADE, start_id, CODE_OK, b""), now);
+    let mut sink = FirmwareSink::default();
+    let mut rounds = 0;
+    loop {
+        assert!(serve_reads(&mut session, &file, now).is_empty());
+        sink.take(delivered(&mut session, &mut device));
+        if sink.sleep.is_some() {
+            break;
+        }
+        // The device answers the oldest slices a few at a time.
+        let answer: Vec<u32> = sink
+            .unanswered
+            .drain(..sink.unanswered.len().min(7))
+            .collect();
+        assert!(!answer.is_empty(), "the transfer stalled");
+        for id in answer {
+            session.receive(&device.reply(cmd::UPGRADE, id, CODE_OK, b""), now);
+        }
+        let progress = session.upgrade_progress().unwrap();
+        assert_eq!(progress.file_size, file.len() as u64);
+        rounds += 1;
+        assert!(rounds < 100);
+    }
+    assert!(
+        sink.unanswered.is_empty(),
+        "233 only once every slice is answered"
+    );
+    assert_eq!(sink.most_unanswered, upgrade::MAX_UNANSWERED_SLICES);
+    assert!(sink.bytes == file, "the slices are the file, in order");
+    let progress = session.upgrade_progress().unwrap();
+    assert_eq!(progress.phase, UpgradePhase::Sleeping);
+    assert_eq!(progress.acknowledged, file.len() as u64);
+    session.receive(
+        &device.reply(cmd::SLEEP, sink.sleep.unwrap(), CODE_OK, b""),
+        now,
+    );
+    assert_eq!(
+        drain(&mut session),
+        [SessionEvent::Upgrade(UpgradeEvent::Sent)]
+    );
+    assert_eq!(session.upgrade_progress(), None);
+    assert!(session.is_online());
+}
+
+#[test]
+fn upgrade_fails_with_the_device_code_and_drops_its_other_slices() {
+    let now = start();
+    let (mut session, mut device) = online_signalling(now);
+    let file = firmware(40 * upgrade::SLICE_LEN);
+    let start_id = start_upgrade(&mut session, &mut device, file.len(), now);
+    session.receive(&device.reply(cmd::UPGRADE, start_id, CODE_OK, b""), now);
+    assert!(serve_reads(&mut session, &file, now).is_empty());
+    let mut sink = FirmwareSink::default();
+    sink.take(delivered(&mut session, &mut device));
+    assert_eq!(sink.unanswered.len(), 30);
+    // A request of the client API still goes out beside a full window.
+    session.request(cmd::PTZ, None, now.instant).unwrap();
+    let _ = delivered(&mut session, &mut device);
+    session.receive(
+        &device.reply(cmd::UPGRADE, sink.unanswered[3], 402, b""),
+        now,
+    );
+    let events = drain(&mut session);
+    let [SessionEvent::Upgrade(UpgradeEvent::Failed(failure))] = events.as_slice() else {
+        panic!("{events:?}")
+    };
+    assert_eq!(
+        *failure,
+        UpgradeFailure::Refused {
+            what: "a firmware slice",
+            code: 402
+        }
+    );
+    assert_eq!(failure.status(), UpgradeStatus::FileCheckFailed);
+    assert_eq!(
+        session.pending_requests(),
+        1,
+        "only the PTZ request is left"
+    );
+    let unmatched = session.stats().unmatched_replies;
+    session.receive(
+        &device.reply(cmd::UPGRADE, sink.unanswered[4], CODE_OK, b""),
+        now,
+    );
+    assert_eq!(session.stats().unmatched_replies, unmatched + 1);
+    assert!(drain(&mut session).is_empty());
+    // The start refused outright: same_version.
+    let start_id = start_upgrade(&mut session, &mut device, file.len(), now);
+    session.receive(&device.reply(cmd::UPGRADE, start_id, 401, b""), now);
+    let events = drain(&mut session);
+    let [SessionEvent::Upgrade(UpgradeEvent::Failed(failure))] = events.as_slice() else {
+        panic!("{events:?}")
+    };
+    assert_eq!(failure.status(), UpgradeStatus::SameVersion);
+}
+
+#[test]
+fn upgrade_slice_timeout_and_link_close() {
+    let now = start();
+    let (mut session, mut device) = online_signalling(now);
+    let file = firmware(3 * upgrade::SLICE_LEN);
+    let start_id = start_upgrade(&mut session, &mut device, file.len(), now);
+    session.receive(&device.reply(cmd::UPGRADE, start_id, CODE_OK, b""), now);
+    assert!(serve_reads(&mut session, &file, now).is_empty());
+    let _ = delivered(&mut session, &mut device);
+    // Slices have the upgrade timeout (60 s), not the 10 s of other requests.
+    let later = now.advanced(Duration::from_secs(30));
+    assert!(session.expire(later.instant).is_empty());
+    assert!(!session.has_events());
+    let later = now.advanced(Duration::from_secs(61));
+    assert!(
+        session.expire(later.instant).is_empty(),
+        "not a RequestDone"
+    );
+    assert!(session.has_events());
+    let events = drain(&mut session);
+    assert_eq!(
+        events,
+        [SessionEvent::Upgrade(UpgradeEvent::Failed(
+            UpgradeFailure::TimedOut {
+                what: "a firmware slice",
+                after: Duration::from_secs(60)
+            }
+        ))]
+    );
+
+    // A close mid-transfer fails it; a close after the sleep request completes it.
+    let start_id = start_upgrade(&mut session, &mut device, file.len(), now);
+    session.receive(&device.reply(cmd::UPGRADE, start_id, CODE_OK, b""), now);
+    let _ = serve_reads(&mut session, &file, now);
+    let mut sink = FirmwareSink::default();
+    sink.take(delivered(&mut session, &mut device));
+    for id in std::mem::take(&mut sink.unanswered) {
+        session.receive(&device.reply(cmd::UPGRADE, id, CODE_OK, b""), now);
+    }
+    sink.take(delivered(&mut session, &mut device));
+    assert!(sink.sleep.is_some());
+    assert!(sink.bytes == file);
+    session.on_connection_closed();
+    let events = drain(&mut session);
+    assert_eq!(events[0], SessionEvent::Upgrade(UpgradeEvent::Sent));
+    assert!(matches!(events[1], SessionEvent::Offline { .. }));
+
+    let (mut session, mut device) = online_signalling(now);
+    start_upgrade(&mut session, &mut device, file.len(), now);
+    session.on_connection_closed();
+    let events = drain(&mut session);
+    assert_eq!(
+        events[0],
+        SessionEvent::Upgrade(UpgradeEvent::Failed(UpgradeFailure::LinkClosed))
+    );
+    // Not on the keep-alive link; a stray upgrade_data is refused.
+    let (mut keep_alive, _) = online_keep_alive(now);
+    let request = UpgradeRequest {
+        file_name: "f.pak".into(),
+        file_size: 1,
+        factory_reset: false,
+    };
+    assert!(matches!(
+        keep_alive.upgrade_start(&request, now.instant),
+        Err(RequestRejected::WrongLink { .. })
+    ));
+    assert!(matches!(
+        keep_alive.upgrade_data(0, b"x", now.instant),
+        Err(RequestRejected::UnexpectedUpgradeData { .. })
+    ));
 }

@@ -114,11 +114,22 @@ impl Transport {
         body: &[u8],
         out: &mut BytesMut,
     ) -> Result<(), SendError> {
+        self.send_with_extension(header, &[], body, out)
+    }
+
+    /// Appends one packet with an extension block (a firmware slice's) to `out`.
+    pub(crate) fn send_with_extension(
+        &mut self,
+        header: CoreHeader,
+        extension: &[u8],
+        body: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<(), SendError> {
         match self.encrypt_tcp.as_deref_mut() {
-            None => encode_packet(header, &[], body, out).map_err(SendError::Packet),
+            None => encode_packet(header, extension, body, out).map_err(SendError::Packet),
             Some(EncryptTcp::Framed { encoder, .. }) => {
                 let mut packet = BytesMut::new();
-                encode_packet(header, &[], body, &mut packet).map_err(SendError::Packet)?;
+                encode_packet(header, extension, body, &mut packet).map_err(SendError::Packet)?;
                 encoder.encode(&packet, true, out).map_err(SendError::Frame)
             }
             Some(_) => Err(SendError::NoKeys),
