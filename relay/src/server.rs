@@ -241,11 +241,7 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
     let sources = load_sources(&config, &store)?;
     let pulls = crate::pull::PullWiring {
         directory: sources.clone(),
-        settings: crate::pull::PullSettings {
-            // One linger for every on-demand stream, device previews and pull sources alike.
-            linger: Duration::from_secs(config.device.stream_linger_secs),
-            ..Default::default()
-        },
+        settings: crate::pull::PullSettings::from_config(&config),
     };
     let (devices, directory, devices_ready) =
         crate::device::DeviceWiring::new(device_settings, shard_count);

@@ -322,6 +322,45 @@ impl Default for UpgradeConfig {
     }
 }
 
+/// Timings of pull sources (`[pull]`): how long the relay waits for a camera it pulls from, and
+/// how it retries. Every wait for the camera has one of these deadlines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PullConfig {
+    /// TCP connect, and the TLS handshake of `rtsps://` sources, seconds.
+    pub connect_timeout_secs: u64,
+    /// Each answer of the RTSP handshake (OPTIONS through PLAY), seconds.
+    pub response_timeout_secs: u64,
+    /// Longest silence of a playing source (no RTP, RTCP or RTSP byte) before the relay gives
+    /// up on the connection and reconnects, seconds.
+    pub media_timeout_secs: u64,
+    /// Longest wait of a viewer's DESCRIBE for an on-demand source to reach PLAY, seconds;
+    /// then 503 "Source Unavailable" (at once when the attempt fails before).
+    pub start_timeout_secs: u64,
+    /// Time an on-demand source stays connected with no viewer, seconds; absent:
+    /// `[device] stream_linger_secs` (one linger for every on-demand stream).
+    pub linger_secs: Option<u64>,
+    /// First delay before reconnecting after a failure, milliseconds; doubled per failure
+    /// (with ±25 % jitter) up to `backoff_max_ms`.
+    pub backoff_min_ms: u64,
+    /// Longest delay between two attempts, milliseconds.
+    pub backoff_max_ms: u64,
+}
+
+impl Default for PullConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout_secs: 10,
+            response_timeout_secs: 10,
+            media_timeout_secs: 20,
+            start_timeout_secs: 15,
+            linger_secs: None,
+            backoff_min_ms: 500,
+            backoff_max_ms: 30_000,
+        }
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -359,6 +398,8 @@ pub struct Config {
     pub upgrade: UpgradeConfig,
     /// Connection limits and guessing protection (`[limits]`).
     pub limits: crate::limits::LimitsConfig,
+    /// Timings of pull sources.
+    pub pull: PullConfig,
     /// Pull sources (`[[sources]]`): cameras serving RTSP/RTSPS that the relay connects to.
     pub sources: Vec<crate::sources::SourceSpec>,
 }
@@ -381,8 +422,45 @@ impl Default for Config {
             stream: StreamConfig::default(),
             upgrade: UpgradeConfig::default(),
             limits: crate::limits::LimitsConfig::default(),
+            pull: PullConfig::default(),
             sources: Vec::new(),
         }
+    }
+}
+
+impl PullConfig {
+    /// Checks the ranges: every wait at least a second (or 10 ms for backoff), none longer
+    /// than an hour, and a backoff cap not below its start.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                reason: reason.to_owned(),
+            })
+        };
+        for (field, value) in [
+            ("pull.connect_timeout_secs", self.connect_timeout_secs),
+            ("pull.response_timeout_secs", self.response_timeout_secs),
+            ("pull.media_timeout_secs", self.media_timeout_secs),
+            ("pull.start_timeout_secs", self.start_timeout_secs),
+        ] {
+            if !(1..=300).contains(&value) {
+                return invalid(field, "must be between 1 and 300");
+            }
+        }
+        if self.linger_secs.is_some_and(|l| !(1..=3600).contains(&l)) {
+            return invalid("pull.linger_secs", "must be between 1 and 3600");
+        }
+        if !(10..=3_600_000).contains(&self.backoff_min_ms) {
+            return invalid("pull.backoff_min_ms", "must be between 10 and 3600000");
+        }
+        if !(self.backoff_min_ms..=3_600_000).contains(&self.backoff_max_ms) {
+            return invalid(
+                "pull.backoff_max_ms",
+                "must be between pull.backoff_min_ms and 3600000",
+            );
+        }
+        Ok(())
     }
 }
 
@@ -546,6 +624,7 @@ impl Config {
         if !(1..=10_000_000).contains(&self.alarm_backlog_max) {
             return invalid("alarm_backlog_max", "must be between 1 and 10000000");
         }
+        self.pull.validate()?;
         let mut uids = std::collections::HashSet::new();
         for source in &self.sources {
             if let Err(e) = source.validate() {
@@ -603,6 +682,11 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../relay.sample.toml");
         let c = Config::from_file(&path).unwrap();
         c.validate().unwrap();
+        assert_eq!(
+            c.pull,
+            PullConfig::default(),
+            "the sample shows the defaults"
+        );
     }
 
     #[test]
@@ -716,6 +800,46 @@ mod tests {
                 .to_string()
                 .contains("rtp_max_payload"));
         }
+    }
+
+    #[test]
+    fn pull_section_defaults_and_rejected_values() {
+        let c = Config::default();
+        assert_eq!(c.pull.connect_timeout_secs, 10);
+        assert_eq!(c.pull.response_timeout_secs, 10);
+        assert_eq!(c.pull.media_timeout_secs, 20);
+        assert_eq!(c.pull.start_timeout_secs, 15);
+        assert_eq!(c.pull.linger_secs, None);
+        assert_eq!(c.pull.backoff_min_ms, 500);
+        assert_eq!(c.pull.backoff_max_ms, 30_000);
+        let c = Config::from_toml(
+            "[pull]\nbackoff_min_ms = 50\nbackoff_max_ms = 200\nlinger_secs = 2\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.pull.linger_secs, Some(2));
+        for (toml, field) in [
+            (
+                "[pull]\nconnect_timeout_secs = 0\n",
+                "pull.connect_timeout_secs",
+            ),
+            (
+                "[pull]\nmedia_timeout_secs = 301\n",
+                "pull.media_timeout_secs",
+            ),
+            ("[pull]\nlinger_secs = 0\n", "pull.linger_secs"),
+            ("[pull]\nbackoff_min_ms = 5\n", "pull.backoff_min_ms"),
+            (
+                "[pull]\nbackoff_min_ms = 1000\nbackoff_max_ms = 999\n",
+                "pull.backoff_max_ms",
+            ),
+        ] {
+            let err = Config::from_toml(toml).unwrap().validate().unwrap_err();
+            assert!(err.to_string().contains(field), "{toml}: {err}");
+        }
+        assert!(Config::from_toml("[pull]\nbackoff_ms = 1\n")
+            .unwrap_err()
+            .contains("unknown field"));
     }
 
     #[test]

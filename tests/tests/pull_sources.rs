@@ -214,6 +214,8 @@ struct UpstreamStats {
     refused: AtomicUsize,
     /// Connections accepted.
     connections: AtomicUsize,
+    /// TEARDOWNs received.
+    teardowns: AtomicUsize,
 }
 
 const SPS: &[u8] = &[0x67, 0x42, 0xc0, 0x1e, 0xd9, 0x00, 0xa0, 0x47, 0xfe, 0xc8];
@@ -370,6 +372,7 @@ fn serve_strict(wire: Shared, tcp: &TcpStream, cut_after: Option<usize>, stats: 
             }
             Method::Play => reply.session(&session),
             Method::Teardown => {
+                stats.teardowns.fetch_add(1, Ordering::SeqCst);
                 let _ = write(&reply.build().to_bytes());
                 return;
             }
@@ -552,7 +555,11 @@ fn upstream_dies_viewer_waits_and_the_stream_resumes() {
     let (upstream, stats) = strict_upstream(Some(60));
     let mut spec = source("FLAKYCAM", &format!("rtsp://{upstream}/cam"));
     spec.headers = vec![nonce_rule()];
-    let server = TestServer::start_with(|c| c.sources = vec![spec]);
+    let server = TestServer::start_with(|c| {
+        c.sources = vec![spec];
+        // Reconnect at once rather than after the default 0.5 s.
+        c.pull.backoff_min_ms = 50;
+    });
 
     // On demand: the viewer's DESCRIBE starts the pull.
     let mut player = play(
@@ -577,6 +584,38 @@ fn upstream_dies_viewer_waits_and_the_stream_resumes() {
             .contains("connection lost"),
         "{status}"
     );
+}
+
+#[test]
+fn on_demand_source_is_torn_down_after_the_linger() {
+    let (upstream, stats) = strict_upstream(None);
+    let mut spec = source("LINGERCAM", &format!("rtsp://{upstream}/cam"));
+    spec.headers = vec![nonce_rule()];
+    let server = TestServer::start_with(|c| {
+        c.sources = vec![spec];
+        c.pull.linger_secs = Some(1);
+    });
+    let mut player = play(
+        &play_url(&server, "LINGERCAM", "rtsp"),
+        server.server.addrs.rtsp,
+    );
+    assert_eq!(read_packets(&mut player, 20), 20);
+    assert_eq!(
+        source_status(&server, "LINGERCAM")["status"]["state"],
+        "playing"
+    );
+    drop(player);
+    // The last viewer left: after the one-second linger the source gets TEARDOWN and goes idle.
+    wait_status(&server, "LINGERCAM", Duration::from_secs(20), |s| {
+        s["status"]["state"] == "idle"
+    });
+    // The upstream reads the TEARDOWN on its own thread, maybe just after the state changed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stats.teardowns.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the upstream never got TEARDOWN");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(stats.connections.load(Ordering::SeqCst), 1);
 }
 
 #[test]

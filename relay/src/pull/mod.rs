@@ -17,7 +17,7 @@
 //!              (the DESCRIBE waits for that attempt: 503 "Source Unavailable" if it fails)
 //!              sweep (1 s): no viewer for the linger time ─▶ stop ─▶ TEARDOWN ─▶ Idle
 //!  always-on:  wanted from the start
-//!  failure:    Backoff (0.5 s, doubling to 30 s, ±25 % jitter) ─▶ connect again while wanted;
+//!  failure:    Backoff (0.5 s, doubling to 30 s, ±25 % jitter; `[pull]` backoff_*) ─▶ connect again while wanted;
 //!              viewers keep their connection for the hub's publisher grace meanwhile
 //! ```
 
@@ -41,7 +41,7 @@ use crate::hub::LocalNotify;
 use crate::shard::{OnDemand, PreviewStarted, Shard};
 use crate::stream_key::{StreamKey, StreamKind};
 
-/// Timings of pull connections.
+/// Timings of pull connections (`[pull]` of the config file, [`PullSettings::from_config`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PullSettings {
     /// TCP connect and TLS handshake.
@@ -70,6 +70,25 @@ impl Default for PullSettings {
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             start_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+impl PullSettings {
+    /// The `[pull]` table; the linger is `[device] stream_linger_secs` unless `[pull]` sets one
+    /// (one linger for every on-demand stream, device previews and pull sources alike).
+    pub fn from_config(config: &signal::config::Config) -> PullSettings {
+        let pull = &config.pull;
+        PullSettings {
+            connect_timeout: Duration::from_secs(pull.connect_timeout_secs),
+            response_timeout: Duration::from_secs(pull.response_timeout_secs),
+            media_timeout: Duration::from_secs(pull.media_timeout_secs),
+            linger: Duration::from_secs(
+                pull.linger_secs.unwrap_or(config.device.stream_linger_secs),
+            ),
+            backoff_min: Duration::from_millis(pull.backoff_min_ms),
+            backoff_max: Duration::from_millis(pull.backoff_max_ms),
+            start_timeout: Duration::from_secs(pull.start_timeout_secs),
         }
     }
 }
@@ -383,6 +402,14 @@ async fn supervise(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_from_the_default_config_are_the_defaults() {
+        assert_eq!(
+            PullSettings::from_config(&signal::config::Config::default()),
+            PullSettings::default()
+        );
+    }
 
     #[test]
     fn backoff_doubles_to_the_cap_with_bounded_jitter() {
