@@ -495,6 +495,7 @@ pub fn run_viewers(
                 config.targets.len()
             ),
             publisher: None,
+            streams: config.targets.len(),
             viewers: config.viewers,
             duration_secs: config.duration.as_secs_f64(),
             ramp_per_sec: config.ramp_per_sec,
@@ -506,5 +507,6 @@ pub fn run_viewers(
         samples: outcome.samples,
         errors: error_counts(&records, 16),
         viewers: records,
+        publishers: Vec::new(),
     })
 }

@@ -8,5 +8,7 @@ pub mod plan;
 pub mod procstat;
 pub mod report;
 pub mod rtsp_load;
+pub mod rtsp_publish;
 pub mod sei;
 pub mod svg;
+pub mod url_template;

@@ -3,9 +3,12 @@
 //! `loadgen devices` runs simulated ROP cameras against the server (provisioning, keep-alive and
 //! signalling links, streams on demand); `loadgen viewers` asks the client API for play sessions
 //! of online devices and plays them, measuring frame latency from the devices' SEI stamps.
-//! `loadgen rtsp` plays one RTSP URL with N viewers over TCP interleaved, optionally publishing
-//! the stream first with ffmpeg, and writes a JSON report and an SVG chart; the exit code says
-//! whether the `--expect` targets were met (0 met, 3 missed, 1 could not run).
+//! `loadgen rtsp` plays S streams of any RTSP server (URL templates with `{n}` or URL lists)
+//! with V viewers each over TCP interleaved, optionally publishing them first (ffmpeg, or
+//! loadgen's own synthetic H.264 with SEI send stamps for frame latency), and writes a JSON
+//! report and an SVG chart; the exit code says whether the `--expect` targets were met (0 met,
+//! 3 missed, 1 could not run). `loadgen peers` puts the reports of several servers under the
+//! same load side by side.
 
 mod devices;
 
@@ -16,9 +19,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use loadgen::device::synthetic::StreamShape;
 use loadgen::report::{error_counts, Expectation, Report, RunConfig, Sample, Summary};
 use loadgen::rtsp_load::{self, LoadConfig, PlayTarget};
+use loadgen::rtsp_publish::{PublishConfig, PublisherRecord, Publishers};
 use loadgen::svg::{self, Panel, Series};
+use loadgen::url_template;
 
 #[derive(Debug, Parser)]
 #[command(name = "loadgen", version, about)]
@@ -29,7 +35,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Mode {
-    /// Generic RTSP mode: N viewers of one URL on any RTSP server (publishing it first if asked).
+    /// Generic RTSP mode: S streams x V viewers on any RTSP server (publishing them first if
+    /// asked).
     Rtsp(RtspArgs),
     /// Device mode: N simulated ROP cameras (provisioned, online, streaming when asked).
     Devices(devices::DevicesArgs),
@@ -99,44 +106,76 @@ fn plan_command(args: PlanArgs) -> anyhow::Result<bool> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum PublisherKind {
-    /// ffmpeg pushes `--publish-file` (looped, `-c copy -re`) or a test pattern over RTSP/TCP.
+    /// ffmpeg pushes `--publish-file` (looped, `-c copy -re`) or a test pattern over RTSP/TCP,
+    /// one process per stream. Its frames carry no send stamps: no latency measured.
     Ffmpeg,
+    /// loadgen pushes synthetic H.264 (`--bitrate`, `--fps`, `--gop`) with an SEI send stamp
+    /// in every frame, so the viewers measure end-to-end frame latency through the server.
+    Loadgen,
 }
 
 #[derive(Debug, Args)]
 struct RtspArgs {
-    /// URL the viewers play (rtsp://[user:pass@]host:port/path).
+    /// URL the viewers play (rtsp://[user:pass@]host:port/path); with --streams, a template
+    /// with `{n}` for the stream's index (0-based), or `@FILE` with one URL per line.
     #[arg(long)]
     play_url: String,
-    /// Number of viewers.
+    /// Streams: viewer `i` plays stream `i % streams`; each has its own publisher.
     #[arg(long, default_value_t = 1)]
-    viewers: usize,
-    /// URL to publish to before the viewers start (ANNOUNCE/RECORD).
+    streams: usize,
+    /// Viewers in all (default: one per stream).
+    #[arg(long, conflicts_with = "viewers_per_stream")]
+    viewers: Option<usize>,
+    /// Viewers of each stream (viewers in all: this times --streams).
+    #[arg(long)]
+    viewers_per_stream: Option<usize>,
+    /// URL to publish to before the viewers start (ANNOUNCE/RECORD); a template or `@FILE`
+    /// like --play-url (e.g. the signed URLs of `relay url publish --count S`).
     #[arg(long)]
     publish_url: Option<String>,
     /// Publisher program.
     #[arg(long, value_enum, default_value = "ffmpeg")]
     publisher: PublisherKind,
-    /// Media file to publish, looped without re-encoding.
+    /// Media file to publish, looped without re-encoding (ffmpeg).
     #[arg(long, conflicts_with = "publish_testsrc")]
     publish_file: Option<PathBuf>,
-    /// Instead of a file, encode a 1280x720 30 fps test pattern at this bitrate (e.g. 4M).
+    /// Instead of a file, encode a 1280x720 30 fps test pattern at this bitrate (e.g. 4M; ffmpeg).
     #[arg(long)]
     publish_testsrc: Option<String>,
+    /// Video bitrate of the loadgen publisher's synthetic H.264, e.g. 2M or 512k.
+    #[arg(long, value_parser = devices::parse_bitrate, default_value = "2M")]
+    bitrate: u64,
+    /// Frames per second (loadgen publisher).
+    #[arg(long, default_value_t = 25)]
+    fps: u32,
+    /// Frames from one keyframe to the next (loadgen publisher).
+    #[arg(long, default_value_t = 50)]
+    gop: u32,
     /// How long the viewers play (after the first one starts).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     duration: Duration,
-    /// Viewers started per second.
+    /// Viewers started per second (publishers start at the same rate before them).
     #[arg(long, default_value = "100/s", value_parser = parse_rate)]
     ramp: f64,
     /// Executor threads for the viewers (unpinned).
     #[arg(long, default_value_t = 1)]
     shards: usize,
-    /// How long to wait for the URL to become playable (e.g. for the publisher) before starting.
+    /// How long to wait for each stream to become playable (e.g. for its publisher) before
+    /// the viewers start.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     wait: Duration,
     #[command(flatten)]
     run: crate::RunOutput,
+}
+
+impl RtspArgs {
+    fn total_viewers(&self) -> usize {
+        match (self.viewers, self.viewers_per_stream) {
+            (_, Some(per_stream)) => per_stream * self.streams,
+            (Some(viewers), None) => viewers,
+            (None, None) => self.streams,
+        }
+    }
 }
 
 /// What every mode shares: the server it samples, the targets it checks, where its report goes.
@@ -187,11 +226,69 @@ impl Drop for Publisher {
     }
 }
 
-fn start_publisher(args: &RtspArgs) -> anyhow::Result<Option<(Publisher, String)>> {
-    let Some(url) = &args.publish_url else {
-        return Ok(None);
-    };
-    let PublisherKind::Ffmpeg = args.publisher;
+/// The streams' publishers while the run lasts.
+enum Publishing {
+    Ffmpeg(Vec<Publisher>),
+    Loadgen(Publishers),
+}
+
+impl Publishing {
+    /// Stops the publishers; the loadgen's own say how they did.
+    fn stop(self) -> anyhow::Result<Vec<PublisherRecord>> {
+        match self {
+            Publishing::Ffmpeg(processes) => {
+                drop(processes);
+                Ok(Vec::new())
+            }
+            Publishing::Loadgen(publishers) => Ok(publishers.stop()?),
+        }
+    }
+}
+
+/// Starts one publisher per URL; returns them with a description for the report.
+fn start_publishers(args: &RtspArgs, urls: &[String]) -> anyhow::Result<(Publishing, String)> {
+    if args.publisher == PublisherKind::Loadgen {
+        if args.publish_file.is_some() || args.publish_testsrc.is_some() {
+            bail!("--publish-file and --publish-testsrc are for --publisher ffmpeg");
+        }
+        let targets = urls
+            .iter()
+            .map(|url| PlayTarget::parse(url).map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let shape = StreamShape {
+            bitrate_bps: args.bitrate,
+            fps: args.fps.max(1),
+            gop: args.gop.max(1),
+            ..StreamShape::default()
+        };
+        let publishers = Publishers::start(PublishConfig {
+            targets,
+            shape,
+            ramp_per_sec: args.ramp,
+            stamps: true,
+        })?;
+        let description = format!(
+            "loadgen synthetic H.264 {} kbit/s {} fps GOP {} with SEI send stamps",
+            args.bitrate / 1000,
+            shape.fps,
+            shape.gop
+        );
+        return Ok((Publishing::Loadgen(publishers), description));
+    }
+    let mut processes = Vec::with_capacity(urls.len());
+    let mut description = String::new();
+    for (n, url) in urls.iter().enumerate() {
+        if n > 0 {
+            std::thread::sleep(Duration::from_secs_f64(1.0 / args.ramp));
+        }
+        let (child, what) = spawn_ffmpeg(args, url)?;
+        processes.push(Publisher(child));
+        description = what;
+    }
+    Ok((Publishing::Ffmpeg(processes), description))
+}
+
+fn spawn_ffmpeg(args: &RtspArgs, url: &str) -> anyhow::Result<(Child, String)> {
     let mut command = Command::new("ffmpeg");
     command.args(["-hide_banner", "-nostdin", "-loglevel", "error"]);
     let description = if let Some(file) = &args.publish_file {
@@ -215,7 +312,7 @@ fn start_publisher(args: &RtspArgs) -> anyhow::Result<Option<(Publisher, String)
             .args(["-g", "30", "-pix_fmt", "yuv420p"]);
         format!("ffmpeg testsrc2 1280x720@30 libx264 {bitrate}")
     } else {
-        bail!("--publish-url needs --publish-file or --publish-testsrc");
+        bail!("--publisher ffmpeg needs --publish-file or --publish-testsrc");
     };
     command
         .args(["-f", "rtsp", "-rtsp_transport", "tcp"])
@@ -225,7 +322,7 @@ fn start_publisher(args: &RtspArgs) -> anyhow::Result<Option<(Publisher, String)
     let child = command
         .spawn()
         .context("starting ffmpeg (is it installed?)")?;
-    Ok(Some((Publisher(child), description)))
+    Ok((child, description))
 }
 
 pub(crate) fn chart(report: &Report) -> String {
@@ -286,8 +383,9 @@ pub(crate) fn chart(report: &Report) -> String {
     }
     svg::render(
         &format!(
-            "{} RTSP viewers: steady {:.3} Gbit/s, loss {}, time to keyframe p99 {:.0} ms",
+            "{} RTSP viewers of {} streams: steady {:.3} Gbit/s, loss {}, time to keyframe p99 {:.0} ms",
             report.config.viewers,
+            report.config.streams,
             report.summary.steady_gbps,
             report.summary.lost_packets,
             report.summary.ttfk_ms.p99
@@ -299,21 +397,34 @@ pub(crate) fn chart(report: &Report) -> String {
 
 fn rtsp_command(args: RtspArgs) -> anyhow::Result<bool> {
     let expectations = args.run.expectations()?;
+    let viewers = args.total_viewers();
     match rt::raise_fd_limit() {
-        Ok((soft, _)) if soft < args.viewers as u64 + 64 => eprintln!(
-            "warning: open-file limit {soft} is below {} viewers plus margin",
-            args.viewers
+        Ok((soft, _)) if soft < (viewers + args.streams) as u64 + 64 => eprintln!(
+            "warning: open-file limit {soft} is below {viewers} viewers and {} publishers plus margin",
+            args.streams
         ),
         Ok(_) => {}
         Err(e) => eprintln!("warning: cannot raise the open-file limit: {e}"),
     }
-    let target = PlayTarget::parse(&args.play_url).map_err(anyhow::Error::msg)?;
-    let publisher = start_publisher(&args)?;
-    rtsp_load::wait_until_playable(&target, args.wait)
-        .map_err(|e| anyhow::anyhow!("{} is not playable: {e}", target.url))?;
+    let targets = url_template::read_list(&args.play_url, args.streams)
+        .context("--play-url")?
+        .iter()
+        .map(|url| PlayTarget::parse(url).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let publishing = match &args.publish_url {
+        Some(template) => {
+            let urls = url_template::read_list(template, args.streams).context("--publish-url")?;
+            Some(start_publishers(&args, &urls)?)
+        }
+        None => None,
+    };
+    for target in &targets {
+        rtsp_load::wait_until_playable(target, args.wait)
+            .map_err(|e| anyhow::anyhow!("{} is not playable: {e}", target.url))?;
+    }
     let config = LoadConfig {
-        targets: vec![target],
-        viewers: args.viewers,
+        targets,
+        viewers,
         duration: args.duration,
         ramp_per_sec: args.ramp,
         shards: args.shards,
@@ -326,8 +437,12 @@ fn rtsp_command(args: RtspArgs) -> anyhow::Result<bool> {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let outcome = rtsp_load::run(&config)?;
+    let (publisher, publishers) = match publishing {
+        Some((publishing, description)) => (Some(description), publishing.stop()?),
+        None => (None, Vec::new()),
+    };
     let summary = Summary::compute(
-        args.viewers,
+        viewers,
         &outcome.records,
         &outcome.samples,
         outcome.ramp_end_secs,
@@ -338,8 +453,9 @@ fn rtsp_command(args: RtspArgs) -> anyhow::Result<bool> {
         config: RunConfig {
             mode: "rtsp",
             play_url: args.play_url.clone(),
-            publisher: publisher.as_ref().map(|(_, d)| d.clone()),
-            viewers: args.viewers,
+            publisher,
+            streams: args.streams,
+            viewers,
             duration_secs: args.duration.as_secs_f64(),
             ramp_per_sec: args.ramp,
             loadgen_shards: args.shards,
@@ -354,8 +470,8 @@ fn rtsp_command(args: RtspArgs) -> anyhow::Result<bool> {
             records.sort_by_key(|r| r.id);
             records
         },
+        publishers,
     };
-    drop(publisher);
     output_viewer_report(&report, args.run.report.as_deref(), args.run.svg.as_deref())?;
     Ok(report.targets_met())
 }
@@ -367,6 +483,25 @@ pub(crate) fn output_viewer_report(
     svg: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     print!("{}", report.summary.render_text());
+    if !report.publishers.is_empty() {
+        let sum =
+            |f: &dyn Fn(&PublisherRecord) -> u64| report.publishers.iter().map(f).sum::<u64>();
+        println!(
+            "publishers: {} streams, {} sessions recorded, {} failures, {} frames sent",
+            report.publishers.len(),
+            sum(&|p| u64::from(p.sessions)),
+            sum(&|p| u64::from(p.failures)),
+            sum(&|p| p.frames)
+        );
+        for publisher in report.publishers.iter().filter(|p| p.failures > 0) {
+            println!(
+                "  stream {}: {} failures, last: {}",
+                publisher.stream,
+                publisher.failures,
+                publisher.last_error.as_deref().unwrap_or("-")
+            );
+        }
+    }
     for (reason, count) in &report.errors {
         println!("  {count} x {reason}");
     }

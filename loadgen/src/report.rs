@@ -620,6 +620,8 @@ pub struct RunConfig {
     pub mode: &'static str,
     pub play_url: String,
     pub publisher: Option<String>,
+    /// Streams played (viewer `i` plays stream `i % streams`), each with its own publisher.
+    pub streams: usize,
     pub viewers: usize,
     pub duration_secs: f64,
     pub ramp_per_sec: f64,
@@ -640,6 +642,9 @@ pub struct Report {
     pub errors: BTreeMap<String, usize>,
     /// Every viewer's record, by id (e.g. to see whether late starters set up slower).
     pub viewers: Vec<ViewerRecord>,
+    /// The loadgen's own publishers (`--publisher loadgen`), by stream.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub publishers: Vec<crate::rtsp_publish::PublisherRecord>,
 }
 
 impl Report {

@@ -154,6 +154,9 @@ pub struct ViewerMeter {
     pub unexpected: u64,
     pub rtcp: u64,
     pub seen_keyframe: bool,
+    /// Frames stamped before this (Unix µs) are not counted in the latency: see
+    /// [`ViewerMeter::live_from`].
+    live_from_unix_us: u64,
 }
 
 impl ViewerMeter {
@@ -171,7 +174,15 @@ impl ViewerMeter {
             unexpected: 0,
             rtcp: 0,
             seen_keyframe: false,
+            live_from_unix_us: 0,
         }
+    }
+
+    /// Counts latency only for frames sent at or after `unix_us` (the viewer's PLAY answer):
+    /// the earlier ones a relay replays from its GOP cache are old by design (up to a GOP), and
+    /// would hide the latency the relay adds to live frames.
+    pub fn live_from(&mut self, unix_us: u64) {
+        self.live_from_unix_us = unix_us;
     }
 
     /// Takes one interleaved frame; returns true when it is the viewer's first keyframe.
@@ -220,7 +231,8 @@ impl ViewerMeter {
 
 impl ViewerMeter {
     /// The end-to-end latency of the frame this packet belongs to, when it is an H.264 packet
-    /// carrying a loadgen device's SEI send stamp: `now_unix_us` minus the send time.
+    /// carrying a loadgen SEI send stamp (devices, `--publisher loadgen`) of a live frame:
+    /// `now_unix_us` minus the send time.
     pub fn frame_latency_us(&self, channel: u8, packet: &[u8], now_unix_us: u64) -> Option<u64> {
         let (plan, _) = self.tracks.iter().find(|(p, _)| p.rtp_channel == channel)?;
         if plan.keyframe != KeyframeRule::H264 {
@@ -228,7 +240,8 @@ impl ViewerMeter {
         }
         let (_, body) = RtpHeader::parse(packet).ok()?;
         let stamp = crate::sei::stamp_in_rtp_payload(packet.get(body)?)?;
-        Some(now_unix_us.saturating_sub(stamp.sent_unix_us))
+        (stamp.sent_unix_us >= self.live_from_unix_us)
+            .then(|| now_unix_us.saturating_sub(stamp.sent_unix_us))
     }
 }
 
@@ -387,17 +400,17 @@ impl RecvBuf {
 }
 
 /// An RTSP client connection: requests out, responses in, interleaved frames in between.
-struct RtspClient {
-    stream: rt::TcpStream,
+pub(crate) struct RtspClient {
+    pub(crate) stream: rt::TcpStream,
     buf: RecvBuf,
     demuxer: Demuxer,
     cseq: u32,
-    session: Option<SessionHeader>,
+    pub(crate) session: Option<SessionHeader>,
     authorization: Option<String>,
 }
 
 impl RtspClient {
-    fn new(stream: rt::TcpStream, authorization: Option<String>) -> RtspClient {
+    pub(crate) fn new(stream: rt::TcpStream, authorization: Option<String>) -> RtspClient {
         RtspClient {
             stream,
             buf: RecvBuf::new(),
@@ -408,7 +421,7 @@ impl RtspClient {
         }
     }
 
-    fn prepare(&mut self, builder: RequestBuilder) -> Vec<u8> {
+    pub(crate) fn prepare(&mut self, builder: RequestBuilder) -> Vec<u8> {
         self.cseq += 1;
         let mut builder = builder.cseq(self.cseq).header("User-Agent", "loadgen");
         if let Some(session) = &self.session {
@@ -421,7 +434,7 @@ impl RtspClient {
     }
 
     /// Sends a request and waits for the response with its CSeq; frames before it are skipped.
-    async fn request(
+    pub(crate) async fn request(
         &mut self,
         method: &'static str,
         builder: RequestBuilder,
@@ -537,7 +550,7 @@ async fn start_playing(
 const RETRY_PAUSE: Duration = Duration::from_millis(300);
 
 /// How long the DESCRIBE..PLAY exchange may take.
-const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// One viewer from connect to the end of the run (the caller drops this future at the end);
 /// the record is filled in as it goes, so it is complete whenever the future stops.
@@ -590,6 +603,7 @@ async fn receive(
     record: &mut ViewerRecord,
 ) -> ViewerError {
     let mut meter = ViewerMeter::new(plans);
+    meter.live_from(crate::sei::unix_now_us());
     let keepalive_every = Duration::from_secs(
         u64::from(
             client
@@ -989,6 +1003,34 @@ mod tests {
         assert_eq!(meter.rtcp, 1);
         assert_eq!(meter.unexpected, 2);
         assert!(meter.seen_keyframe);
+    }
+
+    #[test]
+    fn latency_counts_live_frames_only() {
+        let mut meter = ViewerMeter::new(&[TrackPlan {
+            rtp_channel: 0,
+            keyframe: KeyframeRule::H264,
+        }]);
+        let stamped = |sent_unix_us| {
+            let sei = crate::sei::FrameStamp {
+                sent_unix_us,
+                frame: 0,
+            }
+            .to_sei_nal();
+            rtp(1, &sei)
+        };
+        meter.live_from(10_000);
+        // From the GOP cache (sent before PLAY): not counted; live: now minus the send time.
+        assert_eq!(meter.frame_latency_us(0, &stamped(9_000), 12_000), None);
+        assert_eq!(
+            meter.frame_latency_us(0, &stamped(10_500), 12_000),
+            Some(1_500)
+        );
+        assert_eq!(meter.frame_latency_us(2, &stamped(10_500), 12_000), None);
+        assert_eq!(
+            meter.frame_latency_us(0, &rtp(2, &[0x41, 0x9a]), 12_000),
+            None
+        );
     }
 
     #[test]

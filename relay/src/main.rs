@@ -101,9 +101,14 @@ struct UrlArgs {
     op: String,
     #[command(flatten)]
     data: DataArg,
-    /// Device UID (or source id).
+    /// Device UID (or source id); with --count, a template where `{n}` is replaced by
+    /// 0..count (e.g. `BENCH{n}`).
     #[arg(long)]
     uid: String,
+    /// Print this many URLs, one per line, for the UIDs of the `--uid` template (for
+    /// `loadgen rtsp --streams S --publish-url @FILE`).
+    #[arg(long)]
+    count: Option<usize>,
     /// Channel number.
     #[arg(long, default_value_t = 0)]
     channel: u8,
@@ -416,13 +421,22 @@ impl ApiAnswer {
 
 fn url_command(args: UrlArgs) -> anyhow::Result<()> {
     let config = signal::config::Config::load(args.config.as_deref())?;
+    let uids: Vec<String> = match args.count {
+        Some(count) if args.uid.contains("{n}") => (0..count)
+            .map(|n| args.uid.replace("{n}", &n.to_string()))
+            .collect(),
+        Some(_) => bail!("--count needs `{{n}}` in --uid (e.g. --uid 'BENCH{{n}}')"),
+        None => vec![args.uid.clone()],
+    };
     // The same check the RTSP server applies to the stream a URL names.
     let kind: relay::stream_key::StreamKind = args
         .stream
         .parse()
         .map_err(|e| anyhow::anyhow!("--stream: {e:?}"))?;
-    relay::stream_key::StreamKey::new(args.uid.clone(), args.channel, kind)
-        .map_err(|e| anyhow::anyhow!("not a stream this server can serve: {e}"))?;
+    for uid in &uids {
+        relay::stream_key::StreamKey::new(uid.clone(), args.channel, kind)
+            .map_err(|e| anyhow::anyhow!("{uid}: not a stream this server can serve: {e}"))?;
+    }
     let secrets = signal::secrets::Secrets::open_or_create(&args.data.data)?;
     let signer = signal::tokens::TokenSigner::new(secrets.token_key);
     let op = if args.op == "play" {
@@ -430,23 +444,26 @@ fn url_command(args: UrlArgs) -> anyhow::Result<()> {
     } else {
         signal::tokens::TokenOp::Publish
     };
-    let grant = signal::tokens::StreamGrant {
-        uid: args.uid,
-        channel: args.channel,
-        stream_type: args.stream,
-        op,
-        exp: signal::clock::unix_now() + args.ttl.as_secs().max(1),
-        file: None,
-    };
     let (scheme, default_port) = if args.tls {
         ("rtsps", config.listen.rtsps.port())
     } else {
         ("rtsp", config.listen.rtsp.port())
     };
     let host = args.host.unwrap_or(config.hostname);
-    println!(
-        "{}",
-        signer.sign_url(scheme, &host, args.port.unwrap_or(default_port), &grant)
-    );
+    let exp = signal::clock::unix_now() + args.ttl.as_secs().max(1);
+    for uid in uids {
+        let grant = signal::tokens::StreamGrant {
+            uid,
+            channel: args.channel,
+            stream_type: args.stream.clone(),
+            op,
+            exp,
+            file: None,
+        };
+        println!(
+            "{}",
+            signer.sign_url(scheme, &host, args.port.unwrap_or(default_port), &grant)
+        );
+    }
     Ok(())
 }

@@ -150,6 +150,22 @@ fn url_prints_signed_play_and_publish_urls() {
     assert!(signer
         .verify_path(&path_of(&publish), signal::tokens::TokenOp::Play, now)
         .is_err());
+    // A template over UIDs: one URL per line, for `loadgen rtsp --streams 3 --publish-url @FILE`.
+    let many = ok(&relay(&[
+        "url", "publish", "--data", data, "--uid", "CAM{n}", "--count", "3",
+    ]));
+    let uids: Vec<String> = many
+        .lines()
+        .map(|url| {
+            signer
+                .verify_path(&path_of(url), signal::tokens::TokenOp::Publish, now)
+                .unwrap()
+                .uid
+        })
+        .collect();
+    assert_eq!(uids, ["CAM0", "CAM1", "CAM2"]);
+    let refused = relay(&["url", "play", "--data", data, "--uid", UID, "--count", "2"]);
+    assert!(!refused.status.success());
 }
 
 #[test]

@@ -19,12 +19,12 @@ use crate::sei::FrameStamp;
 /// Annex-B start code, as cameras write it.
 const START_CODE: [u8; 4] = [0, 0, 0, 1];
 /// SPS of the 320x240 Main-profile test clip (loadgen/testdata/ropdev_h264_3s.264).
-const SPS: &[u8] = &[
+pub const SPS: &[u8] = &[
     0x67, 0x4d, 0x40, 0x0d, 0xd9, 0x01, 0x41, 0xfb, 0x01, 0x10, 0x00, 0x00, 0x03, 0x00, 0x10, 0x00,
     0x00, 0x03, 0x03, 0x20, 0xf1, 0x42, 0xa4, 0x80,
 ];
 /// Its PPS.
-const PPS: &[u8] = &[0x68, 0xeb, 0xc1, 0x12, 0xc8];
+pub const PPS: &[u8] = &[0x68, 0xeb, 0xc1, 0x12, 0xc8];
 /// IDR slice NAL header (nal_ref_idc 3, type 5) and the first bytes of a slice header.
 const IDR_HEADER: &[u8] = &[0x65, 0x88, 0x84];
 /// Non-IDR slice (nal_ref_idc 2, type 1).
@@ -162,6 +162,10 @@ impl VideoStream {
     /// The next frame is a keyframe (a server's keyframe request); clips go back to their start.
     pub fn request_keyframe(&mut self) {
         self.keyframe_wanted = true;
+    }
+
+    pub fn fps(&self) -> u32 {
+        self.source.fps()
     }
 
     /// Frames produced so far.
