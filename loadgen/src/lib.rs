@@ -4,6 +4,7 @@
 
 pub mod device;
 pub mod fleet;
+pub mod peers;
 pub mod plan;
 pub mod procstat;
 pub mod report;

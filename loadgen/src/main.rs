@@ -14,6 +14,7 @@ mod devices;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
@@ -45,6 +46,74 @@ enum Mode {
     /// Capacity planning: the hardware a deployment needs, from the costs measured in reports
     /// of earlier `devices` and `viewers` runs.
     Plan(PlanArgs),
+    /// Several servers under the same `loadgen rtsp` load, side by side: a Markdown table of
+    /// ratios (against a baseline server and against iperf3's loopback ceiling) and a chart.
+    Peers(PeersArgs),
+}
+
+#[derive(Debug, Args)]
+struct PeersArgs {
+    /// SERVER=REPORT.json: the `--report` of a `loadgen rtsp` run against SERVER, once per
+    /// server and size (streams x viewers per stream).
+    #[arg(long = "run", required = true)]
+    runs: Vec<String>,
+    /// The server the others are compared with (default: the first one named).
+    #[arg(long)]
+    baseline: Option<String>,
+    /// `iperf3 -c 127.0.0.1 -J` output from the same run: the loopback TCP ceiling.
+    #[arg(long)]
+    iperf3: Option<PathBuf>,
+    /// Bitrate of each published stream: a size is held when the viewers get at least 90 % of it.
+    #[arg(long, value_parser = devices::parse_bitrate, default_value = "2M")]
+    bitrate: u64,
+    /// Write the SVG chart here.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+}
+
+fn read_json(path: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))
+}
+
+fn peers_command(args: PeersArgs) -> anyhow::Result<bool> {
+    use loadgen::peers;
+    let mut runs = Vec::new();
+    for run in &args.runs {
+        let Some((server, path)) = run.split_once('=') else {
+            bail!("--run {run:?}: expected SERVER=REPORT.json");
+        };
+        let path = PathBuf::from(path);
+        let json = read_json(&path)?;
+        runs.push(peers::read_run(
+            &path.display().to_string(),
+            server,
+            &json,
+            args.bitrate,
+        )?);
+    }
+    let iperf = match &args.iperf3 {
+        Some(path) => Some(peers::read_iperf(
+            &path.display().to_string(),
+            &read_json(path)?,
+        )?),
+        None => None,
+    };
+    let baseline = args
+        .baseline
+        .clone()
+        .or_else(|| runs.first().map(|r| r.server.clone()))
+        .unwrap_or_default();
+    print!(
+        "{}",
+        peers::render_markdown(&runs, &baseline, iperf.as_ref())
+    );
+    if let Some(path) = &args.svg {
+        std::fs::write(path, peers::chart(&runs, iperf.as_ref()))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(true)
 }
 
 #[derive(Debug, Args)]
@@ -288,6 +357,29 @@ fn start_publishers(args: &RtspArgs, urls: &[String]) -> anyhow::Result<(Publish
     Ok((Publishing::Ffmpeg(processes), description))
 }
 
+/// Waits until every loadgen publisher is recording, for at most `limit` after the last one
+/// was due to start.
+fn wait_recording(publishers: &Publishers, args: &RtspArgs) -> anyhow::Result<()> {
+    let (streams, limit) = (args.streams, args.wait);
+    let deadline = std::time::Instant::now()
+        + rtsp_load::start_offset(streams.saturating_sub(1), args.ramp)
+        + limit;
+    loop {
+        let recording = publishers.totals().recording.load(Ordering::Relaxed);
+        if recording >= streams as u64 {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "{recording} of {streams} publishers recording after {}; last failure: {}",
+                humantime::format_duration(limit),
+                publishers.last_error().as_deref().unwrap_or("none")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn spawn_ffmpeg(args: &RtspArgs, url: &str) -> anyhow::Result<(Child, String)> {
     let mut command = Command::new("ffmpeg");
     command.args(["-hide_banner", "-nostdin", "-loglevel", "error"]);
@@ -418,6 +510,10 @@ fn rtsp_command(args: RtspArgs) -> anyhow::Result<bool> {
         }
         None => None,
     };
+    if let Some((Publishing::Loadgen(publishers), _)) = &publishing {
+        // A server may answer a DESCRIBE only once the stream has data (GStreamer's blocks).
+        wait_recording(publishers, &args)?;
+    }
     for target in &targets {
         rtsp_load::wait_until_playable(target, args.wait)
             .map_err(|e| anyhow::anyhow!("{} is not playable: {e}", target.url))?;
@@ -534,6 +630,7 @@ fn main() -> ExitCode {
         Mode::Devices(args) => devices::devices_command(args),
         Mode::Viewers(args) => devices::viewers_command(args),
         Mode::Plan(args) => plan_command(args),
+        Mode::Peers(args) => peers_command(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

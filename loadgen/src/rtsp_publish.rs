@@ -121,6 +121,8 @@ pub struct PublishTotals {
     pub frames: AtomicU64,
     pub bytes: AtomicU64,
     pub failures: AtomicU64,
+    /// The latest failure of any publisher (stream index and error).
+    last_error: std::sync::Mutex<Option<String>>,
 }
 
 /// Publishers running on their own thread until [`Publishers::stop`].
@@ -149,6 +151,11 @@ impl Publishers {
 
     pub fn totals(&self) -> &PublishTotals {
         &self.totals
+    }
+
+    /// The latest failure of any publisher, e.g. `stream 3: ANNOUNCE answered 401 Unauthorized`.
+    pub fn last_error(&self) -> Option<String> {
+        self.totals.last_error.lock().ok()?.clone()
     }
 
     /// Stops every publisher (closing its connection) and returns their records, by stream.
@@ -220,6 +227,9 @@ async fn publish_until_stopped(
         record.failures += 1;
         record.last_error = Some(error.to_string());
         totals.failures.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut last) = totals.last_error.lock() {
+            *last = Some(format!("stream {}: {error}", record.stream));
+        }
         rt::timer::sleep(RETRY_PAUSE).await;
     }
 }

@@ -32,6 +32,9 @@ const COLORS: &[&str] = &[
     "#bcbd22", "#17becf",
 ];
 
+/// Series with at most this many points get a marker on each.
+const MARKED_POINTS: usize = 32;
+
 /// The smallest "nice" number (1, 2 or 5 times a power of ten) at or above `value`.
 pub fn nice_ceiling(value: f64) -> f64 {
     if !(value.is_finite() && value > 0.0) {
@@ -154,6 +157,13 @@ pub fn render(title: &str, x_label: &str, panels: &[Panel]) -> String {
                 r#"<polyline fill="none" stroke="{color}" stroke-width="1.8" points="{}"/>"#,
                 points.join(" ")
             );
+            // A few measured points (one per run, not per second): mark each.
+            if points.len() <= MARKED_POINTS {
+                for point in &points {
+                    let (x, y) = point.split_once(',').unwrap_or(("0", "0"));
+                    let _ = writeln!(out, r#"<circle cx="{x}" cy="{y}" r="3.5" fill="{color}"/>"#);
+                }
+            }
             let legend_y = top + 14.0 + number as f64 * 16.0;
             let legend_x = LEFT + plot_width + 12.0;
             let _ = writeln!(
