@@ -604,17 +604,7 @@ async fn receive(
 ) -> ViewerError {
     let mut meter = ViewerMeter::new(plans);
     meter.live_from(crate::sei::unix_now_us());
-    let keepalive_every = Duration::from_secs(
-        u64::from(
-            client
-                .session
-                .as_ref()
-                .and_then(|s| s.timeout)
-                .unwrap_or(60),
-        )
-        .max(2)
-            / 2,
-    );
+    let keepalive_every = keepalive_interval(client.session.as_ref().and_then(|s| s.timeout));
     let mut next_keepalive = playing_since + keepalive_every;
     let (mut reported_packets, mut reported_lost) = (0u64, 0u64);
     loop {
@@ -923,6 +913,12 @@ async fn shard_viewers(
     }
     let records = std::mem::take(&mut *records.borrow_mut());
     records
+}
+
+/// How often a client keeps its RTSP session alive, as players do: every half of the timeout the
+/// server announced (60 s when it announced none), at least every second.
+pub(crate) fn keepalive_interval(announced_timeout_secs: Option<u32>) -> Duration {
+    Duration::from_secs(u64::from(announced_timeout_secs.unwrap_or(60)).max(2) / 2)
 }
 
 #[cfg(test)]

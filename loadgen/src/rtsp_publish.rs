@@ -299,18 +299,8 @@ async fn send_frames(
     let mut rtp = RtpPublisher::new(0, rand::random(), rand::random(), rand::random());
     let fps = video_fps(video);
     let period = Duration::from_secs(1) / fps;
-    // Keep the session alive as players do: every half of the announced timeout.
-    let keepalive_every = Duration::from_secs(
-        u64::from(
-            client
-                .session
-                .as_ref()
-                .and_then(|s| s.timeout)
-                .unwrap_or(60),
-        )
-        .max(2)
-            / 2,
-    );
+    let keepalive_every =
+        crate::rtsp_load::keepalive_interval(client.session.as_ref().and_then(|s| s.timeout));
     let started = Instant::now();
     let first_frame = video.frames();
     let mut next_keepalive = started + keepalive_every;
