@@ -20,6 +20,7 @@ mod error;
 mod files;
 mod inspect;
 mod profile;
+mod sigcache;
 mod store;
 mod tls;
 
@@ -31,6 +32,7 @@ pub use profile::{
     default_hosts, DEFAULT_DEVICE_VALIDITY, INTERMEDIATE_VALIDITY, ROOT_VALIDITY,
     SERVER_RENEW_BEFORE, SERVER_VALIDITY,
 };
+pub use sigcache::{signature_cache_stats, SignatureCacheStats};
 pub use store::{CertStatus, DeviceKey, InitOptions, IssuedDevice, Pki, PkiPaths};
 pub use tls::{
     client_config_for_device, client_config_trusting, crypto_provider, DeviceCertVerifier,

@@ -13,7 +13,7 @@ use std::fmt;
 use std::sync::{Arc, RwLock};
 
 use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::{ring as ring_provider, CryptoProvider};
+use rustls::crypto::{ring as ring_provider, CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
@@ -30,7 +30,9 @@ use crate::PkiError;
 pub static PROTOCOL_VERSIONS: &[&SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
-/// The ring provider restricted to the suites we mean to offer, in preference order.
+/// The ring provider restricted to the suites we mean to offer, in preference order, with the
+/// signature checks of certificate paths and CRLs memoized (see [`crate::sigcache`]); the
+/// handshake's own signatures are verified in full every time.
 pub fn crypto_provider() -> Arc<CryptoProvider> {
     use ring_provider::cipher_suite as cs;
     let mut provider = ring_provider::default_provider();
@@ -51,6 +53,11 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
         ring_provider::kx_group::SECP256R1,
         ring_provider::kx_group::SECP384R1,
     ];
+    let algorithms = provider.signature_verification_algorithms;
+    provider.signature_verification_algorithms = WebPkiSupportedAlgorithms {
+        all: crate::sigcache::memoized(algorithms.all),
+        mapping: algorithms.mapping,
+    };
     Arc::new(provider)
 }
 

@@ -455,3 +455,87 @@ fn slow_small_reads_of_a_large_response() {
     })
     .unwrap();
 }
+
+/// A burst of mutual-TLS handshakes, all started at once: servers on two shards sharing the
+/// port (SO_REUSEPORT), clients on two other shards, each connection a task that waits on
+/// glommio's one-shot read readiness between flights. Every handshake completes and carries
+/// its reply; a readiness wake-up lost anywhere would leave its handshake waiting until the
+/// handshake timeout and fail it with `TlsError::Timeout`.
+#[test]
+fn a_burst_of_concurrent_handshakes_on_two_shards_all_complete() {
+    const CONNECTIONS: usize = 200;
+    let pki = pki();
+    let server_config = server_config(&pki, true);
+    let client_config = client_config(&pki, true);
+    // Reserve a port, then let both server shards bind it.
+    let addr = std::net::TcpListener::bind(localhost())
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (bound_tx, bound_rx) = mpsc::channel::<()>();
+    let bound_tx = Arc::new(Mutex::new(bound_tx));
+    let servers = ShardPool::new(2)
+        .pin(false)
+        .name("tls-burst-server")
+        .start(move |ctx| {
+            let server_config = server_config.clone();
+            let bound_tx = bound_tx.clone();
+            async move {
+                let listener = TcpListener::bind(addr).unwrap();
+                bound_tx.lock().unwrap().send(()).unwrap();
+                while let Some(Ok(tcp)) = listener.accept_until(&ctx.shutdown).await {
+                    let server_config = server_config.clone();
+                    rt::spawn_detached(async move {
+                        let mut tls = tls::accept(tcp, server_config, HANDSHAKE).await.unwrap();
+                        let mut request = [0u8; 5];
+                        tls.read_exact(&mut request).await.unwrap();
+                        tls.write_all(b"hello").await.unwrap();
+                        tls.flush().await.unwrap();
+                        let mut rest = Vec::new();
+                        let _ = tls.read_to_end(&mut rest).await;
+                    });
+                }
+            }
+        })
+        .unwrap();
+    for _ in 0..2 {
+        bound_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    }
+    let completed = ShardPool::new(2)
+        .pin(false)
+        .name("tls-burst-client")
+        .run(move |ctx| {
+            let client_config = client_config.clone();
+            async move {
+                let tasks: Vec<_> = (ctx.id..CONNECTIONS)
+                    .step_by(ctx.count)
+                    .map(|_| {
+                        let client_config = client_config.clone();
+                        rt::spawn_local(async move {
+                            let tcp = TcpStream::connect(addr).await.unwrap();
+                            let mut tls =
+                                tls::connect(tcp, client_config, server_name(), HANDSHAKE)
+                                    .await
+                                    .unwrap();
+                            tls.write_all(b"hello").await.unwrap();
+                            tls.flush().await.unwrap();
+                            let mut reply = [0u8; 5];
+                            tls.read_exact(&mut reply).await.unwrap();
+                            assert_eq!(&reply, b"hello");
+                            tls
+                        })
+                    })
+                    .collect();
+                // Keep every connection open until all are done, so all are in flight at once.
+                let mut open = Vec::new();
+                for task in tasks {
+                    open.push(task.await);
+                }
+                open.len()
+            }
+        })
+        .unwrap();
+    assert_eq!(completed.iter().sum::<usize>(), CONNECTIONS);
+    servers.shutdown().trigger();
+    servers.join().unwrap();
+}
