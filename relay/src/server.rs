@@ -213,7 +213,10 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
         alarm_queue.clone(),
         &config,
         &secrets,
-        signal::alarms::DeliverySettings::default(),
+        signal::alarms::DeliverySettings {
+            max_in_flight: config.alarm_webhook_max_in_flight,
+            ..signal::alarms::DeliverySettings::default()
+        },
     )?;
     let (streams_ready_tx, streams_ready) = std::sync::mpsc::channel();
     let streams = crate::stream_conn::StreamWiring {

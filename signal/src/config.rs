@@ -382,6 +382,10 @@ pub struct Config {
     /// Most alarms kept waiting for the webhook; beyond it the oldest alarm is dropped and
     /// counted (`rop_alarms_dropped_total{reason="backlog_full"}`). About 300 bytes of disk each.
     pub alarm_backlog_max: u64,
+    /// Most alarm webhook requests in flight at once, each for a different device (a device's
+    /// next alarm waits for the answer to its previous one), over as many keep-alive
+    /// connections. A webhook that answers slowly still takes this many alarms per answer time.
+    pub alarm_webhook_max_in_flight: usize,
     /// Default lifetime of play URLs, seconds (the platform's `rtsp.playSessionTTL` is 30 s).
     pub play_url_ttl_secs: u64,
     /// Listener addresses.
@@ -414,6 +418,7 @@ impl Default for Config {
             alarm_webhook: None,
             alarm_webhook_ca: None,
             alarm_backlog_max: 100_000,
+            alarm_webhook_max_in_flight: 8,
             play_url_ttl_secs: 30,
             listen: ListenConfig::default(),
             api: ApiConfig::default(),
@@ -623,6 +628,9 @@ impl Config {
         }
         if !(1..=10_000_000).contains(&self.alarm_backlog_max) {
             return invalid("alarm_backlog_max", "must be between 1 and 10000000");
+        }
+        if !(1..=64).contains(&self.alarm_webhook_max_in_flight) {
+            return invalid("alarm_webhook_max_in_flight", "must be between 1 and 64");
         }
         self.pull.validate()?;
         let mut uids = std::collections::HashSet::new();

@@ -6,6 +6,9 @@
 //!   over one reused keep-alive connection;
 //! - receiver down: alarms wait, then all arrive in order once it is up;
 //! - 500 then 200: the same event is retried;
+//! - slow: answers within the response timeout only delay delivery; one past it is retried with
+//!   the same event id (the partner sees it twice), the backlog visible meanwhile; alarms of
+//!   different devices travel side by side over several connections, each device's in order;
 //! - refused (400) alarms: only their device waits, then they are dead-lettered;
 //! - kill -9 after enqueue (a child process aborts without closing anything): delivered after
 //!   the "restart".
@@ -53,6 +56,8 @@ struct ReceiverState {
     script: VecDeque<u16>,
     /// Alarms of this UID are always answered 400.
     refuse_uid: Option<String>,
+    /// Delays before answering, in order; none once empty.
+    delays: VecDeque<Duration>,
 }
 
 struct Webhook {
@@ -70,23 +75,31 @@ impl Handler for Webhook {
                 .to_owned()
         };
         let json: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
-        let mut state = self.state.lock().unwrap();
-        let status = if state.refuse_uid.as_deref() == json["uid"].as_str() {
-            400
-        } else {
-            state.script.pop_front().unwrap_or(200)
-        };
         assert_eq!(request.path(), "/hook");
         assert_eq!(request.query(), Some("authcode=s3cret"));
-        state.received.push(Received {
-            body: request.body.to_vec(),
-            json,
-            signature: header("x-rop-signature"),
-            event_id: header("x-rop-event-id"),
-            idempotency_key: header("idempotency-key"),
-            timestamp: header("x-rop-timestamp"),
-            peer: conn.peer,
-        });
+        let (status, delay) = {
+            let mut state = self.state.lock().unwrap();
+            let delay = state.delays.pop_front();
+            let status = if state.refuse_uid.as_deref() == json["uid"].as_str() {
+                400
+            } else {
+                state.script.pop_front().unwrap_or(200)
+            };
+            state.received.push(Received {
+                body: request.body.to_vec(),
+                json,
+                signature: header("x-rop-signature"),
+                event_id: header("x-rop-event-id"),
+                idempotency_key: header("idempotency-key"),
+                timestamp: header("x-rop-timestamp"),
+                peer: conn.peer,
+            });
+            (status, delay)
+        };
+        // Recorded on arrival, answered after the delay.
+        if let Some(delay) = delay {
+            rt::timer::sleep(delay).await;
+        }
         http::Response::builder()
             .status(StatusCode::from_u16(status).unwrap())
             .body(b"{\"message\":\"ok\"}".to_vec())
@@ -394,6 +407,93 @@ fn server_error_is_retried_until_accepted() {
     assert_eq!((m.delivered, m.retried), (1, 2));
     thread::sleep(Duration::from_millis(300));
     assert_eq!(receiver.received().len(), 3, "nothing sent after the 2xx");
+}
+
+#[test]
+fn slow_webhook_delays_delivery_and_one_past_the_timeout_is_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tls, ca) = pki(dir.path());
+    let addr = free_addr();
+    // The first answer comes after the sender's 2 s response timeout; the next ones after
+    // 300 ms each, within it.
+    let state = Arc::new(Mutex::new(ReceiverState {
+        delays: VecDeque::from([
+            Duration::from_secs(3),
+            Duration::from_millis(300),
+            Duration::from_millis(300),
+            Duration::from_millis(300),
+        ]),
+        ..ReceiverState::default()
+    }));
+    let receiver = Receiver::start_with(addr, tls, state);
+    let queue = open_queue(dir.path());
+    let _sender = Sender::start(delivery(&queue, addr, &ca));
+    let first = alarm(UID_A, 0);
+    queue.enqueue(&first).unwrap();
+    for channel in 1..3 {
+        queue.enqueue(&alarm(UID_A, channel)).unwrap();
+    }
+    // While the first waits for its answer, the backlog shows on the gauges.
+    receiver.wait_for(1);
+    let m = queue.metrics().snapshot();
+    assert_eq!(m.depth, 3);
+    assert_eq!(m.oldest_received_at_ms, first.received_at_ms);
+
+    wait_until(Duration::from_secs(20), || queue.depth().unwrap() == 0);
+    let got = receiver.received();
+    // The timed-out attempt reached the partner, and so did its retry: at least once, with the
+    // same event id to deduplicate on.
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert_eq!(got[0].event_id, first.event_id);
+    assert_eq!(got[1].event_id, first.event_id);
+    assert_eq!(channels_of(&got, UID_A), vec![0, 0, 1, 2], "in order");
+    let m = queue.metrics().snapshot();
+    assert_eq!((m.delivered, m.retried, m.dropped()), (3, 1, 0));
+    assert_eq!(m.oldest_received_at_ms, 0);
+}
+
+#[test]
+fn alarms_of_different_devices_are_in_flight_together_each_device_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tls, ca) = pki(dir.path());
+    let addr = free_addr();
+    // Every answer takes 500 ms.
+    let state = Arc::new(Mutex::new(ReceiverState {
+        delays: std::iter::repeat_n(Duration::from_millis(500), 64).collect(),
+        ..ReceiverState::default()
+    }));
+    let receiver = Receiver::start_with(addr, tls, state);
+    let queue = open_queue(dir.path());
+    let uids: Vec<String> = (0..4).map(|i| format!("95270000000000A{i}")).collect();
+    for channel in 0..3 {
+        for uid in &uids {
+            queue.enqueue(&alarm(uid, channel)).unwrap();
+        }
+    }
+    let _sender = Sender::start(delivery(&queue, addr, &ca));
+    // The four devices' first alarms are all in flight before any is answered.
+    let first = receiver.wait_for(4);
+    let peers: std::collections::HashSet<_> = first[..4].iter().map(|r| r.peer).collect();
+    assert_eq!(
+        peers.len(),
+        4,
+        "one connection per request in flight: {first:?}"
+    );
+    let devices: std::collections::HashSet<_> =
+        first[..4].iter().map(|r| r.json["uid"].clone()).collect();
+    assert_eq!(devices.len(), 4, "one alarm per device in flight");
+
+    wait_until(Duration::from_secs(20), || queue.depth().unwrap() == 0);
+    let got = receiver.received();
+    assert_eq!(got.len(), 12, "each alarm once");
+    for uid in &uids {
+        assert_eq!(channels_of(&got, uid), vec![0, 1, 2], "{uid} in order");
+    }
+    // The connections are kept and reused: no more than were in flight at once.
+    let peers: std::collections::HashSet<_> = got.iter().map(|r| r.peer).collect();
+    assert_eq!(peers.len(), 4);
+    let m = queue.metrics().snapshot();
+    assert_eq!((m.delivered, m.retried), (12, 0));
 }
 
 #[test]

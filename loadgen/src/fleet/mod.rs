@@ -141,12 +141,13 @@ pub struct FleetShared {
 /// The answered alarms of a run, one line each: `uid`, AI type (with its tag), reply code,
 /// tab-separated.
 #[derive(Debug)]
-pub struct AlarmLog(Mutex<std::io::BufWriter<std::fs::File>>);
+pub struct AlarmLog(Mutex<std::io::LineWriter<std::fs::File>>);
 
 impl AlarmLog {
     /// Creates (truncates) the log file.
     pub fn create(path: &std::path::Path) -> std::io::Result<AlarmLog> {
-        Ok(AlarmLog(Mutex::new(std::io::BufWriter::new(
+        // Line by line: a run stopped with a signal keeps every alarm answered before it.
+        Ok(AlarmLog(Mutex::new(std::io::LineWriter::new(
             std::fs::File::create(path)?,
         ))))
     }

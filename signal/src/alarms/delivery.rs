@@ -1,5 +1,7 @@
 //! The webhook sender: one task on the control-plane executor that reads the queue in arrival
-//! order and posts each alarm to the partner, over one keep-alive connection (HTTP or HTTPS).
+//! order and posts the alarms to the partner, up to [`DeliverySettings::max_in_flight`] at once
+//! (each of a different device), over a small pool of keep-alive connections (HTTP or HTTPS).
+//! The alarms a window of requests delivered are removed from the queue in one transaction.
 //!
 //! Policy (documented for partners in `docs/alarms.md`):
 //! - 2xx: delivered, removed from the queue.
@@ -14,11 +16,12 @@
 //!   [`DeliverySettings::max_rejections`] refusals the alarm goes to the dead-letter table
 //!   (counted), so that one malformed alarm cannot hold its device's later alarms forever.
 //! - A device's next alarm is never sent before the previous one is acknowledged or
-//!   dead-lettered: per-device order holds. Alarms of different devices may overtake a
-//!   refused one.
+//!   dead-lettered: per-device order holds (a window holds at most one alarm per device and
+//!   ends before a device's second). Alarms of different devices may overtake a refused one,
+//!   and travel side by side.
 //! - At least once: an alarm whose response was lost is sent again with the same event id.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -64,6 +67,9 @@ pub struct DeliverySettings {
     pub max_response_bytes: usize,
     /// When nothing is to be done, look at the queue again after this long anyway. Default 5 s.
     pub idle_poll: Duration,
+    /// Most requests in flight at once, each for a different device, over as many keep-alive
+    /// connections (`alarm_webhook_max_in_flight`). Default 8.
+    pub max_in_flight: usize,
 }
 
 impl Default for DeliverySettings {
@@ -79,6 +85,7 @@ impl Default for DeliverySettings {
             max_rejections: 10,
             max_response_bytes: 64 * 1024,
             idle_poll: Duration::from_secs(5),
+            max_in_flight: 8,
         }
     }
 }
@@ -198,7 +205,7 @@ impl AlarmDelivery {
         let mut sender = Sender {
             delivery: &self,
             target,
-            conn: None,
+            idle: Vec::new(),
             blocked: HashMap::new(),
             failures: 0,
         };
@@ -315,43 +322,57 @@ struct Blocked {
 struct Sender<'a> {
     delivery: &'a AlarmDelivery,
     target: WebhookTarget,
-    conn: Option<Connection>,
+    /// Keep-alive connections not in use, the most recently used last.
+    idle: Vec<Connection>,
     /// Devices waiting after a refusal, by UID.
     blocked: HashMap<String, Blocked>,
-    /// Consecutive failures of the webhook as a whole (transport, 408/429/5xx).
+    /// Consecutive failures of the webhook as a whole (transport, 408/429/5xx), one per window.
     failures: u32,
 }
 
 /// Alarms read from the store per page of a pass.
 const PAGE: usize = 256;
 
+/// What one request of a window came back with.
+type Attempt = Result<(ResponseVerdict, http::StatusCode), AttemptError>;
+
 impl Sender<'_> {
-    /// Sends every alarm whose device is not waiting, in arrival order, until the end of the
-    /// queue or the first failure of the webhook as a whole.
+    /// Sends every alarm whose device is not waiting, in arrival order, a window of up to
+    /// `max_in_flight` at a time, until the end of the queue or a failure of the webhook as a
+    /// whole.
     async fn pass(&mut self) -> Pass {
         let queue = &self.delivery.queue;
         let settings = &self.delivery.settings;
         // Devices passed over in this pass: their later alarms must wait too.
         let mut skipped: HashSet<String> = HashSet::new();
+        let mut page: VecDeque<QueuedAlarm> = VecDeque::new();
         let mut after = None;
+        let mut exhausted = false;
         let mut attempted = false;
         loop {
-            let page = match queue.peek(after, PAGE) {
-                Ok(page) => page,
-                Err(error) => {
-                    tracing::error!(%error, "alarm queue: cannot read");
-                    return Pass::StoreFailed;
+            // The window: queue order, one alarm per device; it ends before a device's second
+            // alarm, which waits for the verdict on its first.
+            let mut window: Vec<QueuedAlarm> = Vec::new();
+            while window.len() < settings.max_in_flight.max(1) {
+                if page.is_empty() && !exhausted {
+                    match queue.peek(after, PAGE) {
+                        Ok(items) => {
+                            exhausted = items.is_empty();
+                            page.extend(items);
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, "alarm queue: cannot read");
+                            return Pass::StoreFailed;
+                        }
+                    }
                 }
-            };
-            if page.is_empty() {
-                // Forget waiting devices that have no alarm left (dropped for backlog).
-                self.blocked.retain(|uid, _| skipped.contains(uid));
-                return Pass::Done { attempted };
-            }
-            for item in page {
-                after = Some(item.seq);
+                let Some(item) = page.front() else { break };
                 let uid = &item.event.uid;
+                if window.iter().any(|w| w.event.uid == *uid) {
+                    break;
+                }
                 if skipped.contains(uid) {
+                    after = page.pop_front().map(|item| item.seq);
                     continue;
                 }
                 if self
@@ -360,15 +381,32 @@ impl Sender<'_> {
                     .is_some_and(|b| b.until > Instant::now())
                 {
                     skipped.insert(uid.clone());
+                    after = page.pop_front().map(|item| item.seq);
                     continue;
                 }
-                attempted = true;
-                let verdict = match self.post(&item).await {
-                    Ok(verdict) => verdict,
+                if let Some(item) = page.pop_front() {
+                    after = Some(item.seq);
+                    window.push(item);
+                }
+            }
+            if window.is_empty() {
+                // Forget waiting devices that have no alarm left (dropped for backlog).
+                self.blocked.retain(|uid, _| skipped.contains(uid));
+                return Pass::Done { attempted };
+            }
+            attempted = true;
+            let attempts = self.post_window(&window).await;
+            let mut delivered = Vec::new();
+            let mut backoff: Option<Duration> = None;
+            let mut webhook_failed = false;
+            for (item, attempt) in window.iter().zip(attempts) {
+                let uid = &item.event.uid;
+                match attempt {
                     Err(error) => {
-                        self.failures += 1;
+                        webhook_failed = true;
                         queue.metrics().add_retried();
-                        let delay = self.delivery.backoff(self.failures);
+                        let delay = self.delivery.backoff(self.failures + 1);
+                        backoff = backoff.max(Some(delay));
                         tracing::warn!(
                             webhook = %self.target.redacted(),
                             event_id = %item.event.event_id,
@@ -376,27 +414,20 @@ impl Sender<'_> {
                             retry_in = ?delay,
                             "alarm webhook unreachable"
                         );
-                        return Pass::Backoff(delay);
                     }
-                };
-                match verdict {
-                    (ResponseVerdict::Delivered, _) => {
-                        self.failures = 0;
+                    Ok((ResponseVerdict::Delivered, _)) => {
                         self.blocked.remove(uid);
                         queue.metrics().add_delivered();
-                        if let Err(error) = queue.ack(item.seq) {
-                            // It will be delivered again: at least once.
-                            tracing::error!(%error, "alarm queue: cannot remove a delivered alarm");
-                            return Pass::StoreFailed;
-                        }
+                        delivered.push(item.seq);
                     }
-                    (ResponseVerdict::RetryLater { retry_after }, status) => {
-                        self.failures += 1;
+                    Ok((ResponseVerdict::RetryLater { retry_after }, status)) => {
+                        webhook_failed = true;
                         queue.metrics().add_retried();
                         let delay = retry_after.map_or_else(
-                            || self.delivery.backoff(self.failures),
+                            || self.delivery.backoff(self.failures + 1),
                             |d| d.min(settings.max_backoff),
                         );
+                        backoff = backoff.max(Some(delay));
                         tracing::warn!(
                             webhook = %self.target.redacted(),
                             event_id = %item.event.event_id,
@@ -404,10 +435,8 @@ impl Sender<'_> {
                             retry_in = ?delay,
                             "alarm webhook busy or failing"
                         );
-                        return Pass::Backoff(delay);
                     }
-                    (ResponseVerdict::Rejected, status) => {
-                        self.failures = 0;
+                    Ok((ResponseVerdict::Rejected, status)) => {
                         let rejections = self.blocked.get(uid).map_or(0, |b| b.rejections) + 1;
                         if rejections >= settings.max_rejections {
                             self.blocked.remove(uid);
@@ -447,96 +476,159 @@ impl Sender<'_> {
                         }
                     }
                 }
-                rt::yield_if_needed().await;
             }
-        }
-    }
-
-    /// Posts one alarm; reuses the keep-alive connection when it is fresh enough, and retries
-    /// once on a new connection when a reused one turns out to be closed.
-    async fn post(
-        &mut self,
-        item: &QueuedAlarm,
-    ) -> Result<(ResponseVerdict, http::StatusCode), AttemptError> {
-        let settings = &self.delivery.settings;
-        let mut request = Vec::with_capacity(1024);
-        encode_webhook_request(
-            &self.target,
-            &self.delivery.signer,
-            &item.event,
-            crate::clock::unix_now(),
-            &mut request,
-        );
-        if self
-            .conn
-            .as_ref()
-            .is_some_and(|c| c.idle_since.elapsed() >= settings.keepalive_idle)
-        {
-            self.conn = None;
-        }
-        loop {
-            let reused = self.conn.is_some();
-            let mut conn = match self.conn.take() {
-                Some(conn) => conn,
-                None => self.connect().await?,
-            };
-            match conn.exchange(&request, settings).await {
-                Ok((response, keep_alive)) => {
-                    if keep_alive {
-                        conn.idle_since = Instant::now();
-                        self.conn = Some(conn);
-                    }
-                    let status = response.status();
-                    return Ok((classify_response(status, response.headers()), status));
+            if !delivered.is_empty() {
+                if let Err(error) = queue.ack_batch(&delivered) {
+                    // They will be delivered again: at least once.
+                    tracing::error!(%error, "alarm queue: cannot remove delivered alarms");
+                    return Pass::StoreFailed;
                 }
-                // The server closed the idle connection as we reused it: nothing was
-                // processed, try a fresh connection at once.
-                Err(AttemptError::ClosedBeforeResponse) if reused => continue,
-                Err(error) => return Err(error),
             }
+            if webhook_failed {
+                self.failures += 1;
+                return Pass::Backoff(backoff.unwrap_or(settings.initial_backoff));
+            }
+            self.failures = 0;
+            rt::yield_if_needed().await;
         }
     }
 
-    async fn connect(&self) -> Result<Connection, AttemptError> {
+    /// Posts every alarm of `window` at once, each over a connection of its own from the idle
+    /// pool (or a new one); the answers in window order. Connections that may carry another
+    /// request go back to the pool.
+    async fn post_window(&mut self, window: &[QueuedAlarm]) -> Vec<Attempt> {
         let settings = &self.delivery.settings;
-        let host = self.target.host().to_owned();
-        let port = self.target.port();
-        // getaddrinfo blocks; the control plane tolerates it (it also waits on fsync), and
-        // resolving per connection follows DNS changes.
-        let addrs: Vec<SocketAddr> = (host.as_str(), port)
-            .to_socket_addrs()
-            .map_err(AttemptError::Resolve)?
+        self.idle
+            .retain(|c| c.idle_since.elapsed() < settings.keepalive_idle);
+        let requests: Vec<_> = window
+            .iter()
+            .map(|item| {
+                let conn = self.idle.pop();
+                post(self.delivery, &self.target, conn, item)
+            })
             .collect();
-        let mut last_error = io::Error::new(io::ErrorKind::NotFound, "no address");
-        let mut tcp = None;
-        for addr in addrs {
-            match TcpStream::connect_timeout(addr, settings.connect_timeout).await {
-                Ok(stream) => {
-                    tcp = Some(stream);
-                    break;
+        let mut attempts = Vec::with_capacity(window.len());
+        for (attempt, conn) in join_all(requests).await {
+            if let Some(conn) = conn {
+                self.idle.push(conn);
+            }
+            attempts.push(attempt);
+        }
+        attempts
+    }
+}
+
+/// Runs every future at once; their outputs in order.
+async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *output = Some(value),
+                    std::task::Poll::Pending => pending = true,
                 }
-                Err(error) => last_error = error,
             }
         }
-        let tcp = tcp.ok_or(AttemptError::Connect(last_error))?;
-        let _ = tcp.set_nodelay(true);
-        let stream = match &self.delivery.tls {
-            Some(config) if self.target.is_https() => {
-                let name = ServerName::try_from(host)
-                    .map_err(|_| AttemptError::Tls("the host is not a valid TLS name".into()))?;
-                let tls = rt::tls::connect(tcp, config.clone(), name, settings.handshake_timeout)
-                    .await
-                    .map_err(|e| AttemptError::Tls(e.to_string()))?;
-                MaybeTls::Tls(Box::new(tls))
-            }
-            _ => MaybeTls::Plain(tcp),
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
+/// Posts one alarm over `conn` (a keep-alive connection from the pool) or a new connection, and
+/// retries once on a new connection when a reused one turns out to be closed. Returns the
+/// answer and the connection when it can carry another request.
+async fn post(
+    delivery: &AlarmDelivery,
+    target: &WebhookTarget,
+    mut conn: Option<Connection>,
+    item: &QueuedAlarm,
+) -> (Attempt, Option<Connection>) {
+    let settings = &delivery.settings;
+    let mut request = Vec::with_capacity(1024);
+    encode_webhook_request(
+        target,
+        &delivery.signer,
+        &item.event,
+        crate::clock::unix_now(),
+        &mut request,
+    );
+    loop {
+        let reused = conn.is_some();
+        let mut current = match conn.take() {
+            Some(current) => current,
+            None => match connect(delivery, target).await {
+                Ok(current) => current,
+                Err(error) => return (Err(error), None),
+            },
         };
-        Ok(Connection {
-            stream,
-            buf: Vec::new(),
-            idle_since: Instant::now(),
-        })
+        match current.exchange(&request, settings).await {
+            Ok((response, keep_alive)) => {
+                let status = response.status();
+                let verdict = classify_response(status, response.headers());
+                let kept = keep_alive.then(|| {
+                    current.idle_since = Instant::now();
+                    current
+                });
+                return (Ok((verdict, status)), kept);
+            }
+            // The server closed the idle connection as we reused it: nothing was
+            // processed, try a fresh connection at once.
+            Err(AttemptError::ClosedBeforeResponse) if reused => continue,
+            Err(error) => return (Err(error), None),
+        }
     }
+}
+
+async fn connect(
+    delivery: &AlarmDelivery,
+    target: &WebhookTarget,
+) -> Result<Connection, AttemptError> {
+    let settings = &delivery.settings;
+    let host = target.host().to_owned();
+    let port = target.port();
+    // getaddrinfo blocks; the control plane tolerates it (it also waits on fsync), and
+    // resolving per connection follows DNS changes.
+    let addrs: Vec<SocketAddr> = (host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(AttemptError::Resolve)?
+        .collect();
+    let mut last_error = io::Error::new(io::ErrorKind::NotFound, "no address");
+    let mut tcp = None;
+    for addr in addrs {
+        match TcpStream::connect_timeout(addr, settings.connect_timeout).await {
+            Ok(stream) => {
+                tcp = Some(stream);
+                break;
+            }
+            Err(error) => last_error = error,
+        }
+    }
+    let tcp = tcp.ok_or(AttemptError::Connect(last_error))?;
+    let _ = tcp.set_nodelay(true);
+    let stream = match &delivery.tls {
+        Some(config) if target.is_https() => {
+            let name = ServerName::try_from(host)
+                .map_err(|_| AttemptError::Tls("the host is not a valid TLS name".into()))?;
+            let tls = rt::tls::connect(tcp, config.clone(), name, settings.handshake_timeout)
+                .await
+                .map_err(|e| AttemptError::Tls(e.to_string()))?;
+            MaybeTls::Tls(Box::new(tls))
+        }
+        _ => MaybeTls::Plain(tcp),
+    };
+    Ok(Connection {
+        stream,
+        buf: Vec::new(),
+        idle_since: Instant::now(),
+    })
 }
 
 /// Why one attempt failed before a response (the webhook as a whole is failing).

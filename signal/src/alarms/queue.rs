@@ -218,10 +218,19 @@ impl AlarmQueue {
     /// Removes alarm `seq` after the webhook acknowledged it. False if it was not there any
     /// more (dropped for backlog while in flight).
     pub fn ack(&self, seq: u64) -> Result<bool, StoreError> {
+        Ok(self.ack_batch(&[seq])? == 1)
+    }
+
+    /// Removes every alarm of `seqs` in one transaction (one fsync) after the webhook
+    /// acknowledged them; returns how many were still there.
+    pub fn ack_batch(&self, seqs: &[u64]) -> Result<usize, StoreError> {
         let txn = self.store.database()?.begin_write()?;
         let found = {
             let mut queue = txn.open_table(QUEUE)?;
-            let found = queue.remove(seq)?.is_some();
+            let mut found = 0;
+            for &seq in seqs {
+                found += usize::from(queue.remove(seq)?.is_some());
+            }
             let (depth, oldest) = backlog(&queue)?;
             self.metrics.set_backlog(depth, oldest);
             found
