@@ -40,6 +40,9 @@ enum Mode {
     /// asked).
     Rtsp(RtspArgs),
     /// Device mode: N simulated ROP cameras (provisioned, online, streaming when asked).
+    // Later options override earlier ones: a split fleet's workers get the parent's options with
+    // their own --devices/--first-index/--ramp/--report appended.
+    #[command(args_override_self = true)]
     Devices(devices::DevicesArgs),
     /// Viewer mode: play sessions from the client API for online devices, played over RTSP.
     Viewers(devices::ViewersArgs),

@@ -59,7 +59,7 @@ impl StatLine {
 }
 
 /// One second (or so) of a process: CPU in percent of one core, per thread and in total.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ProcSample {
     /// Whole process, percent of one core (200 = two cores busy).
     pub cpu_pct: f64,

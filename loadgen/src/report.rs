@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::procstat::ProcSample;
 
 /// Percentiles of one measured quantity, in the unit the field name says.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Percentiles {
     pub count: u64,
     pub mean: f64,

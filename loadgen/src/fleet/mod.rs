@@ -7,6 +7,7 @@
 
 pub mod device;
 pub mod provision;
+pub mod split;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -16,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::device::synthetic::{Filler, VideoSource};
 use crate::device::EncryptPolicy;
@@ -197,7 +198,7 @@ struct Collected {
 }
 
 /// One second of the fleet.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FleetSample {
     pub t_secs: f64,
     pub online: u64,
@@ -320,33 +321,17 @@ impl Fleet {
 
     /// The progress line for a sample.
     pub fn progress_line(&self, sample: &FleetSample) -> String {
-        let mut line = format!(
-            "t={:>4.0}s online {}/{} started {} handshakes {:.0}/s errors {} reconnects {} streams {} tx {:.1} Mbit/s",
-            sample.t_secs,
-            sample.online,
-            self.config.count,
-            sample.started,
-            sample.handshakes_per_sec,
-            sample.errors_total,
-            sample.reconnects_total,
-            sample.streams,
-            sample.tx_bits_per_sec / 1e6
-        );
-        if let Some(server) = &sample.server {
-            line.push_str(&format!(
-                " | server CPU {:.0}% RSS {:.1} MB",
-                server.cpu_pct,
-                server.rss_bytes as f64 / 1048576.0
-            ));
-        }
-        if let Some(cpu) = sample.loadgen_cpu_pct {
-            line.push_str(&format!(" | loadgen CPU {cpu:.0}%"));
-        }
-        line
+        progress_line(sample, self.config.count)
     }
 
     /// Ends the run: closes every device and returns what was collected.
     pub fn stop(self) -> Result<FleetOutcome, rt::ShardError> {
+        self.stop_with_online_times().map(|(outcome, _)| outcome)
+    }
+
+    /// [`stop`](Self::stop), also returning each device's first-online time (seconds from the
+    /// start, unsorted), which a split fleet's parent merges.
+    pub fn stop_with_online_times(self) -> Result<(FleetOutcome, Vec<f64>), rt::ShardError> {
         self.running.shutdown().trigger();
         self.running.join()?;
         if let Some(log) = &self.alarm_log {
@@ -356,17 +341,46 @@ impl Fleet {
         }
         let collected =
             std::mem::take(&mut *self.outcome.lock().unwrap_or_else(|e| e.into_inner()));
-        Ok(FleetOutcome::from_online_times(
+        let times = collected.online_at_secs.clone();
+        let outcome = FleetOutcome::from_online_times(
             self.config.count,
             collected.online_at_secs,
             collected.errors,
             &self.totals,
-        ))
+        );
+        Ok((outcome, times))
     }
 }
 
+/// The progress line for a sample of a fleet of `devices`.
+pub fn progress_line(sample: &FleetSample, devices: usize) -> String {
+    let mut line = format!(
+        "t={:>4.0}s online {}/{} started {} handshakes {:.0}/s errors {} reconnects {} streams {} tx {:.1} Mbit/s",
+        sample.t_secs,
+        sample.online,
+        devices,
+        sample.started,
+        sample.handshakes_per_sec,
+        sample.errors_total,
+        sample.reconnects_total,
+        sample.streams,
+        sample.tx_bits_per_sec / 1e6
+    );
+    if let Some(server) = &sample.server {
+        line.push_str(&format!(
+            " | server CPU {:.0}% RSS {:.1} MB",
+            server.cpu_pct,
+            server.rss_bytes as f64 / 1048576.0
+        ));
+    }
+    if let Some(cpu) = sample.loadgen_cpu_pct {
+        line.push_str(&format!(" | loadgen CPU {cpu:.0}%"));
+    }
+    line
+}
+
 /// What a fleet run measured.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FleetOutcome {
     pub devices: usize,
     pub came_online: usize,
@@ -397,22 +411,16 @@ pub struct FleetOutcome {
 impl FleetOutcome {
     fn from_online_times(
         devices: usize,
-        mut online_at_secs: Vec<f64>,
+        online_at_secs: Vec<f64>,
         error_kinds: BTreeMap<String, usize>,
         totals: &Totals,
     ) -> FleetOutcome {
-        online_at_secs.sort_by(f64::total_cmp);
-        let mut histogram = micros_histogram();
-        for secs in &online_at_secs {
-            let _ = histogram.record((secs * 1e6).max(1.0) as u64);
-        }
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        FleetOutcome {
+        let mut outcome = FleetOutcome {
             devices,
-            came_online: online_at_secs.len(),
-            all_online_secs: (online_at_secs.len() >= devices && devices > 0)
-                .then(|| online_at_secs.last().copied().unwrap_or(0.0)),
-            online_at_secs: Percentiles::from_histogram(&histogram, 1e6),
+            came_online: 0,
+            all_online_secs: None,
+            online_at_secs: Percentiles::default(),
             provisioned: load(&totals.provisioned),
             from_cache: load(&totals.from_cache),
             reconnects: load(&totals.reconnects),
@@ -428,7 +436,23 @@ impl FleetOutcome {
             streams_started: load(&totals.streams_started),
             frames_sent: load(&totals.frames_sent),
             media_bytes_sent: load(&totals.media_bytes_sent),
+        };
+        outcome.set_online_times(online_at_secs);
+        outcome
+    }
+
+    /// Sets what follows from the devices' first-online times (seconds from the start):
+    /// how many came online, when all of them were, and the percentiles.
+    pub(crate) fn set_online_times(&mut self, mut online_at_secs: Vec<f64>) {
+        online_at_secs.sort_by(f64::total_cmp);
+        let mut histogram = micros_histogram();
+        for secs in &online_at_secs {
+            let _ = histogram.record((secs * 1e6).max(1.0) as u64);
         }
+        self.came_online = online_at_secs.len();
+        self.all_online_secs = (online_at_secs.len() >= self.devices && self.devices > 0)
+            .then(|| online_at_secs.last().copied().unwrap_or(0.0));
+        self.online_at_secs = Percentiles::from_histogram(&histogram, 1e6);
     }
 }
 
