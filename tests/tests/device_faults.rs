@@ -466,7 +466,9 @@ fn network_lost_and_back_within_the_grace_resumes_for_the_same_viewers() {
     assert_kept_playing(&record, &ffmpeg, &recording, 12.0);
     let outcome = fleet.stop().unwrap();
     assert_eq!(outcome.reconnects, 1, "{outcome:?}");
-    assert_eq!(outcome.preview_starts, 2, "{outcome:?}");
+    // The second preview start may reach the camera on the dying link (it answers, then loses
+    // its network before its stream connects): it is asked again on its new link.
+    assert!((2..=3).contains(&outcome.preview_starts), "{outcome:?}");
     assert_eq!(previews(&server, "interrupted"), 1.0);
     assert_eq!(previews(&server, "resumed"), 1.0);
 }

@@ -7,10 +7,12 @@
 //!   viewers; writing costs O(1) per packet per viewer and allocates nothing ([`Batch`]).
 //! - **The ring keeps exactly what someone may still be owed**: the current group of pictures
 //!   (GOP, from the newest keyframe; at most [`HubConfig::gop_max_packets`] /
-//!   [`HubConfig::gop_max_bytes`], beyond that the GOP is not cached) and the last
-//!   [`HubConfig::queue_max_packets`] / [`HubConfig::queue_max_bytes`] of packets (every viewer's
-//!   queue bound). Both are suffixes of the stream, so the ring holds the longer of the two and
-//!   never reallocates. Memory is therefore bounded whatever the viewers do.
+//!   [`HubConfig::gop_max_bytes`], beyond that the GOP is not cached) and, back from the newest
+//!   packet, what the slowest viewer has not been written yet, within its queue bound (the last
+//!   [`HubConfig::queue_max_packets`] / [`HubConfig::queue_max_bytes`] of packets). Both are
+//!   suffixes of the stream, so the ring holds the longer of the two. With viewers that keep up
+//!   that is the GOP alone, which is what a live stream costs in memory; whatever the viewers do,
+//!   it is bounded. The ring grows to its high-water mark and then stays there.
 //! - **A viewer that falls behind loses, nobody else does.** A viewer whose cursor points before
 //!   the ring's start has overrun its queue bound: it skips to the newest keyframe (the GOP start,
 //!   or the next keyframe if none is cached) and the skipped packets are counted as dropped. After
@@ -328,6 +330,11 @@ pub struct StreamHub {
     evicted: Vec<ViewerId>,
     /// Next viewer slot checked for an overrun by `push`.
     check_index: usize,
+    /// No viewer is owed a packet before this sequence ([`StreamHub::oldest_owed`]); viewers
+    /// only move forward, so it stays true until a viewer joins.
+    owed_floor: u64,
+    /// `ring.next_seq()` when `owed_floor` was last computed.
+    owed_floor_at: u64,
     state: PublisherState,
     publisher: Option<PublisherId>,
     next_publisher: u64,
@@ -352,12 +359,10 @@ impl StreamHub {
                 .clamp(1, 1024 / MAX_IO_SLICES_PER_PACKET - 1),
             ..config
         };
-        // The ring holds the longer of the GOP and the queue window, plus the packet being pushed.
-        let ring_capacity = config.gop_max_packets.max(config.queue_max_packets) + 1;
         StreamHub {
             key,
             config,
-            ring: Ring::with_capacity(ring_capacity),
+            ring: Ring::with_capacity(INITIAL_RING_CAPACITY),
             gop_start: None,
             last_keyframe: None,
             viewers: Vec::new(),
@@ -367,6 +372,8 @@ impl StreamHub {
             parked_for_keyframe: Vec::new(),
             evicted: Vec::new(),
             check_index: 0,
+            owed_floor: 0,
+            owed_floor_at: 0,
             state: PublisherState::Idle,
             publisher: None,
             next_publisher: 0,
@@ -538,24 +545,62 @@ impl StreamHub {
         Ok(())
     }
 
-    /// Drops from the ring every packet that is neither in the cached GOP nor in the queue window.
+    /// Drops from the ring every packet that is neither in the cached GOP nor owed to a viewer
+    /// within its queue window.
     fn trim(&mut self) {
-        let keep_window = self.viewer_count > 0;
         let next_seq = self.ring.next_seq();
+        let gop_floor = self.gop_start.unwrap_or(next_seq);
+        if self.ring.first_seq() >= gop_floor {
+            return;
+        }
+        if self.viewer_count == 0 {
+            self.owed_floor = next_seq;
+        } else if self.ring.first_seq() >= self.owed_floor
+            && next_seq >= self.owed_floor_at + OWED_RESCAN_PACKETS
+        {
+            // The front reached what the slowest viewer was owed at the last look: look again
+            // (at most once per OWED_RESCAN_PACKETS pushes, so a lagging viewer among many
+            // costs O(1) per packet).
+            self.owed_floor = self.oldest_owed();
+            self.owed_floor_at = next_seq;
+        }
         let total_bytes = self.ring.total_bytes();
         while let Some(front) = self.ring.front() {
             let seq = self.ring.first_seq();
-            if self.gop_start.is_some_and(|start| seq >= start) {
+            if seq >= gop_floor {
                 break;
             }
-            if keep_window
-                && next_seq - seq <= self.config.queue_max_packets as u64
-                && total_bytes - front.bytes_before <= self.config.queue_max_bytes as u64
-            {
+            let in_window = next_seq - seq <= self.config.queue_max_packets as u64
+                && total_bytes - front.bytes_before <= self.config.queue_max_bytes as u64;
+            if in_window && seq >= self.owed_floor {
                 break;
             }
             self.ring.pop_front();
         }
+    }
+
+    /// The oldest sequence a viewer may still be written: an active viewer's cursor, or the
+    /// keyframe an awaiting one will start from. O(viewers).
+    fn oldest_owed(&self) -> u64 {
+        let next_seq = self.ring.next_seq();
+        let first_seq = self.ring.first_seq();
+        let gated = self.keyframe_gated();
+        let mut oldest = next_seq;
+        for viewer in self.viewers.iter().filter_map(|slot| slot.queue.as_ref()) {
+            let owed = match viewer.phase {
+                Phase::Active if viewer.ends_at.is_some_and(|end| viewer.cursor >= end) => continue,
+                Phase::Active => viewer.cursor,
+                Phase::Awaiting { since, .. } if !gated => since,
+                Phase::Awaiting { since, .. } => match self.last_keyframe {
+                    Some(keyframe) if keyframe >= since && keyframe >= first_seq => keyframe,
+                    // It starts on a keyframe still to come.
+                    _ => next_seq,
+                },
+                Phase::Closed(_) => continue,
+            };
+            oldest = oldest.min(owed);
+        }
+        oldest
     }
 
     fn check_next_viewer(&mut self) {
@@ -605,6 +650,8 @@ impl StreamHub {
             dropped_from: None,
         };
         let queue = ViewerQueue::new(notify, channels, phase, self.config.batch_max_packets);
+        // It may be owed packets from `since` on (the cached GOP), before the floor.
+        self.owed_floor = self.owed_floor.min(since);
         let index = match self.free_slots.pop() {
             Some(index) => index,
             None => {
@@ -870,11 +917,17 @@ impl StreamHub {
         self.ring.len()
     }
 
-    /// Capacity reserved for the ring: it never needs more.
+    /// Slots allocated for the ring (its high-water mark, rounded up).
     pub fn ring_capacity(&self) -> usize {
         self.ring.capacity()
     }
 }
+
+/// Slots a new hub's ring starts with; it grows (by doubling) to what the stream needs.
+const INITIAL_RING_CAPACITY: usize = 256;
+
+/// Pushes between two looks for the slowest viewer while one is behind the GOP.
+const OWED_RESCAN_PACKETS: u64 = 16;
 
 /// Wakes and unparks every viewer in `parked`, keeping the list's allocation.
 fn wake_parked(viewers: &mut [ViewerSlot], parked: &mut Vec<ViewerId>) {

@@ -943,3 +943,46 @@ fn a_seek_drops_the_old_position_and_viewers_restart_on_the_next_keyframe() {
         "a seek is no slow viewer's loss"
     );
 }
+
+#[test]
+fn viewers_that_keep_up_leave_only_the_gop_in_memory() {
+    let (mut hub, publisher) = live_hub(HubConfig::default());
+    let mut source = Source::new(1200);
+    let fast = hub.add_viewer(both_tracks(), LocalNotify::new()).unwrap();
+    let late = hub.add_viewer(both_tracks(), LocalNotify::new()).unwrap();
+    let (mut fast_out, mut late_out) = (Vec::new(), Vec::new());
+    let mut sent = Vec::new();
+    for gop in 0..6 {
+        for (n, packet) in source.gop(100).into_iter().enumerate() {
+            let packet = Rc::new(packet);
+            sent.push(Rc::clone(&packet));
+            hub.push(publisher, packet).unwrap();
+            drain(&mut hub, fast, usize::MAX, &mut fast_out).unwrap();
+            // The late viewer reads once per GOP, 60 packets into it.
+            if n == 60 {
+                drain(&mut hub, late, usize::MAX, &mut late_out).unwrap();
+            }
+            let gop_packets = hub.gop_cache().packets;
+            // What the late viewer is still owed (at most a GOP and a bit), never the
+            // 2048-packet queue window.
+            assert!(
+                hub.retained_packets() <= gop_packets.max(n + 1) + 100 + 16,
+                "gop {gop} packet {n}: {} retained, GOP {gop_packets}",
+                hub.retained_packets()
+            );
+        }
+    }
+    drain(&mut hub, late, usize::MAX, &mut late_out).unwrap();
+    let expected = expected_wire(&sent, &both_tracks());
+    assert_eq!(fast_out, expected, "the fast viewer got everything");
+    assert_eq!(late_out, expected, "the late viewer got everything too");
+    assert_eq!(hub.viewer_stats(late).unwrap().skips, 0);
+    // Once both have read everything, the ring is the current GOP (within the rescan slack).
+    hub.push(publisher, source.packet(Kind::Video)).unwrap();
+    for _ in 0..20 {
+        hub.push(publisher, source.packet(Kind::Video)).unwrap();
+        drain(&mut hub, fast, usize::MAX, &mut fast_out).unwrap();
+        drain(&mut hub, late, usize::MAX, &mut late_out).unwrap();
+    }
+    assert_eq!(hub.retained_packets(), hub.gop_cache().packets);
+}

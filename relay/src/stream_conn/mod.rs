@@ -712,6 +712,8 @@ impl StreamShard {
             if !wait_for_link && ready {
                 attempt += 1;
                 info!(shard = self.id, stream = %key, attempt, "device stream lost while watched: preview start again");
+                // Only a signalling link that comes online from here on counts as new.
+                online.take_notification();
                 let started = self.clone().send_preview_start(
                     key.clone(),
                     Instant::now(),
@@ -719,7 +721,17 @@ impl StreamShard {
                     Some(resume),
                 );
                 if started.await.is_ok() {
-                    return;
+                    // The device agreed, but may lose its network before its stream connects
+                    // and forget the preview with the link it came on. A new signalling link
+                    // while the preview still waits for its stream means asking again there.
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if rt::timer::timeout(left, online.notified()).await.is_err()
+                        || !self.forget_unconnected_preview(&key)
+                    {
+                        return;
+                    }
+                    info!(shard = self.id, stream = %key, "device back on a new signalling link before its stream connected");
+                    continue;
                 }
             } else if !wait_for_link && attempt == 0 {
                 info!(shard = self.id, stream = %key, grace_ms = self.settings.grace.as_millis() as u64, "device stream lost while watched, device offline: waiting for its signalling link");
@@ -731,6 +743,15 @@ impl StreamShard {
             }
             wait_for_link = false;
         }
+    }
+
+    /// Drops the preview of `key` that is still waiting for its stream connection; false when
+    /// there is none (it connected, failed or timed out).
+    fn forget_unconnected_preview(&self, key: &StreamKey) -> bool {
+        let mut previews = self.previews.borrow_mut();
+        let before = previews.len();
+        previews.retain(|_, p| p.key != *key || p.connected);
+        previews.len() != before
     }
 
     /// Wakes the sleeping battery device of `stream` with 460 on its keep-alive link and
