@@ -8,6 +8,7 @@
 //! - [`mesh`]: typed cross-shard messages and the [`owner_shard`] routing hash.
 //! - [`net`]: listeners (SO_REUSEPORT), streams with one-`sendmsg` vectored writes, handoff of a
 //!   connection to another shard.
+//! - [`udp`]: UDP sockets (RTP and RTCP of pull sources over UDP), bound without SO_REUSEPORT.
 //! - [`tls`]: rustls sessions over our streams that can move between shards.
 //! - [`sweeper`]: one periodic sweep per shard over last-seen timestamps.
 //! - [`timer`]: sleep and deadlines.
@@ -21,6 +22,7 @@ pub mod shard;
 pub mod sweeper;
 pub mod timer;
 pub mod tls;
+pub mod udp;
 pub mod xchan;
 
 pub use mesh::{owner_shard, Mesh, MeshPort};
@@ -31,6 +33,7 @@ pub use shard::{
 };
 pub use sweeper::{IdleTable, Sweeper};
 pub use tls::{MaybeTls, TlsError, TlsStream};
+pub use udp::UdpSocket;
 
 /// Raises this process's open-file soft limit (RLIMIT_NOFILE) to its hard limit, so a shard can
 /// hold tens of thousands of sockets. If the hard limit is unlimited (which the kernel refuses

@@ -222,6 +222,13 @@ pub struct MediaStats {
     pub rtsp_handed_off: u64,
     /// RTSP connections received from another shard.
     pub rtsp_received: u64,
+    /// RTP packets of pull sources over UDP that never arrived (gaps in the sequence numbers;
+    /// late and reordered packets are relayed as they come and not counted here).
+    pub pull_udp_lost: u64,
+    /// Datagrams on a pull source's UDP ports from an address other than the source's: dropped.
+    pub pull_udp_stray: u64,
+    /// Datagrams on a pull source's UDP ports too short (or long) to be RTP or RTCP: dropped.
+    pub pull_udp_bad_size: u64,
 }
 
 impl MediaStats {
@@ -268,6 +275,9 @@ impl MediaStats {
         self.rtsp_accepted += other.rtsp_accepted;
         self.rtsp_handed_off += other.rtsp_handed_off;
         self.rtsp_received += other.rtsp_received;
+        self.pull_udp_lost += other.pull_udp_lost;
+        self.pull_udp_stray += other.pull_udp_stray;
+        self.pull_udp_bad_size += other.pull_udp_bad_size;
     }
 
     /// Prometheus text of every media family (TLS failures are rendered with the control
@@ -347,6 +357,32 @@ impl MediaStats {
         ] {
             family(out, name, "counter", help);
             let _ = writeln!(out, "{name} {value}");
+        }
+        family(
+            out,
+            "rop_pull_udp_packets_lost_total",
+            "counter",
+            "RTP packets of pull sources over UDP missing from the sequence numbers.",
+        );
+        let _ = writeln!(
+            out,
+            "rop_pull_udp_packets_lost_total {}",
+            self.pull_udp_lost
+        );
+        family(
+            out,
+            "rop_pull_udp_datagrams_dropped_total",
+            "counter",
+            "Datagrams on pull sources' UDP ports dropped, by reason.",
+        );
+        for (reason, n) in [
+            ("stray_source", self.pull_udp_stray),
+            ("bad_size", self.pull_udp_bad_size),
+        ] {
+            let _ = writeln!(
+                out,
+                "rop_pull_udp_datagrams_dropped_total{{reason=\"{reason}\"}} {n}"
+            );
         }
         family(
             out,

@@ -41,7 +41,9 @@ pub enum PullTransport {
     /// RTP interleaved on the RTSP connection (`RTP/AVP/TCP`): crosses NAT, one socket.
     #[default]
     Tcp,
-    /// RTP over UDP (`RTP/AVP`). Not implemented yet: refused by validation.
+    /// RTP and RTCP over UDP (`RTP/AVP;unicast;client_port=`), one socket pair per track on the
+    /// owner shard; the RTSP connection stays for keepalives and TEARDOWN. `rtsp://` only: the
+    /// datagrams are not encrypted.
     Udp,
 }
 
@@ -152,8 +154,11 @@ impl SourceSpec {
             }
             _ => return refuse("url", "must start with rtsp:// or rtsps://"),
         };
-        if self.transport == PullTransport::Udp {
-            return refuse("transport", "udp is not implemented; use tcp");
+        if tls && self.transport == PullTransport::Udp {
+            return refuse(
+                "transport",
+                "udp carries the media unencrypted beside an rtsps:// connection; use tcp",
+            );
         }
         if self.client_cert.is_some() != self.client_key.is_some() {
             return refuse(
@@ -518,6 +523,9 @@ mod tests {
     #[test]
     fn validation_names_the_field() {
         assert!(spec("CAM1", "rtsp://h/x").validate().is_ok());
+        let mut udp = spec("CAM1", "rtsp://h/x");
+        udp.transport = PullTransport::Udp;
+        assert!(udp.validate().is_ok());
         assert_eq!(spec("C-1", "rtsp://h").validate().unwrap_err().field, "uid");
         assert_eq!(spec("C1", "http://h").validate().unwrap_err().field, "url");
         let mut s = spec("C1", "rtsp://h/x");
@@ -525,6 +533,9 @@ mod tests {
         assert_eq!(s.validate().unwrap_err().field, "url");
         s.url = "rtsps://h/x".into();
         assert!(s.validate().is_ok());
+        s.transport = PullTransport::Udp;
+        assert_eq!(s.validate().unwrap_err().field, "transport");
+        s.transport = PullTransport::Tcp;
         s.client_cert = Some("/c.pem".into());
         assert_eq!(s.validate().unwrap_err().field, "client_cert");
         s.client_key = Some("/k.pem".into());

@@ -1,9 +1,11 @@
 #!/usr/bin/python3
 """A GStreamer RTSP server (gst-rtsp-server through python3-gi) for the pull-source tests.
 
-Usage: gst_rtsp_server.py USER PASSWORD
+Usage: gst_rtsp_server.py USER PASSWORD [tcp-only]
 Serves rtsp://127.0.0.1:PORT/test (H.264 from videotestsrc, x264enc) behind Digest
 authentication on an ephemeral port, prints "PORT <n>" once listening, runs until killed.
+Media goes over whichever transport the client asks (UDP unicast or TCP interleaved); with
+`tcp-only` a UDP SETUP is answered 461 Unsupported Transport.
 """
 import sys
 
@@ -15,6 +17,7 @@ gi.require_version("GstRtsp", "1.0")
 from gi.repository import GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
 
 user, password = sys.argv[1], sys.argv[2]
+tcp_only = sys.argv[3:] == ["tcp-only"]
 Gst.init(None)
 server = GstRtspServer.RTSPServer()
 server.set_address("127.0.0.1")
@@ -25,6 +28,8 @@ factory.set_launch(
     "! x264enc tune=zerolatency key-int-max=25 ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=1 )"
 )
 factory.set_shared(True)
+if tcp_only:
+    factory.set_protocols(GstRtsp.RTSPLowerTrans.TCP)
 factory.add_role_from_structure(
     Gst.Structure.new_from_string(
         "user, media.factory.access=(boolean)true, media.factory.construct=(boolean)true"

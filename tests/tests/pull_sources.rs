@@ -1,5 +1,5 @@
-//! Pull sources end to end: the relay pulls from GStreamer's RTSP server (Digest authentication),
-//! from its own RTSPS port, from a strict in-test upstream that refuses any handshake whose
+//! Pull sources end to end: the relay pulls from GStreamer's RTSP server (Digest authentication,
+//! over TCP interleaved and over UDP; a server that refuses UDP), from its own RTSPS port, from a strict in-test upstream that refuses any handshake whose
 //! `Nonce` header does not follow the counter rule (also over mutual TLS, with a client
 //! certificate), and keeps viewers through an upstream that dies. ffprobe and an in-test RTSP player read what the relay serves; the client API shows the
 //! sources' state.
@@ -122,10 +122,16 @@ impl Drop for Gst {
 }
 
 fn gst_server(user: &str, password: &str) -> Gst {
+    gst_server_with(user, password, &[])
+}
+
+/// `extra`: `["tcp-only"]` refuses UDP SETUPs with 461.
+fn gst_server_with(user: &str, password: &str, extra: &[&str]) -> Gst {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/gst_rtsp_server.py");
     let mut child = Command::new("/usr/bin/python3")
         .arg(script)
         .args([user, password])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -203,6 +209,124 @@ fn pulls_from_gstreamer_with_digest_auth_on_demand() {
     assert!(error.contains("refused the user and password"), "{error}");
 }
 
+/// The video frames ffprobe decodes from `url` in `seconds` of stream: (key frame, pts) in order.
+fn ffprobe_frames(url: &str, seconds: u32) -> Vec<(bool, f64)> {
+    require_tool("ffprobe");
+    let out = run(
+        "timeout",
+        &[
+            "40",
+            "ffprobe",
+            "-v",
+            "error",
+            "-rtsp_transport",
+            "tcp",
+            "-select_streams",
+            "v:0",
+            "-read_intervals",
+            &format!("%+{seconds}"),
+            "-show_entries",
+            "frame=key_frame,pts_time",
+            "-of",
+            "csv=p=0",
+            url,
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ffprobe failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split(',');
+            let key = fields.next()? == "1";
+            // The first frame may have no time yet (before the first RTCP sender report).
+            let pts = fields.next()?.parse().ok()?;
+            Some((key, pts))
+        })
+        .collect()
+}
+
+#[test]
+fn pulls_from_gstreamer_over_udp_frame_for_frame() {
+    let gst = gst_server("viewer", "s3cret");
+    let mut spec = source(
+        "GSTUDP1",
+        &format!("rtsp://viewer:s3cret@127.0.0.1:{}/test", gst.port),
+    );
+    spec.transport = PullTransport::Udp;
+    let server = TestServer::start_with(|c| c.sources = vec![spec]);
+    assert_eq!(source_status(&server, "GSTUDP1")["transport"], "udp");
+
+    // GStreamer's clip is 25 frames/s with a key frame every 25 frames: every frame of 4 s must
+    // come through, in order, 40 ms apart, key frames exactly one second apart.
+    let frames = ffprobe_frames(&play_url(&server, "GSTUDP1", "rtsp"), 4);
+    assert!(frames.len() >= 75, "{} frames: {frames:?}", frames.len());
+    for pair in frames.windows(2) {
+        let step = pair[1].1 - pair[0].1;
+        assert!(
+            (step - 0.040).abs() < 0.002,
+            "a frame missing or out of order between {pair:?}: {frames:?}"
+        );
+    }
+    let keys: Vec<usize> = frames
+        .iter()
+        .enumerate()
+        .filter(|(_, (key, _))| *key)
+        .map(|(i, _)| i)
+        .collect();
+    assert!(keys.len() >= 2, "{frames:?}");
+    assert!(keys.windows(2).all(|k| k[1] - k[0] == 25), "{keys:?}");
+
+    let metrics = curl(&[&format!("{}/metrics", server.api_url())]);
+    let (families, samples) = tests::parse_prometheus(&String::from_utf8_lossy(&metrics.body));
+    for family in [
+        "rop_pull_udp_packets_lost",
+        "rop_pull_udp_datagrams_dropped",
+    ] {
+        assert!(
+            families.iter().any(|(f, k)| f == family && k == "counter"),
+            "{family} declared as a counter"
+        );
+    }
+    let value = |name, labels: &[(&str, &str)]| tests::prom_value(&samples, name, labels);
+    assert!(value("rop_stream_bytes_in_total", &[("mode", "pull")]) > 0.0);
+    assert_eq!(
+        value(
+            "rop_pull_udp_datagrams_dropped_total",
+            &[("reason", "stray_source")]
+        ),
+        0.0
+    );
+    let status = source_status(&server, "GSTUDP1");
+    assert_eq!(status["status"]["state"], "playing", "{status}");
+}
+
+#[test]
+fn udp_source_refused_by_the_server_says_so() {
+    let gst = gst_server_with("viewer", "s3cret", &["tcp-only"]);
+    let mut spec = source(
+        "GSTNOUDP",
+        &format!("rtsp://viewer:s3cret@127.0.0.1:{}/test", gst.port),
+    );
+    spec.transport = PullTransport::Udp;
+    spec.on_demand = false;
+    let server = TestServer::start_with(|c| c.sources = vec![spec]);
+    let status = wait_status(&server, "GSTNOUDP", Duration::from_secs(20), |s| {
+        s["status"]["state"] == "backoff"
+    });
+    let error = status["status"]["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("SETUP answered 461")
+            && error.contains("does not serve RTP over UDP")
+            && error.contains(r#"set transport = "tcp""#),
+        "{status}"
+    );
+    assert_eq!(status["status"]["sessions"], 0, "{status}");
+}
+
 // ----- an in-test upstream with the Nonce rule -----
 
 /// What the strict upstream saw.
@@ -216,6 +340,8 @@ struct UpstreamStats {
     connections: AtomicUsize,
     /// TEARDOWNs received.
     teardowns: AtomicUsize,
+    /// SETUPs that asked for UDP.
+    udp_setups: AtomicUsize,
 }
 
 const SPS: &[u8] = &[0x67, 0x42, 0xc0, 0x1e, 0xd9, 0x00, 0xa0, 0x47, 0xfe, 0xc8];
@@ -244,6 +370,12 @@ type Shared = Arc<std::sync::Mutex<Box<dyn Wire>>>;
 /// Listens on port 0 (TLS with `tls`); each connection must send `Nonce: 0` first and then the
 /// previous answer's Nonce plus one, or it gets 400 and is closed. After PLAY it sends one IDR
 /// packet every 20 ms; the first connection is cut after `cut_first_after` packets when set.
+///
+/// A SETUP asking for UDP gets it: the packets go from the announced `server_port` to the
+/// client's RTP port, with two faults a real network has: every tenth sequence number is
+/// skipped (lost), and after every tenth packet a datagram of the [`STRAY`] marker comes from
+/// another socket (someone else sending to the port). "Cut" then means the packets stop while
+/// the RTSP connection keeps answering.
 fn strict_upstream_with(
     cut_first_after: Option<usize>,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -289,6 +421,14 @@ fn is_timeout(e: &std::io::Error) -> bool {
     )
 }
 
+/// The payload of the foreign datagrams sent to a UDP client (RTP version 2, payload type 111).
+const STRAY: &[u8] = &[
+    0x80, 111, 0xde, 0xad, 0, 0, 0, 0, 0x57, 0x7a, 0x44, 0x00, 0xff,
+];
+
+/// Where the upstream sends RTP over UDP: its server socket and the client's RTP address.
+type UdpTarget = (std::net::UdpSocket, SocketAddr);
+
 fn serve_strict(wire: Shared, tcp: &TcpStream, cut_after: Option<usize>, stats: &UpstreamStats) {
     let write = |bytes: &[u8]| {
         let mut w = wire.lock().unwrap();
@@ -298,6 +438,7 @@ fn serve_strict(wire: Shared, tcp: &TcpStream, cut_after: Option<usize>, stats: 
     let mut expected_nonce: u64 = 0;
     let mut playing = false;
     let mut channel = 0u8;
+    let mut udp: Option<UdpTarget> = None;
     let stop = Arc::new(AtomicBool::new(false));
     let _stop_on_exit = StopOnDrop(stop.clone());
     let idle_limit = Duration::from_secs(30);
@@ -362,13 +503,29 @@ fn serve_strict(wire: Shared, tcp: &TcpStream, cut_after: Option<usize>, stats: 
             Method::Describe => reply.body("application/sdp", upstream_sdp().into_bytes()),
             Method::Setup => {
                 let asked = request.headers.transports().unwrap_or_default();
-                channel = asked
-                    .first()
-                    .and_then(|t| t.interleaved)
-                    .map_or(0, |p| p.rtp);
-                reply
-                    .session(&session)
-                    .transport(&Transport::tcp_interleaved(channel))
+                match asked.first().and_then(|t| t.client_port) {
+                    Some(client) => {
+                        stats.udp_setups.fetch_add(1, Ordering::SeqCst);
+                        let rtp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                        let server_port = rtp.local_addr().unwrap().port();
+                        let mut answer = Transport::udp_unicast(client.rtp);
+                        answer.server_port = Some(relay::proto::rtsp::Pair {
+                            rtp: server_port,
+                            rtcp: Some(server_port + 1),
+                        });
+                        udp = Some((rtp, SocketAddr::from(([127, 0, 0, 1], client.rtp))));
+                        reply.session(&session).transport(&answer)
+                    }
+                    None => {
+                        channel = asked
+                            .first()
+                            .and_then(|t| t.interleaved)
+                            .map_or(0, |p| p.rtp);
+                        reply
+                            .session(&session)
+                            .transport(&Transport::tcp_interleaved(channel))
+                    }
+                }
             }
             Method::Play => reply.session(&session),
             Method::Teardown => {
@@ -387,13 +544,17 @@ fn serve_strict(wire: Shared, tcp: &TcpStream, cut_after: Option<usize>, stats: 
             let wire = wire.clone();
             let tcp = tcp.try_clone().unwrap();
             let stop = stop.clone();
+            let udp = udp.take();
             std::thread::spawn(move || {
+                let stranger = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
                 for seq in 0u16.. {
                     if stop.load(Ordering::SeqCst) {
                         return;
                     }
                     if cut_after.is_some_and(|cut| usize::from(seq) >= cut) {
-                        let _ = tcp.shutdown(std::net::Shutdown::Both);
+                        if udp.is_none() {
+                            let _ = tcp.shutdown(std::net::Shutdown::Both);
+                        }
                         return;
                     }
                     let ts = u32::from(seq) * 3600;
@@ -402,6 +563,16 @@ fn serve_strict(wire: Shared, tcp: &TcpStream, cut_after: Option<usize>, stats: 
                     rtp.extend_from_slice(&ts.to_be_bytes());
                     rtp.extend_from_slice(&[0, 0, 0, 7]);
                     rtp.extend_from_slice(&[0x65, 0x88, 0x84, 0x00, 0x33]);
+                    if let Some((socket, client)) = &udp {
+                        if seq % 10 != 5 {
+                            let _ = socket.send_to(&rtp, client);
+                        }
+                        if seq % 10 == 9 {
+                            let _ = stranger.send_to(STRAY, client);
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
                     let mut frame = vec![b'$', channel];
                     frame.extend_from_slice(&(rtp.len() as u16).to_be_bytes());
                     frame.extend_from_slice(&rtp);
@@ -484,7 +655,13 @@ fn read_packets(stream: &mut TcpStream, want: usize) -> usize {
     let mut packets = 0;
     while packets < want {
         match demuxer.feed_bytes(&mut buf) {
-            Ok(Some(Demuxed::Interleaved { channel: 0, .. })) => packets += 1,
+            Ok(Some(Demuxed::Interleaved {
+                channel: 0,
+                payload,
+            })) => {
+                assert_ne!(&payload[..], STRAY, "a foreign datagram reached the viewer");
+                packets += 1
+            }
             Ok(Some(_)) => {}
             Ok(None) => {
                 let mut chunk = [0u8; 16384];
@@ -583,6 +760,59 @@ fn upstream_dies_viewer_waits_and_the_stream_resumes() {
             .unwrap()
             .contains("connection lost"),
         "{status}"
+    );
+}
+
+#[test]
+fn udp_pull_drops_strays_counts_gaps_and_reconnects_a_silent_source() {
+    // The first connection's packets stop after 60 (1.2 s) while its RTSP side stays up: only
+    // the media timeout can notice.
+    let (upstream, stats) = strict_upstream(Some(60));
+    let mut spec = source("UDPCAM", &format!("rtsp://{upstream}/cam"));
+    spec.headers = vec![nonce_rule()];
+    spec.transport = PullTransport::Udp;
+    let server = TestServer::start_with(|c| {
+        c.sources = vec![spec];
+        c.pull.media_timeout_secs = 1;
+        c.pull.backoff_min_ms = 50;
+    });
+    let mut player = play(
+        &play_url(&server, "UDPCAM", "rtsp"),
+        server.server.addrs.rtsp,
+    );
+    // 150 packets: past the first connection's 54 (60 minus the skipped ones), so across the
+    // reconnect. No stray datagram among them (read_packets checks).
+    assert_eq!(read_packets(&mut player, 150), 150);
+    assert!(stats.udp_setups.load(Ordering::SeqCst) >= 2);
+    let status = source_status(&server, "UDPCAM");
+    assert!(
+        status["status"]["sessions"].as_u64().unwrap() >= 2,
+        "{status}"
+    );
+    assert!(
+        status["status"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("no media from the source within 1s"),
+        "{status}"
+    );
+    let metrics = curl(&[&format!("{}/metrics", server.api_url())]);
+    let (_, samples) = tests::parse_prometheus(&String::from_utf8_lossy(&metrics.body));
+    let value = |name, labels: &[(&str, &str)]| tests::prom_value(&samples, name, labels);
+    // At least the first connection's six gaps and five strays (seq 9, 19, .. 49).
+    assert!(value("rop_pull_udp_packets_lost_total", &[]) >= 6.0);
+    assert!(
+        value(
+            "rop_pull_udp_datagrams_dropped_total",
+            &[("reason", "stray_source")]
+        ) >= 5.0
+    );
+    assert_eq!(
+        value(
+            "rop_pull_udp_datagrams_dropped_total",
+            &[("reason", "bad_size")]
+        ),
+        0.0
     );
 }
 

@@ -18,15 +18,24 @@
 //! - Authentication: the first 401 picks Digest (MD5, SHA-256; `qop=auth` when offered) or Basic
 //!   from the challenges, and every later request carries it. A second 401 is an error unless the
 //!   Digest challenge says `stale=true`.
+//! - Transport: `RTP/AVP/TCP` interleaved (channels `2n`, `2n+1` asked for track `n`; the ones the
+//!   source answers are used), or `RTP/AVP` unicast over UDP. For UDP, after DESCRIBE the session
+//!   asks the connection to bind one port pair per track ([`ClientStep::BindUdp`]), sends each
+//!   SETUP with `client_port=` of its pair, and records the `server_port` and `source` the source
+//!   answers ([`ClientSession::udp_peer`]) so the connection can drop datagrams from anyone else.
+//!   A 461 answer to SETUP is [`ClientError::TransportRefused`], naming the other transport.
 //! - Every failure is a [`ClientError`] naming the request and what the source answered.
 #![forbid(unsafe_code)]
 
+use std::net::IpAddr;
+
 use crate::hub::{StreamDescription, MAX_TRACKS};
 use crate::proto::rtsp::{
-    Method, RtspError, RtspRequest, RtspResponse, RtspUrl, SessionHeader, StatusCode, Transport,
+    LowerTransport, Method, RtspError, RtspRequest, RtspResponse, RtspUrl, SessionHeader,
+    StatusCode, Transport,
 };
 use crate::proto::sdp::{SdpError, SessionDescription};
-use signal::sources::HeaderRule;
+use signal::sources::{HeaderRule, PullTransport};
 
 use super::auth::{AuthError, Credentials};
 
@@ -46,6 +55,9 @@ pub enum ClientState {
     Options,
     /// DESCRIBE sent.
     Describe,
+    /// DESCRIBE answered, UDP transport: waiting for the connection's port pairs
+    /// ([`ClientSession::udp_ports_bound`]).
+    BindPorts,
     /// SETUP of track `n` sent.
     Setup(usize),
     /// PLAY sent.
@@ -99,6 +111,35 @@ pub enum ClientError {
     /// The source's URL cannot be used.
     #[error("source URL: {0}")]
     Url(RtspError),
+    /// SETUP answered 461 Unsupported Transport: the source does not serve the configured
+    /// transport.
+    #[error(
+        "SETUP answered {status} {reason}: the source does not serve RTP over {}; set transport = \"{}\"",
+        transport_name(*.asked),
+        other_transport(*.asked)
+    )]
+    TransportRefused {
+        asked: PullTransport,
+        status: u16,
+        reason: String,
+    },
+    /// The connection called the session out of turn (a bug of the relay, not the source's).
+    #[error("pull client misuse: {0}")]
+    Misuse(&'static str),
+}
+
+fn transport_name(transport: PullTransport) -> &'static str {
+    match transport {
+        PullTransport::Tcp => "TCP interleaved (RTP/AVP/TCP)",
+        PullTransport::Udp => "UDP (RTP/AVP unicast)",
+    }
+}
+
+fn other_transport(transport: PullTransport) -> &'static str {
+    match transport {
+        PullTransport::Tcp => "udp",
+        PullTransport::Udp => "tcp",
+    }
 }
 
 /// What the connection does after a response.
@@ -106,7 +147,11 @@ pub enum ClientError {
 pub enum ClientStep {
     /// Send this request.
     Send(RtspRequest),
-    /// PLAY succeeded: publish this description, media follows on the set-up channels.
+    /// UDP transport: bind this many RTP/RTCP port pairs (one per track), then call
+    /// [`ClientSession::udp_ports_bound`] for the first SETUP.
+    BindUdp { tracks: usize },
+    /// PLAY succeeded: publish this description, media follows on the set-up channels (or the
+    /// bound UDP ports).
     Playing(StreamDescription),
     /// Nothing to do (a keepalive's answer).
     Nothing,
@@ -127,6 +172,19 @@ struct TrackSetup {
     control_url: String,
     /// Interleaved channels the source agreed to.
     channels: Option<(u8, u8)>,
+    /// UDP: our RTP port (RTCP is the next one).
+    client_port: Option<u16>,
+    /// UDP: where the source said it sends from.
+    udp: Option<UdpPeer>,
+}
+
+/// Where a track's datagrams come from, as the source answered SETUP over UDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpPeer {
+    /// `server_port=` (RTP, RTCP), when the source said.
+    pub server_ports: Option<(u16, Option<u16>)>,
+    /// `source=` as an IP address, when the source named one (else: the RTSP peer's address).
+    pub source: Option<IpAddr>,
 }
 
 /// The sans-IO client of one pull attempt.
@@ -148,6 +206,7 @@ pub struct ClientSession {
     base_url: String,
     tracks: Vec<TrackSetup>,
     keepalive_method: Method,
+    transport: PullTransport,
 }
 
 /// Percent-decodes URL user info (`%40` -> `@`); invalid escapes stay as they are.
@@ -228,7 +287,39 @@ impl ClientSession {
             sdp: None,
             tracks: Vec::new(),
             keepalive_method: Method::Options,
+            transport: PullTransport::Tcp,
         })
+    }
+
+    /// The same client with media over `transport` (default: TCP interleaved).
+    pub fn with_transport(mut self, transport: PullTransport) -> Self {
+        self.transport = transport;
+        self
+    }
+
+    /// The media transport.
+    pub fn transport(&self) -> PullTransport {
+        self.transport
+    }
+
+    /// After [`ClientStep::BindUdp`]: the RTP port of each track's pair (RTCP on the next port);
+    /// returns the first SETUP.
+    pub fn udp_ports_bound(&mut self, rtp_ports: &[u16]) -> Result<RtspRequest, ClientError> {
+        if self.state != ClientState::BindPorts {
+            return Err(ClientError::Misuse("UDP ports given outside BindUdp"));
+        }
+        if rtp_ports.len() != self.tracks.len() {
+            return Err(ClientError::Misuse("one UDP port pair per track"));
+        }
+        for (track, &port) in self.tracks.iter_mut().zip(rtp_ports) {
+            track.client_port = Some(port);
+        }
+        Ok(self.setup_request(0))
+    }
+
+    /// UDP: where track `index`'s datagrams come from (after its SETUP was answered).
+    pub fn udp_peer(&self, index: usize) -> Option<UdpPeer> {
+        self.tracks.get(index)?.udp
     }
 
     /// The handshake's state.
@@ -304,6 +395,7 @@ impl ClientSession {
             self.state,
             ClientState::Options
                 | ClientState::Describe
+                | ClientState::BindPorts
                 | ClientState::Setup(_)
                 | ClientState::Play
         )
@@ -401,6 +493,15 @@ impl ClientSession {
                 .retry_with_auth(outstanding, response)
                 .map(ClientStep::Send);
         }
+        if response.status == StatusCode::UNSUPPORTED_TRANSPORT
+            && matches!(self.state, ClientState::Setup(_))
+        {
+            return Err(ClientError::TransportRefused {
+                asked: self.transport,
+                status: response.status.0,
+                reason: response.reason.clone(),
+            });
+        }
         if !response.status.is_success() {
             return Err(ClientError::Status {
                 method,
@@ -432,9 +533,10 @@ impl ClientSession {
                 self.state = ClientState::Playing;
                 self.description().map(ClientStep::Playing)
             }
-            ClientState::Start | ClientState::Playing | ClientState::Closed => {
-                Ok(ClientStep::Nothing)
-            }
+            ClientState::Start
+            | ClientState::BindPorts
+            | ClientState::Playing
+            | ClientState::Closed => Ok(ClientStep::Nothing),
         }
     }
 
@@ -497,20 +599,66 @@ impl ClientSession {
             .map(|m| TrackSetup {
                 control_url: resolve_control(&base, m.control()),
                 channels: None,
+                client_port: None,
+                udp: None,
             })
             .collect();
         // Session-level control: PLAY goes there (the base URL unless absolute).
         self.base_url = resolve_control(&base, sdp.attribute("control"));
         self.sdp = Some(sdp);
-        Ok(ClientStep::Send(self.setup_request(0)))
+        match self.transport {
+            PullTransport::Tcp => Ok(ClientStep::Send(self.setup_request(0))),
+            PullTransport::Udp => {
+                self.state = ClientState::BindPorts;
+                Ok(ClientStep::BindUdp {
+                    tracks: self.tracks.len(),
+                })
+            }
+        }
     }
 
     fn setup_request(&mut self, index: usize) -> RtspRequest {
         self.state = ClientState::Setup(index);
-        let channel = (index * 2) as u8;
-        let transport = Transport::tcp_interleaved(channel);
+        let transport = match (self.transport, self.tracks[index].client_port) {
+            (PullTransport::Udp, Some(port)) => Transport::udp_unicast(port),
+            _ => Transport::tcp_interleaved((index * 2) as u8),
+        };
         let url = self.tracks[index].control_url.clone();
         self.request(Method::Setup, &url, |b| b.transport(&transport))
+    }
+
+    /// The UDP answer to track `index`'s SETUP: the source must agree to unicast UDP to our
+    /// ports; its `server_port` and `source` say where datagrams come from.
+    fn udp_answer(&self, index: usize, answer: Option<&Transport>) -> Result<UdpPeer, String> {
+        let Some(t) = answer else {
+            // Some cameras omit Transport in the answer: they use what was asked.
+            return Ok(UdpPeer {
+                server_ports: None,
+                source: None,
+            });
+        };
+        if t.lower != LowerTransport::Udp {
+            return Err("the source chose RTP/AVP/TCP where RTP/AVP over UDP was asked".into());
+        }
+        if t.unicast == Some(false) || t.destination.is_some() {
+            return Err(
+                "the source answered multicast or another destination, not unicast to the relay"
+                    .into(),
+            );
+        }
+        let asked = self.tracks[index].client_port;
+        if let Some(ports) = t.client_port {
+            if Some(ports.rtp) != asked {
+                return Err(format!(
+                    "the source answered client_port={ports}, not the port {} asked",
+                    asked.unwrap_or(0)
+                ));
+            }
+        }
+        Ok(UdpPeer {
+            server_ports: t.server_port.map(|p| (p.rtp, p.rtcp)),
+            source: t.source.as_deref().and_then(|s| s.parse().ok()),
+        })
     }
 
     fn set_up(
@@ -540,6 +688,13 @@ impl ClientSession {
             None => self.session = Some(session),
         }
         let transports = response.headers.transports().map_err(header)?;
+        if self.transport == PullTransport::Udp {
+            let peer = self
+                .udp_answer(index, transports.first())
+                .map_err(|what| bad(&what))?;
+            self.tracks[index].udp = Some(peer);
+            return self.after_setup(index);
+        }
         let asked = (index * 2) as u8;
         let channels = match transports.first() {
             Some(t) => {
@@ -562,6 +717,11 @@ impl ClientSession {
             return Err(bad("interleaved channels already used by another track"));
         }
         self.tracks[index].channels = Some(channels);
+        self.after_setup(index)
+    }
+
+    /// The next SETUP, or PLAY after the last one.
+    fn after_setup(&mut self, index: usize) -> Result<ClientStep, ClientError> {
         if index + 1 < self.tracks.len() {
             return Ok(ClientStep::Send(self.setup_request(index + 1)));
         }
@@ -679,7 +839,7 @@ mod tests {
             match client.on_response(&builder.build()).unwrap() {
                 ClientStep::Send(next) => request = next,
                 ClientStep::Playing(description) => return (seen, description),
-                ClientStep::Nothing => panic!("handshake stalled"),
+                ClientStep::Nothing | ClientStep::BindUdp { .. } => panic!("handshake stalled"),
             }
         }
     }
@@ -796,6 +956,127 @@ mod tests {
             "OPTIONS answered 404 Not Found"
         );
         let _ = options;
+    }
+
+    /// A UDP handshake against a scripted source answering each SETUP with `answer(asked)`.
+    fn udp_handshake(
+        answer: impl Fn(&Transport) -> Result<Transport, StatusCode>,
+    ) -> (ClientSession, Result<ClientStep, ClientError>) {
+        let mut client = ClientSession::new("rtsp://cam/live", &[], "c".into())
+            .unwrap()
+            .with_transport(PullTransport::Udp);
+        let options = client.start();
+        let ClientStep::Send(describe) = client
+            .on_response(&reply(&options, StatusCode::OK).build())
+            .unwrap()
+        else {
+            panic!("DESCRIBE expected")
+        };
+        let step = client
+            .on_response(
+                &reply(&describe, StatusCode::OK)
+                    .header("Content-Base", "rtsp://cam/live/")
+                    .body("application/sdp", SDP.as_bytes().to_vec())
+                    .build(),
+            )
+            .unwrap();
+        assert_eq!(step, ClientStep::BindUdp { tracks: 2 });
+        assert_eq!(client.state(), ClientState::BindPorts);
+        assert!(matches!(
+            client.udp_ports_bound(&[5000]),
+            Err(ClientError::Misuse(_))
+        ));
+        let mut request = client.udp_ports_bound(&[5000, 5002]).unwrap();
+        loop {
+            let builder = match request.method {
+                Method::Setup => {
+                    let asked = request.headers.transports().unwrap().remove(0);
+                    match answer(&asked) {
+                        Ok(t) => reply(&request, StatusCode::OK)
+                            .header("Session", "abc")
+                            .transport(&t),
+                        Err(status) => reply(&request, status),
+                    }
+                }
+                Method::Play => reply(&request, StatusCode::OK).header("Session", "abc"),
+                other => panic!("unexpected {other}"),
+            };
+            match client.on_response(&builder.build()) {
+                Ok(ClientStep::Send(next)) => request = next,
+                other => return (client, other),
+            }
+        }
+    }
+
+    #[test]
+    fn udp_setup_asks_client_ports_and_records_where_media_comes_from() {
+        let (client, end) = udp_handshake(|asked| {
+            assert_eq!(asked.lower, LowerTransport::Udp);
+            assert_eq!(asked.unicast, Some(true));
+            let ports = asked.client_port.unwrap();
+            assert_eq!(ports.rtcp, Some(ports.rtp + 1));
+            let mut t = asked.clone();
+            t.server_port = Some(crate::proto::rtsp::Pair {
+                rtp: 7000 + ports.rtp - 5000,
+                rtcp: Some(7001 + ports.rtp - 5000),
+            });
+            if ports.rtp == 5002 {
+                t.source = Some("10.1.2.3".into());
+            }
+            Ok(t)
+        });
+        assert!(matches!(end, Ok(ClientStep::Playing(_))), "{end:?}");
+        assert_eq!(
+            client.udp_peer(0),
+            Some(UdpPeer {
+                server_ports: Some((7000, Some(7001))),
+                source: None
+            })
+        );
+        assert_eq!(
+            client.udp_peer(1),
+            Some(UdpPeer {
+                server_ports: Some((7002, Some(7003))),
+                source: Some("10.1.2.3".parse().unwrap())
+            })
+        );
+        assert_eq!(client.track_of_channel(0), None, "no interleaved channels");
+    }
+
+    #[test]
+    fn udp_refusals_name_the_transport() {
+        let (_, end) = udp_handshake(|_| Err(StatusCode::UNSUPPORTED_TRANSPORT));
+        let error = end.unwrap_err();
+        assert!(matches!(
+            error,
+            ClientError::TransportRefused {
+                asked: PullTransport::Udp,
+                status: 461,
+                ..
+            }
+        ));
+        assert_eq!(
+            error.to_string(),
+            "SETUP answered 461 Unsupported transport: the source does not serve RTP over \
+             UDP (RTP/AVP unicast); set transport = \"tcp\""
+        );
+        let (_, end) = udp_handshake(|_| Ok(Transport::tcp_interleaved(0)));
+        assert!(
+            end.unwrap_err().to_string().contains("chose RTP/AVP/TCP"),
+            "interleaved answer to a UDP SETUP"
+        );
+        let (_, end) = udp_handshake(|asked| {
+            let mut t = asked.clone();
+            t.client_port = Some(crate::proto::rtsp::Pair {
+                rtp: 9000,
+                rtcp: Some(9001),
+            });
+            Ok(t)
+        });
+        assert!(end
+            .unwrap_err()
+            .to_string()
+            .contains("client_port=9000-9001"));
     }
 
     #[test]

@@ -4,27 +4,39 @@
 //! publisher's connection does (same [`TrackIngest`], same `RtpPacket::passthrough`), sends
 //! keepalives, and ends with TEARDOWN when told to stop.
 //!
+//! Media arrives interleaved on the RTSP connection (`transport = "tcp"`) or, with
+//! `transport = "udp"`, on one RTP/RTCP socket pair per track bound on this shard at the address
+//! the RTSP connection uses. Each socket has one receive loop for the attempt's life (a cancelled
+//! receive could lose a datagram); each datagram is checked by [`UdpTrackFilter`] (the source's
+//! address only, sizes, sequence gaps counted as lost) and then takes the same path into the hub
+//! as an interleaved packet. The RTSP connection stays open for keepalives and TEARDOWN.
+//!
 //! Every wait for the source has a deadline: connect and TLS handshake
 //! ([`PullSettings::connect_timeout`]), each handshake response
 //! ([`PullSettings::response_timeout`]), and media ([`PullSettings::media_timeout`] without a
-//! byte ends the attempt).
+//! byte of media ends the attempt; over UDP only accepted datagrams count, so a source that
+//! answers keepalives but stopped sending is reconnected).
 
-use std::cell::RefCell;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::pin::{pin, Pin};
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_lite::future::{or, poll_fn};
 use futures_lite::AsyncWriteExt;
 use rt::tls::MaybeTls;
 use rustls::pki_types::ServerName;
 use rustls::ClientConnection;
 use signal::metrics::IngestMode;
-use signal::sources::SourceSpec;
+use signal::sources::{PullTransport, SourceSpec};
 use tracing::{debug, info};
 
 use super::client::{ClientError, ClientSession, ClientStep};
+use super::udp::{UdpTrackFilter, Verdict};
 use super::PullSettings;
 use crate::hub::{LocalNotify, PublisherId, RtpPacket, StreamHub};
 use crate::proto::interleaved::{DemuxLimits, Demuxed, Demuxer};
@@ -35,6 +47,9 @@ use crate::stream_key::StreamKey;
 
 /// Receive buffer growth step (as for an RTSP publisher).
 const READ_CHUNK: usize = 64 * 1024;
+/// Kernel receive buffer asked for each UDP socket (capped by `net.core.rmem_max`): a keyframe
+/// of a high-resolution camera is hundreds of datagrams arriving at once.
+const UDP_RECV_BUFFER: usize = 2 * 1024 * 1024;
 
 /// Why an attempt ended.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +90,20 @@ pub enum PullError {
     /// The stream already has another publisher.
     #[error("the stream has another publisher")]
     Refused,
+    /// No UDP port pair could be bound for the source's tracks.
+    #[error("binding UDP ports on {ip}: {source}")]
+    UdpBind {
+        ip: IpAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Receiving on a UDP port failed.
+    #[error("receiving RTP over UDP on port {port}: {source}")]
+    UdpReceive {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// How an attempt ended without error.
@@ -109,6 +138,8 @@ pub async fn pull_once(
         .await
         .map_err(|source| PullError::Connect { addr, source })?;
     let _ = tcp.set_nodelay(true);
+    // UDP ports go on the interface the source is reached through.
+    let local_ip = tcp.local_addr()?.ip();
     let mut stream: Stream = match url.scheme {
         Scheme::Rtsp => MaybeTls::Plain(tcp),
         Scheme::Rtsps => {
@@ -120,7 +151,9 @@ pub async fn pull_once(
         }
     };
     let cnonce = format!("{:016x}", rand::random::<u64>());
-    let mut client = ClientSession::new(&spec.url, &spec.headers, cnonce)?;
+    let mut client =
+        ClientSession::new(&spec.url, &spec.headers, cnonce)?.with_transport(spec.transport);
+    let mut udp_pairs: Vec<(rt::UdpSocket, rt::UdpSocket)> = Vec::new();
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut demuxer = Demuxer::new(DemuxLimits::default());
 
@@ -147,6 +180,14 @@ pub async fn pull_once(
         };
         match client.on_response(&response)? {
             ClientStep::Send(next) => request = next,
+            ClientStep::BindUdp { tracks } => {
+                udp_pairs = bind_udp(local_ip, tracks)?;
+                let mut ports = Vec::with_capacity(tracks);
+                for (rtp, _) in &udp_pairs {
+                    ports.push(rtp.local_addr()?.port());
+                }
+                request = client.udp_ports_bound(&ports)?;
+            }
             ClientStep::Playing(description) => break description,
             ClientStep::Nothing => {
                 return Err(PullError::Rtsp(ClientError::BadResponse {
@@ -158,7 +199,7 @@ pub async fn pull_once(
     };
 
     // Media mode: publish like an RTSP publisher.
-    let mut ingest: Vec<TrackIngest> = client
+    let ingest: Vec<TrackIngest> = client
         .sdp()
         .map(|sdp| {
             sdp.media
@@ -175,12 +216,37 @@ pub async fn pull_once(
         hub: hub.clone(),
         publisher,
     };
-    info!(shard = shard.id, stream = %key, url = %spec.redacted_url(), "pull source playing");
+    let relay = Relay {
+        hub: &hub,
+        publisher,
+        ingest: RefCell::new(ingest),
+        invalid: Cell::new(0),
+        key,
+    };
+    let udp = spec.transport == PullTransport::Udp;
+    let udp_tracks: Vec<UdpTrack> = udp_pairs
+        .into_iter()
+        .enumerate()
+        .map(|(index, (rtp, rtcp))| {
+            let peer = client.udp_peer(index);
+            let source = peer.and_then(|p| p.source).unwrap_or(addr.ip());
+            UdpTrack {
+                index,
+                rtp,
+                rtcp,
+                filter: RefCell::new(UdpTrackFilter::new(
+                    source,
+                    peer.and_then(|p| p.server_ports),
+                )),
+            }
+        })
+        .collect();
+    info!(shard = shard.id, stream = %key, url = %spec.redacted_url(), transport = ?spec.transport, "pull source playing");
     observer.playing();
     let keepalive_every = Duration::from_secs(u64::from(client.keepalive_interval_secs()));
     let mut next_keepalive = Instant::now() + keepalive_every;
-    let mut last_media = Instant::now();
-    let mut invalid: u64 = 0;
+    let last_media = Cell::new(Instant::now());
+    let mut udp_media = pin!(receive_udp(shard, &udp_tracks, &relay, &last_media));
     loop {
         let now = Instant::now();
         if now >= next_keepalive {
@@ -189,17 +255,19 @@ pub async fn pull_once(
             }
             next_keepalive = now + keepalive_every;
         }
-        if now.saturating_duration_since(last_media) > settings.media_timeout {
+        let media_deadline = last_media.get() + settings.media_timeout;
+        if now >= media_deadline {
             return Err(PullError::Timeout {
                 what: "media",
                 after: settings.media_timeout,
             });
         }
         let wait = next_keepalive
-            .saturating_duration_since(now)
-            .min(settings.media_timeout);
+            .min(media_deadline)
+            .saturating_duration_since(now);
         enum Event {
             Item(Result<Demuxed<bytes::Bytes>, PullError>),
+            Udp(PullError),
             Stop,
         }
         let event = or(
@@ -219,10 +287,10 @@ pub async fn pull_once(
                 }
                 Event::Item(item)
             },
-            async {
+            or(async { Event::Udp(udp_media.as_mut().await) }, async {
                 stop.notified().await;
                 Event::Stop
-            },
+            }),
         )
         .await;
         match event {
@@ -235,44 +303,159 @@ pub async fn pull_once(
                 let _ = stream.close().await;
                 return Ok(PullEnd::Stopped);
             }
+            Event::Udp(e) => return Err(e),
             Event::Item(Err(PullError::Timeout { .. })) => continue,
             Event::Item(Err(e)) => return Err(e),
             Event::Item(Ok(item)) => {
-                last_media = Instant::now();
+                if !udp {
+                    last_media.set(Instant::now());
+                }
                 match item {
                     Demuxed::Rtsp(RtspMessage::Response(response)) => {
                         client.on_response(&response)?;
                     }
                     Demuxed::Rtsp(RtspMessage::Request(_)) => {}
                     Demuxed::Interleaved { channel, payload } => {
-                        let Some((track, is_rtcp)) = client.track_of_channel(channel) else {
-                            continue;
-                        };
-                        let Some(track) = ingest.get_mut(track) else {
-                            continue;
-                        };
-                        let meta = if is_rtcp {
-                            Ok(track.rtcp_meta())
-                        } else {
-                            track.rtp_meta(&payload)
-                        };
-                        match meta {
-                            Ok(meta) => {
-                                if let Ok(packet) = RtpPacket::passthrough(meta, payload) {
-                                    let _ = hub.borrow_mut().push(publisher, packet);
-                                }
-                            }
-                            Err(e) => {
-                                invalid += 1;
-                                if invalid.is_power_of_two() {
-                                    debug!(stream = %key, count = invalid, "pulled packet dropped: {e}");
-                                }
-                            }
+                        if let Some((track, is_rtcp)) = client.track_of_channel(channel) {
+                            relay.packet(track, is_rtcp, payload);
                         }
                     }
                 }
             }
         }
+    }
+}
+
+/// Where an attempt's packets go: the track's ingest (keyframe and access-unit marks), then the
+/// hub as passthrough packets. One path for interleaved and UDP packets.
+struct Relay<'a> {
+    hub: &'a RefCell<StreamHub>,
+    publisher: PublisherId,
+    ingest: RefCell<Vec<TrackIngest>>,
+    /// Packets dropped as not RTP (logged at powers of two).
+    invalid: Cell<u64>,
+    key: &'a StreamKey,
+}
+
+impl Relay<'_> {
+    fn packet(&self, track: usize, is_rtcp: bool, payload: Bytes) {
+        let mut ingest = self.ingest.borrow_mut();
+        let Some(track) = ingest.get_mut(track) else {
+            return;
+        };
+        let meta = if is_rtcp {
+            Ok(track.rtcp_meta())
+        } else {
+            track.rtp_meta(&payload)
+        };
+        match meta {
+            Ok(meta) => {
+                if let Ok(packet) = RtpPacket::passthrough(meta, payload) {
+                    let _ = self.hub.borrow_mut().push(self.publisher, packet);
+                }
+            }
+            Err(e) => {
+                let invalid = self.invalid.get() + 1;
+                self.invalid.set(invalid);
+                if invalid.is_power_of_two() {
+                    debug!(stream = %self.key, count = invalid, "pulled packet dropped: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// One track's UDP sockets and what they accept.
+struct UdpTrack {
+    index: usize,
+    rtp: rt::UdpSocket,
+    rtcp: rt::UdpSocket,
+    filter: RefCell<UdpTrackFilter>,
+}
+
+/// One RTP/RTCP port pair per track on `ip`.
+fn bind_udp(ip: IpAddr, tracks: usize) -> Result<Vec<(rt::UdpSocket, rt::UdpSocket)>, PullError> {
+    (0..tracks)
+        .map(|_| {
+            let (rtp, rtcp) =
+                rt::UdpSocket::bind_pair(ip).map_err(|source| PullError::UdpBind { ip, source })?;
+            // Best effort: the kernel caps it, and a smaller buffer still works.
+            let _ = rtp.set_recv_buffer_size(UDP_RECV_BUFFER);
+            let _ = rtcp.set_recv_buffer_size(UDP_RECV_BUFFER / 8);
+            Ok((rtp, rtcp))
+        })
+        .collect()
+}
+
+/// Receives on every UDP socket until one fails (never returns without tracks: TCP transport).
+async fn receive_udp(
+    shard: &Shard,
+    tracks: &[UdpTrack],
+    relay: &Relay<'_>,
+    last_media: &Cell<Instant>,
+) -> PullError {
+    let mut receivers: Vec<Pin<Box<dyn Future<Output = PullError> + '_>>> = Vec::new();
+    for track in tracks {
+        for is_rtcp in [false, true] {
+            receivers.push(Box::pin(receive_socket(
+                shard, track, is_rtcp, relay, last_media,
+            )));
+        }
+    }
+    poll_fn(|cx| {
+        for receiver in &mut receivers {
+            if let Poll::Ready(error) = receiver.as_mut().poll(cx) {
+                return Poll::Ready(error);
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// The receive loop of one socket: checks each datagram and relays or counts it.
+async fn receive_socket(
+    shard: &Shard,
+    track: &UdpTrack,
+    is_rtcp: bool,
+    relay: &Relay<'_>,
+    last_media: &Cell<Instant>,
+) -> PullError {
+    let socket = if is_rtcp { &track.rtcp } else { &track.rtp };
+    let mut buf = vec![0u8; rt::udp::MAX_DATAGRAM];
+    let mut dropped: u64 = 0;
+    loop {
+        let (len, from) = match socket.recv_from(&mut buf).await {
+            Ok(received) => received,
+            Err(source) => {
+                let port = socket.local_addr().map_or(0, |a| a.port());
+                return PullError::UdpReceive { port, source };
+            }
+        };
+        let datagram = &buf[..len];
+        let verdict = track.filter.borrow_mut().check(from, is_rtcp, datagram);
+        match verdict {
+            Verdict::Relay { lost } => {
+                last_media.set(Instant::now());
+                shard.count_media(|m| {
+                    m.add_bytes_in(IngestMode::Pull, len as u64);
+                    m.pull_udp_lost += lost;
+                });
+                relay.packet(track.index, is_rtcp, Bytes::copy_from_slice(datagram));
+            }
+            Verdict::Stray | Verdict::BadSize => {
+                shard.count_media(|m| match verdict {
+                    Verdict::Stray => m.pull_udp_stray += 1,
+                    _ => m.pull_udp_bad_size += 1,
+                });
+                dropped += 1;
+                if dropped.is_power_of_two() {
+                    debug!(stream = %relay.key, track = track.index, %from, len, count = dropped, "datagram dropped: {verdict:?}");
+                }
+            }
+        }
+        // A flood of queued datagrams is received without waiting; let other tasks run.
+        rt::yield_if_needed().await;
     }
 }
 

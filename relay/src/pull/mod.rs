@@ -6,7 +6,10 @@
 //! - [`client`]: the RTSP client session without I/O (handshake, authentication, header rules,
 //!   keepalives, TEARDOWN).
 //! - [`auth`]: Basic and Digest answers to a source's 401.
-//! - [`conn`]: one attempt on the owner shard (connect, TLS, handshake, media into the hub).
+//! - [`conn`]: one attempt on the owner shard (connect, TLS, handshake, media into the hub, over
+//!   the RTSP connection or per-track UDP socket pairs).
+//! - [`udp`]: what a UDP track accepts (the source's address only, RTP/RTCP sizes) and the
+//!   sequence gaps it counts as lost, without I/O.
 //! - [`PullShard`] (here): each shard supervises the sources it owns
 //!   (`signal::session::shard_of_uid`, like a device): one task per source that connects when
 //!   wanted, reconnects with exponential backoff and jitter, and reports its state to the
@@ -26,6 +29,7 @@ pub mod client;
 pub mod conn;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod udp;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
