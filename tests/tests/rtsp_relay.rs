@@ -501,10 +501,6 @@ fn fifty_viewers_get_every_packet_and_a_stalled_viewer_is_dropped() {
          last viewer done {worst_lag:?} after the publisher"
     );
     assert!(
-        worst_lag < Duration::from_secs(2),
-        "viewers fell behind: {worst_lag:?}"
-    );
-    assert!(
         late.unwrap().join().unwrap(),
         "a viewer joining mid-stream starts on a keyframe"
     );
