@@ -2,8 +2,10 @@
 //! (tests/testdata/clip_h264_aac.mp4, made by make_clip.sh) and ffprobe, ffmpeg and GStreamer
 //! play it back through the relay (codec parameters compared with the source by ffprobe, frames
 //! counted); H.265 + Opus and H.264 + G.711 pass through untouched; 50 in-test viewers check
-//! that fan-out loses nothing while a stalled viewer is dropped; tokens and bad input get precise refusals. The same clients
-//! publish and play over RTSPS (61004, TLS with the server certificate).
+//! that fan-out loses nothing while a stalled viewer is dropped; ffmpeg's RTCP sender reports
+//! reach a raw player on the video track's RTCP channel with the SSRC of its RTP packets; tokens
+//! and bad input get precise refusals. The same clients publish and play over RTSPS (61004, TLS
+//! with the server certificate).
 //!
 //! Every server is in-process on ephemeral ports with its shards (2 on this machine), so
 //! connections land on either shard and are handed to the stream's owner.
@@ -1300,4 +1302,66 @@ a=control:streamid=0\r\n";
     );
     assert!(fmtp.contains("packetization-mode=1"), "{sdp}");
     assert!(fmtp.contains("profile-level-id=42C00D"), "{sdp}");
+}
+
+/// The SSRC of an RTP packet or of the first packet of an RTCP compound packet.
+fn ssrc_of(packet: &[u8], rtcp: bool) -> u32 {
+    let at = if rtcp { 4 } else { 8 };
+    u32::from_be_bytes(packet[at..at + 4].try_into().unwrap())
+}
+
+/// RTCP passes through end to end: ffmpeg publishes over RTSP/TCP and sends sender reports
+/// (payload type 200, every 5 s) on each track's odd interleaved channel; a raw player over TCP
+/// interleaved receives them on the video track's RTCP channel, with the SSRC of the video RTP
+/// packets on its RTP channel (a player maps the report's NTP time to that stream's RTP time).
+#[test]
+fn ffmpeg_rtcp_sender_reports_reach_a_player() {
+    require_tool("ffmpeg");
+    let server = TestServer::start();
+    let urls = Urls::new(&server);
+    // The clip three times (12 s): ffmpeg sends a report with its first packet, then one each 5 s.
+    let mut publisher = ffmpeg_publish(&urls.publish(UID), 2);
+    let mut viewer = RtspClient::connect(server.server.addrs.rtsp);
+    let sdp = viewer.play(&urls.play(UID), 2);
+    // The video track's index among the SDP's media sections: its channels are 2i and 2i+1.
+    let video = sdp
+        .lines()
+        .filter(|line| line.starts_with("m="))
+        .position(|line| line.starts_with("m=video"))
+        .expect("a video track in the SDP") as u8;
+    let (rtp_channel, rtcp_channel) = (2 * video, 2 * video + 1);
+
+    let mut rtp_ssrcs = std::collections::BTreeSet::new();
+    let mut sender_reports = Vec::new();
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        let Some((channel, packet)) = viewer.frame() else {
+            break;
+        };
+        if channel == rtp_channel && packet.len() >= 12 {
+            rtp_ssrcs.insert(ssrc_of(&packet, false));
+        } else if channel == rtcp_channel && packet.len() >= 8 {
+            assert_eq!(packet[0] >> 6, 2, "RTCP version 2: {packet:02x?}");
+            if packet[1] == 200 {
+                sender_reports.push(ssrc_of(&packet, true));
+            }
+        }
+    }
+    drop(viewer);
+    publisher.kill().unwrap();
+    publisher.wait().unwrap();
+    eprintln!(
+        "video RTP SSRCs {rtp_ssrcs:08x?}, sender reports on channel {rtcp_channel}: \
+         {sender_reports:08x?}"
+    );
+    assert_eq!(rtp_ssrcs.len(), 1, "one video SSRC: {rtp_ssrcs:08x?}");
+    assert!(
+        !sender_reports.is_empty(),
+        "no RTCP sender report on the video track's RTCP channel {rtcp_channel}"
+    );
+    let ssrc = *rtp_ssrcs.first().unwrap();
+    assert!(
+        sender_reports.iter().all(|&report| report == ssrc),
+        "sender reports {sender_reports:08x?} against video SSRC {ssrc:08x}"
+    );
 }
