@@ -740,3 +740,138 @@ fn rotate_device_key_while_the_server_runs_and_offline() {
     assert_eq!(registered_index(&served, &data, &cert, &key), third);
     served.kill();
 }
+
+/// Re-signs `data`'s intermediate CA with the root (same subject and key, so everything it
+/// issued stays valid) for `days` days, as an operator replacing it with openssl would.
+fn put_short_intermediate(data: &Path, days: &str) {
+    let pki = data.join("pki");
+    let work = tempfile::tempdir().unwrap();
+    let ext = work.path().join("ca.cnf");
+    std::fs::write(
+        &ext,
+        "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\n",
+    )
+    .unwrap();
+    let csr = work.path().join("intermediate-ca.csr");
+    let short = work.path().join("intermediate-ca.pem");
+    let openssl = |args: &[&str]| {
+        let out = tool("openssl", args);
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // A request with the intermediate's subject and key, signed again by the root.
+    openssl(&[
+        "x509",
+        "-x509toreq",
+        "-in",
+        path(&pki.join("intermediate-ca.pem")),
+        "-signkey",
+        path(&pki.join("intermediate-ca.key")),
+        "-out",
+        path(&csr),
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        path(&csr),
+        "-CA",
+        path(&pki.join("root-ca.pem")),
+        "-CAkey",
+        path(&pki.join("root-ca.key")),
+        "-set_serial",
+        "0x5407",
+        "-days",
+        days,
+        "-extfile",
+        path(&ext),
+        "-out",
+        path(&short),
+    ]);
+    std::fs::copy(&short, pki.join("intermediate-ca.pem")).unwrap();
+}
+
+/// A hierarchy certificate within 30 days of expiry (an intermediate CA valid 10 more days)
+/// next to a 10-day device certificate: `relay pki status` shows the intermediate's days left,
+/// the server warns about it at start-up (`certificate expires soon`, with its name and days
+/// left), and /metrics counts both on `rop_certificate_expiring`, the device one alone on
+/// `rop_device_certificates_expiring`, with the intermediate's days on
+/// `rop_certificate_days_left`.
+#[test]
+fn expiring_intermediate_and_device_certificates_are_warned_about_and_counted() {
+    let cwd = tempfile::tempdir().unwrap();
+    let data = cwd.path().join("relay-data");
+    ok(&relay(&["pki", "init", "--data", path(&data)]));
+    put_short_intermediate(&data, "10");
+    let status = ok(&relay(&["pki", "status", "--data", path(&data)]));
+    let row = status
+        .lines()
+        .find(|l| l.starts_with("intermediate CA"))
+        .unwrap_or_else(|| panic!("no intermediate CA row:\n{status}"));
+    let days_left: i64 = row.split_whitespace().last().unwrap().parse().unwrap();
+    // Valid 10 days from the second it was signed: 9 whole days left (10 within that second).
+    assert!((9..=10).contains(&days_left), "{status}");
+
+    let served = Served::start(cwd.path());
+    let warning = served
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|l| l.contains("certificate expires soon") && l.contains("intermediate CA"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no intermediate CA expiry warning:\n{}", served.log()));
+    assert!(warning.contains("WARN"), "{warning}");
+    let logged_days: i64 = warning
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("days_left="))
+        .unwrap_or_else(|| panic!("no days_left= in {warning}"))
+        .parse()
+        .unwrap();
+    assert!((9..=10).contains(&logged_days), "{warning}");
+    assert!(
+        served
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|l| !l.contains("certificate expires soon") || l.contains("intermediate CA")),
+        "only the intermediate is due before a device exists:\n{}",
+        served.log()
+    );
+
+    let api = format!("http://127.0.0.1:{}", served.port("api"));
+    let (code, metrics) = api_call(&data, "GET", &format!("{api}/metrics"), None);
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("rop_certificate_expiring 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("rop_device_certificates_expiring 0\n"),
+        "{metrics}"
+    );
+    let intermediate_days = metrics
+        .lines()
+        .find(|l| l.starts_with("rop_certificate_days_left{certificate=\"intermediate CA\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap_or_else(|| panic!("no intermediate CA days left:\n{metrics}"));
+    let intermediate_days: i64 = intermediate_days.parse().unwrap();
+    assert!((9..=10).contains(&intermediate_days), "{metrics}");
+
+    // A device certificate issued for 10 days by the short intermediate joins the count.
+    provision_and_register(&served, cwd.path(), &data);
+    let (_, metrics) = api_call(&data, "GET", &format!("{api}/metrics"), None);
+    assert!(
+        metrics.contains("rop_certificate_expiring 2\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("rop_device_certificates_expiring 1\n"),
+        "{metrics}"
+    );
+    served.kill();
+}
