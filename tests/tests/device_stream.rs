@@ -1068,6 +1068,28 @@ fn selective_encryption_h265_aac_is_relayed_frame_for_frame() {
     );
 }
 
+#[test]
+fn encrypt_tcp_stream_h265_aac_with_every_frame_encrypted_is_relayed_frame_for_frame() {
+    relays_frame_for_frame(
+        StreamEncryptMode::EncryptTcp,
+        EncryptPolicy::All,
+        H265_AAC,
+        "95270000STRM265E",
+        StreamMode::EncryptTcp,
+    );
+}
+
+#[test]
+fn plain_tcp_stream_h265_aac_is_relayed_frame_for_frame() {
+    relays_frame_for_frame(
+        StreamEncryptMode::Tcp,
+        EncryptPolicy::None,
+        H265_AAC,
+        "95270000STRM265P",
+        StreamMode::Tcp,
+    );
+}
+
 /// Frames damaged on the way to 61007 while a viewer records: each is dropped (the HMAC or
 /// the sequence number says so) and counted on /metrics, the stream survives on its connection,
 /// and the viewer gets everything else: the next keyframe restarts the video after a lost frame.
