@@ -411,11 +411,19 @@ pub mod rtsp {
                 self.pos = 0;
             }
             let mut chunk = [0u8; 64 * 1024];
-            match self.stream.read(&mut chunk) {
-                Ok(0) | Err(_) => false,
-                Ok(n) => {
-                    self.buf.extend_from_slice(&chunk[..n]);
-                    true
+            loop {
+                match self.stream.read(&mut chunk) {
+                    Ok(0) => return false,
+                    Ok(n) => {
+                        self.buf.extend_from_slice(&chunk[..n]);
+                        return true;
+                    }
+                    // A signal (e.g. SIGCHLD of another test's ffmpeg) is not the end of stream.
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        eprintln!("RTSP test client: read failed: {e}");
+                        return false;
+                    }
                 }
             }
         }

@@ -81,22 +81,29 @@ impl Urls {
 }
 
 /// Waits for a child process, killing it after `limit`.
-fn wait_child(mut child: Child, limit: Duration, what: &str) -> std::process::Output {
-    let deadline = Instant::now() + limit;
-    loop {
-        match child.try_wait().unwrap() {
-            Some(_) => return child.wait_with_output().unwrap(),
-            None if Instant::now() > deadline => {
-                let _ = child.kill();
-                let out = child.wait_with_output().unwrap();
-                panic!(
-                    "{what} did not finish within {limit:?}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            None => std::thread::sleep(Duration::from_millis(50)),
-        }
+fn wait_child(child: Child, limit: Duration, what: &str) -> std::process::Output {
+    let (out, killed) = wait_child_or_stop(child, limit);
+    if killed {
+        panic!(
+            "{what} did not finish within {limit:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
+    out
+}
+
+/// Waits up to `limit` for a child process; one still running then is killed. Returns its
+/// output and whether it had to be killed.
+fn wait_child_or_stop(mut child: Child, limit: Duration) -> (std::process::Output, bool) {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return (child.wait_with_output().unwrap(), true);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child.wait_with_output().unwrap(), false)
 }
 
 fn spawn(program: &str, args: &[&str]) -> Child {
@@ -335,11 +342,12 @@ fn publish_and_play_with_real_clients(tls: bool) {
 
 /// Plays `url` with GStreamer's rtspsrc (TCP interleaved; certificate not verified) through
 /// the H.264 decoder into a fakesink that stops after `frames` buffers; returns the frames
-/// decoded. GStreamer must end without error, with one exception over TLS: on the way down
-/// rtspsrc sends PAUSE and at once cancels it with its CLOSE command; GStreamer 1.22 reports a
-/// cancelled read on a TLS connection as "Received end-of-file" and posts it as an error from
-/// `gst_rtspsrc_pause` whatever the server does (seen in GST_DEBUG=rtspsrc:6: the CLOSE
-/// interrupts the PAUSE 0.2 ms after it was sent; the TEARDOWN that follows gets its 200).
+/// decoded. GStreamer must end without error, with one exception: on the way down rtspsrc sends
+/// PAUSE and at once cancels it with its CLOSE command; GStreamer 1.22 reports the cancelled
+/// read as "Received end-of-file" and posts it as an error from `gst_rtspsrc_pause` whatever the
+/// server does (seen in GST_DEBUG=rtspsrc:6: the CLOSE interrupts the PAUSE 0.2 ms after it was
+/// sent; the TEARDOWN that follows gets its 200). Always over TLS; over plain TCP only when the
+/// PAUSE's answer is late, about one run in six on a loaded 2-core machine.
 fn gstreamer_decodes(url: &str, tls: bool, frames: u32) -> usize {
     let location = format!("location={url}");
     let num_buffers = format!("num-buffers={frames}");
@@ -371,8 +379,7 @@ fn gstreamer_decodes(url: &str, tls: bool, frames: u32) -> usize {
         .chain(stderr.lines())
         .filter(|line| line.starts_with("ERROR:") || line.contains("gstrtspsrc.c("))
         .collect();
-    let shutdown_race = tls
-        && !errors.is_empty()
+    let shutdown_race = !errors.is_empty()
         && errors.iter().all(|line| {
             line.starts_with("ERROR: from element /GstPipeline:pipeline0/GstRTSPSrc:rtspsrc0: Could not write to resource.")
                 || line.contains("gst_rtspsrc_try_send ()")
@@ -760,6 +767,16 @@ fn bad_input_is_refused_precisely() {
 
 /// GStreamer's rtspclientsink publishes the fixture's video (it pauses before its TEARDOWN at the
 /// end of stream, which must be accepted) and ffmpeg reads every frame back.
+///
+/// At end of stream gst-launch takes the pipeline down at once: rtspclientsink queues PAUSE and,
+/// a few milliseconds later, its CLOSE command flushes the connection. When the PAUSE's answer
+/// has not been read by then (a loaded machine), GStreamer 1.22 posts the cancelled exchange as
+/// "Could not send message. (Received end-of-file)" from `gst_rtsp_client_sink_pause` and closes
+/// the socket without a TEARDOWN, or (rarely) does not exit at all (seen with
+/// GST_DEBUG=rtspclientsink:6: `connection flush busy PAUSE`, then `closing connection`; the
+/// server never received the PAUSE). Only that shutdown error is tolerated, and a publisher
+/// still running after the recording ended is stopped; what the server is judged on is that the
+/// recording holds every frame.
 #[test]
 fn gstreamer_rtspclientsink_publishes() {
     require_tool("gst-launch-1.0");
@@ -801,14 +818,31 @@ fn gstreamer_rtspclientsink_publishes() {
             "protocols=tcp",
         ],
     );
-    let published = wait_child(publisher, Duration::from_secs(30), "rtspclientsink");
-    let errors = String::from_utf8_lossy(&published.stderr).to_string()
+    // The recording ends with the publisher's RTCP BYE at its end of stream (or the publisher
+    // grace after it left).
+    let recorded = wait_child(recorder, Duration::from_secs(40), "ffmpeg recorder");
+    let (published, hung) = wait_child_or_stop(publisher, Duration::from_secs(10));
+    let output = String::from_utf8_lossy(&published.stderr).to_string()
         + &String::from_utf8_lossy(&published.stdout);
+    let errors: Vec<&str> = output
+        .lines()
+        .filter(|line| line.starts_with("ERROR:"))
+        .collect();
+    let shutdown_race = !errors.is_empty()
+        && errors.iter().all(|line| {
+            *line
+                == "ERROR: from element /GstPipeline:pipeline0/GstRTSPClientSink:rtspclientsink0: \
+                    Could not write to resource."
+        })
+        && output.contains("Could not send message. (Received end-of-file)")
+        && output.contains("gst_rtsp_client_sink_pause ()");
+    if hung || shutdown_race {
+        eprintln!("rtspclientsink's end-of-stream PAUSE/CLOSE race (hung: {hung}): {output}");
+    }
     assert!(
-        published.status.success() && !errors.contains("ERROR"),
-        "rtspclientsink failed: {errors}"
+        hung || shutdown_race || (published.status.success() && errors.is_empty()),
+        "rtspclientsink failed: {output}"
     );
-    let recorded = wait_child(recorder, Duration::from_secs(20), "ffmpeg recorder");
     assert!(
         recorded.status.success(),
         "{}",
