@@ -575,7 +575,7 @@ fn print_devices(report: &DevicesReport) {
     }
     if let Some(server) = &report.server {
         println!(
-            "server: CPU {:.1}% of a core {}, RSS max {:.1} MB, {} KiB more per online device",
+            "server: CPU {:.1}% of a core {}, RSS max {:.1} MB, {} KiB more per online device, {} open files at the end (most {})",
             server.cpu_pct_mean,
             match (report.steady_from_secs, report.online_timed_out) {
                 (Some(from), false) => format!("with every device online (from t={from:.0}s)"),
@@ -586,7 +586,13 @@ fn print_devices(report: &DevicesReport) {
             report
                 .server_rss_kib_per_device
                 .map(|k| format!("{k:.1}"))
-                .unwrap_or_else(|| "?".into())
+                .unwrap_or_else(|| "?".into()),
+            server
+                .open_fds_end
+                .map_or_else(|| "?".into(), |n| n.to_string()),
+            server
+                .open_fds_max
+                .map_or_else(|| "?".into(), |n| n.to_string())
         );
     }
     for outcome in &report.expectations {
@@ -640,6 +646,13 @@ fn devices_chart(report: &DevicesReport) -> String {
             unit: "RSS MB".into(),
             series: vec![line("RSS", &|s| {
                 s.server.as_ref().map(|p| p.rss_bytes as f64 / 1048576.0)
+            })],
+        });
+        panels.push(Panel {
+            title: "Server file descriptors".into(),
+            unit: "open".into(),
+            series: vec![line("open", &|s| {
+                s.server.as_ref().and_then(|p| p.open_fds.map(|n| n as f64))
             })],
         });
     }

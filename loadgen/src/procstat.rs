@@ -1,5 +1,6 @@
 //! CPU and memory of a process under test, read from /proc: the server's total CPU, its CPU per
-//! thread (so a thread-per-core server shows the load of each shard) and its resident memory.
+//! thread (so a thread-per-core server shows the load of each shard), its resident memory and
+//! its open file descriptors (a soak's leak check).
 //! Parsing is separate from reading so it is tested on recorded stat lines.
 
 use std::collections::BTreeMap;
@@ -66,6 +67,10 @@ pub struct ProcSample {
     /// Per thread, labelled by thread name (`#2`, `#3`... tell apart equal names).
     pub threads: BTreeMap<String, f64>,
     pub rss_bytes: u64,
+    /// Open file descriptors (`/proc/PID/fd` entries); absent in reports of older versions, or
+    /// when the directory cannot be read (another user's process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_fds: Option<u64>,
 }
 
 struct Snapshot {
@@ -135,7 +140,14 @@ impl ProcSampler {
             cpu_pct: pct(current.process_ticks.saturating_sub(previous.process_ticks)),
             threads,
             rss_bytes: process.rss_pages * self.page_size,
+            open_fds: self.open_fds(),
         })
+    }
+
+    /// The process's open file descriptors now.
+    pub fn open_fds(&self) -> Option<u64> {
+        let dir = std::fs::read_dir(self.root.join("fd")).ok()?;
+        Some(dir.count() as u64)
     }
 
     fn read_threads(&self) -> BTreeMap<u32, (String, u64)> {
@@ -182,6 +194,36 @@ mod tests {
     const SHARD_STAT: &str = "48213 (shard-0) S 48190 48190 1207 34816 48190 4194368 1893 0 0 0 \
         5123 2210 0 0 20 0 3 0 1180203 1219182592 5311 18446744073709551615 1 1 0 0 0 0 0 4096 \
         17610 0 0 0 -1 0 0 0 0 0 0 0 0 0 0 0 0 0 0";
+
+    #[test]
+    fn counts_open_descriptors_of_another_process() {
+        // stdin, stdout, stderr and the two the shell opens before it waits (Rust opens every
+        // other descriptor close-on-exec, so the child inherits none of the test's).
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "exec 3</dev/null 4</dev/null; exec sleep 10"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("sh runs");
+        let sampler = ProcSampler::new(Some(child.id()));
+        let mut count = None;
+        for _ in 0..100 {
+            count = sampler.open_fds();
+            if count == Some(5) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(count, Some(5));
+        assert_eq!(
+            sampler.open_fds(),
+            None,
+            "a process that is gone has no descriptors"
+        );
+    }
 
     #[test]
     fn parses_cpu_and_rss() {

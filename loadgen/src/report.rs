@@ -119,6 +119,11 @@ pub struct ServerSummary {
     pub threads_cpu_pct_mean: BTreeMap<String, f64>,
     pub rss_mb_max: f64,
     pub rss_mb_end: f64,
+    /// Open file descriptors, most and at the end (a leak shows as an end above the start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_fds_max: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_fds_end: Option<u64>,
 }
 
 impl ServerSummary {
@@ -144,6 +149,8 @@ impl ServerSummary {
                 .collect(),
             rss_mb_max: all.iter().map(|s| rss_mb(s)).fold(0.0, f64::max),
             rss_mb_end: steady.last().map(|s| rss_mb(s)).unwrap_or(0.0),
+            open_fds_max: all.iter().filter_map(|s| s.open_fds).max(),
+            open_fds_end: steady.last().and_then(|s| s.open_fds),
         })
     }
 }
@@ -708,6 +715,7 @@ mod tests {
                 cpu_pct: cpu,
                 threads,
                 rss_bytes: (t as u64 + 10) << 20,
+                open_fds: Some(40),
             }),
             loadgen_cpu_pct: Some(30.0),
         }
