@@ -241,11 +241,11 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
         },
         ready: streams_ready_tx,
     };
-    let sources = load_sources(&config, &store)?;
-    let pulls = crate::pull::PullWiring {
-        directory: sources.clone(),
-        settings: crate::pull::PullSettings::from_config(&config),
-    };
+    // The control plane's catalog and one command queue per shard: the sources of the file and
+    // the store are sent to their owner shards now and wait in the queues until the shards run.
+    let (pulls, sources) =
+        crate::pull::PullWiring::new(crate::pull::PullSettings::from_config(&config), shard_count);
+    load_sources(&config, &store, &sources)?;
     let (devices, directory, devices_ready) =
         crate::device::DeviceWiring::new(device_settings, shard_count);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -347,14 +347,15 @@ pub fn start(config: Config, data_dir: &Path) -> anyhow::Result<RunningServer> {
     })
 }
 
-/// The pull sources of the config file, then those added through the API (kept in the store).
-/// A stored source whose UID the file also declares is shadowed by the file's.
+/// Puts the pull sources of the config file, then those added through the API (kept in the
+/// store), in the control plane's directory, which tells each owner shard. A stored source whose
+/// UID the file also declares is shadowed by the file's.
 fn load_sources(
     config: &Config,
     store: &signal::store::Store,
-) -> anyhow::Result<signal::sources::SourceDirectory> {
-    use signal::sources::{SourceDirectory, SourceOrigin};
-    let directory = SourceDirectory::new();
+    directory: &signal::sources::SourceDirectory,
+) -> anyhow::Result<()> {
+    use signal::sources::SourceOrigin;
     for source in &config.sources {
         directory.insert(source.clone(), SourceOrigin::Config);
     }
@@ -362,7 +363,7 @@ fn load_sources(
         .sources()
         .context("reading the pull sources from the store")?
     {
-        if directory.get(&source.uid).is_some() {
+        if directory.contains(&source.uid) {
             warn!(source = %source.uid, "stored pull source shadowed by the config file's");
             continue;
         }
@@ -370,12 +371,15 @@ fn load_sources(
             warn!(source = %source.uid, "stored pull source ignored: {e}");
             continue;
         }
-        directory.insert(source, SourceOrigin::Api);
+        if !directory.insert(source, SourceOrigin::Api) {
+            warn!("more stored pull sources than the server accepts: the rest are ignored");
+            break;
+        }
     }
     if !directory.is_empty() {
         info!(sources = directory.len(), "pull sources");
     }
-    Ok(directory)
+    Ok(())
 }
 
 /// The bound (keep-alive, signalling) addresses of the device links.

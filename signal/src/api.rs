@@ -69,7 +69,8 @@ pub struct ControlPlane {
     pub upgrades: Arc<crate::upgrade::UpgradeSessions>,
     /// Failed TLS handshakes on the control plane's HTTPS ports (61000-61002, 61010).
     pub tls_failures: std::sync::Mutex<crate::metrics::TlsFailures>,
-    /// Pull sources (config file and API) with the state their shards report.
+    /// Pull sources (config file and API): the control plane's catalog, and its handle on the
+    /// owner shards that run them.
     pub sources: crate::sources::SourceDirectory,
 }
 
@@ -204,7 +205,7 @@ impl Handler for PortHandler {
             if let Some(refusal) = self.refuse_unauthorized(&request.head, conn) {
                 return refusal;
             }
-            if let Some(response) = self.plane.source_routes(&request) {
+            if let Some(response) = self.plane.source_routes(&request).await {
                 return response;
             }
             if let Some(response) = self.plane.device_routes(&request).await {
@@ -283,7 +284,7 @@ impl ControlPlane {
                 _ => method_not_allowed("GET, HEAD"),
             },
             ["metrics"] => match *method {
-                Method::GET | Method::HEAD => self.get_metrics(None),
+                Method::GET | Method::HEAD => self.get_metrics(None, &self.sources.catalog()),
                 _ => method_not_allowed("GET, HEAD"),
             },
             ["v1.0", "certificates"] => match *method {
@@ -331,10 +332,15 @@ impl ControlPlane {
         }
     }
 
-    /// Prometheus text exposition, with the shards' counters when they answered. Certificate
+    /// Prometheus text exposition, with the shards' counters when they answered and the pull
+    /// sources' states (from [`crate::sources::SourceDirectory::list`]). Certificate
     /// expiry is here so that an operator alerts on it long before devices are locked out (the
     /// platform's server gives no warning).
-    pub(crate) fn get_metrics(&self, shards: Option<&[crate::devices::LinkStats]>) -> Response {
+    pub(crate) fn get_metrics(
+        &self,
+        shards: Option<&[crate::devices::LinkStats]>,
+        sources: &[crate::sources::SourceEntry],
+    ) -> Response {
         use std::fmt::Write as _;
         let mut out = String::new();
         out.push_str(
@@ -406,7 +412,7 @@ impl ControlPlane {
             Some(stats) => crate::devices::render_link_stats(stats, &own_tls, &mut out),
             None => own_tls.render_prometheus(&mut out),
         }
-        self.sources.render_metrics(&mut out);
+        crate::sources::render_metrics(sources, &mut out);
         let mut response = http::Response::new(out.into_bytes());
         response.headers_mut().insert(
             header::CONTENT_TYPE,

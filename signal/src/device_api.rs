@@ -24,7 +24,8 @@ impl ControlPlane {
             ) {
                 (true, Some(devices)) => {
                     let stats = devices.stats().await.ok();
-                    self.get_metrics(stats.as_deref())
+                    let sources = self.sources.list().await;
+                    self.get_metrics(stats.as_deref(), &sources)
                 }
                 _ => return None,
             },

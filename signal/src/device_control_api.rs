@@ -402,7 +402,7 @@ impl ControlPlane {
                 Err(response) => return response,
             },
         };
-        if self.sources.get(uid).is_some() {
+        if self.sources.contains(uid) {
             // A pull source publishes one stream: channel 0, mainStream.
             if channel != 0 {
                 return channel_not_found();

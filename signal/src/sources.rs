@@ -2,7 +2,20 @@
 //! they appear to viewers under a UID of their own like any device stream. This module holds what
 //! a source *is* (the `[[sources]]` entries of the config file, the body of `POST /v1.0/sources`,
 //! the store's record) and the rules it must follow; the RTSP client and the connection live in
-//! `relay::pull`, and [`SourceDirectory`] is how the control plane and the shards share them.
+//! `relay::pull`.
+//!
+//! Each side owns its part, as for devices: the control plane owns the catalog (which sources
+//! exist, where they were declared, their generation) in [`SourceDirectory`], and tells a
+//! source's owner shard (`session::shard_of_uid`) of each change with a typed [`SourceCommand`]
+//! over that shard's `rt::xchan` queue; the owner shard owns the connection and its state, and
+//! answers the API's and `/metrics`' [`SourceCommand::Status`] questions. No map is shared
+//! between the control plane and the shards.
+//!
+//! ```text
+//!  config load, POST (after the store commit) ─Upsert{spec, generation}─▶ owner shard ─▶ supervise
+//!  DELETE (after the store commit)            ─Remove{uid}──────────────▶ owner shard ─▶ TEARDOWN
+//!  GET /v1.0/sources[/uid], /metrics          ─Status─────────────────▶ owner shard(s) ─▶ states
+//! ```
 //!
 //! Config and API records are one type, [`SourceSpec`], so a source declared in the file and one
 //! added over the API behave the same. Sources from the file are not stored: the file stays the
@@ -12,7 +25,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
+use rt::xchan::{oneshot, OneshotReceiver, OneshotSender, Sender};
 use serde::{Deserialize, Serialize};
 
 /// Most header rules per source.
@@ -354,7 +369,7 @@ pub enum SourceOrigin {
     Api,
 }
 
-/// One source as the directory holds it.
+/// One source as the control plane shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceEntry {
     /// What to pull.
@@ -363,72 +378,227 @@ pub struct SourceEntry {
     pub origin: SourceOrigin,
     /// Bumped when the spec is replaced, so the owner shard restarts the connection.
     pub generation: u64,
-    /// Reported by the owner shard.
+    /// As the owner shard answered (the default when it did not).
     pub status: PullStatus,
 }
 
-/// The sources of the process, shared by the control plane (which adds and removes them after
-/// the store committed) and the shards (each reads the sources it owns and reports their state).
+/// One source's state as its owner shard answers [`SourceCommand::Status`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceState {
+    /// The source.
+    pub uid: String,
+    /// The spec generation the shard runs.
+    pub generation: u64,
+    /// Where its connection is.
+    pub status: PullStatus,
+}
+
+/// What the control plane tells or asks the owner shard of a source
+/// ([`crate::session::shard_of_uid`]). Commands to one shard arrive in the order they were sent.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SourceCommand {
+    /// Supervise `spec`: a new source, or a replaced one (a generation other than the one the
+    /// shard runs: the old connection gets TEARDOWN and a new one starts).
+    Upsert {
+        /// What to pull.
+        spec: Arc<SourceSpec>,
+        /// Its generation in the control plane's catalog.
+        generation: u64,
+        /// Answered with the source's first state once the shard supervises it: `idle` (on
+        /// demand, playable from now on) or `connecting` (always-on, first attempt under way).
+        reply: Option<OneshotSender<PullStatus>>,
+    },
+    /// Stop the source (TEARDOWN) and forget it.
+    Remove {
+        /// The source.
+        uid: String,
+        /// Answered once it is stopped.
+        reply: Option<OneshotSender<()>>,
+    },
+    /// The state of the shard's sources (`uid`: that one only).
+    Status {
+        /// One source, or all of the shard's.
+        uid: Option<String>,
+        /// The answer.
+        reply: OneshotSender<Vec<SourceState>>,
+    },
+}
+
+/// Commands waiting per shard: every source of the config file and the store may go to one
+/// shard before the shards start.
+pub const COMMAND_QUEUE: usize = MAX_SOURCES + 256;
+
+/// The control plane's sources and its handle on their owner shards, the way
+/// [`crate::devices::DeviceDirectory`] is for device sessions. `Send + Sync`.
 ///
-/// A `std::sync::Mutex` around a map: writes are rare (config load, API), reads happen on a
-/// viewer's DESCRIBE of a stream nobody publishes and on each shard's one-second reconcile, and the
-/// lock is never held across an await.
-#[derive(Debug, Clone, Default)]
+/// The catalog (spec, origin, generation per UID) belongs to the control plane: only it writes
+/// the catalog (config load, the API after the store committed), and it tells the owner shard
+/// each change with a [`SourceCommand`] over one bounded `rt::xchan` queue per shard. The shard
+/// owns the connection and its state; the API and `/metrics` ask it ([`SourceCommand::Status`]).
+/// The catalog's `std::sync::Mutex` is taken by the control plane's thread alone, never across
+/// an await.
+#[derive(Debug, Clone)]
 pub struct SourceDirectory {
-    inner: Arc<Mutex<DirectoryInner>>,
+    catalog: Arc<Mutex<Catalog>>,
+    shards: Vec<Sender<SourceCommand>>,
+    /// Longest wait for a shard's answer.
+    pub ask_timeout: Duration,
 }
 
 #[derive(Debug, Default)]
-struct DirectoryInner {
-    sources: BTreeMap<String, SourceEntry>,
+struct Catalog {
+    sources: BTreeMap<String, CatalogEntry>,
     next_generation: u64,
 }
 
+#[derive(Debug)]
+struct CatalogEntry {
+    spec: Arc<SourceSpec>,
+    origin: SourceOrigin,
+    generation: u64,
+}
+
+impl CatalogEntry {
+    fn with_status(&self, status: PullStatus) -> SourceEntry {
+        SourceEntry {
+            spec: self.spec.clone(),
+            origin: self.origin,
+            generation: self.generation,
+            status,
+        }
+    }
+}
+
 impl SourceDirectory {
-    /// An empty directory.
-    pub fn new() -> Self {
-        Self::default()
+    /// A directory over one command queue per shard, in shard order (none: no data plane, the
+    /// sources are only listed).
+    pub fn new(shards: Vec<Sender<SourceCommand>>) -> Self {
+        SourceDirectory {
+            catalog: Arc::default(),
+            shards,
+            ask_timeout: Duration::from_secs(30),
+        }
     }
 
-    fn lock(&self) -> MutexGuard<'_, DirectoryInner> {
+    fn lock(&self) -> MutexGuard<'_, Catalog> {
         // A panic while holding the lock leaves a consistent map (every write is one insert or
         // remove), so a poisoned lock is still usable.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.catalog.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds or replaces a source; returns `false` (and changes nothing) when the directory is full.
-    pub fn insert(&self, spec: SourceSpec, origin: SourceOrigin) -> bool {
-        let mut inner = self.lock();
-        if inner.sources.len() >= MAX_SOURCES && !inner.sources.contains_key(&spec.uid) {
+    /// Tells the owner shard of `uid`; `false` when its queue is full or it is gone.
+    fn tell_owner(&self, uid: &str, command: SourceCommand) -> bool {
+        if self.shards.is_empty() {
             return false;
         }
-        inner.next_generation += 1;
-        let generation = inner.next_generation;
-        inner.sources.insert(
-            spec.uid.clone(),
-            SourceEntry {
+        let owner = crate::session::shard_of_uid(uid, self.shards.len());
+        match self.shards[owner].try_send(command) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(
+                    source = uid,
+                    shard = owner,
+                    "pull source command not delivered to its shard: {e}"
+                );
+                false
+            }
+        }
+    }
+
+    async fn wait<T>(&self, answer: OneshotReceiver<T>) -> Option<T> {
+        match rt::timer::timeout(self.ask_timeout, answer).await {
+            Ok(Ok(value)) => Some(value),
+            _ => None,
+        }
+    }
+
+    /// Adds or replaces a source in the catalog and sends it to its owner shard; `None` (and
+    /// nothing changed) when the catalog is full. The receiver, if any shard was told, answers
+    /// with the source's first state on the shard.
+    fn upsert(
+        &self,
+        spec: SourceSpec,
+        origin: SourceOrigin,
+        wait: bool,
+    ) -> Option<(SourceEntry, Option<OneshotReceiver<PullStatus>>)> {
+        let entry = {
+            let mut catalog = self.lock();
+            if catalog.sources.len() >= MAX_SOURCES && !catalog.sources.contains_key(&spec.uid) {
+                return None;
+            }
+            catalog.next_generation += 1;
+            let entry = CatalogEntry {
                 spec: Arc::new(spec),
                 origin,
-                generation,
-                status: PullStatus::default(),
+                generation: catalog.next_generation,
+            };
+            let shown = entry.with_status(PullStatus::default());
+            catalog.sources.insert(entry.spec.uid.clone(), entry);
+            shown
+        };
+        let (reply, answer) = match wait {
+            true => {
+                let (reply, answer) = oneshot();
+                (Some(reply), Some(answer))
+            }
+            false => (None, None),
+        };
+        let told = self.tell_owner(
+            &entry.spec.uid,
+            SourceCommand::Upsert {
+                spec: entry.spec.clone(),
+                generation: entry.generation,
+                reply,
             },
         );
-        true
+        Some((entry, answer.filter(|_| told)))
     }
 
-    /// Removes a source; returns what it was.
-    pub fn remove(&self, uid: &str) -> Option<SourceEntry> {
-        self.lock().sources.remove(uid)
+    /// Adds or replaces a source and tells its owner shard without waiting (config load, before
+    /// the shards run); `false` (and nothing changed) when the directory is full.
+    pub fn insert(&self, spec: SourceSpec, origin: SourceOrigin) -> bool {
+        self.upsert(spec, origin, false).is_some()
     }
 
-    /// One source.
-    pub fn get(&self, uid: &str) -> Option<SourceEntry> {
-        self.lock().sources.get(uid).cloned()
+    /// Adds or replaces a source and waits until its owner shard supervises it: an on-demand
+    /// source is playable and an always-on one is connecting when this returns. `None` (and
+    /// nothing changed) when the directory is full.
+    pub async fn put(&self, spec: SourceSpec, origin: SourceOrigin) -> Option<SourceEntry> {
+        let (mut entry, answer) = self.upsert(spec, origin, true)?;
+        if let Some(answer) = answer {
+            match self.wait(answer).await {
+                Some(status) => entry.status = status,
+                None => {
+                    tracing::warn!(source = %entry.spec.uid, "the pull source's shard did not answer")
+                }
+            }
+        }
+        Some(entry)
     }
 
-    /// Every source, sorted by UID.
-    pub fn list(&self) -> Vec<SourceEntry> {
-        self.lock().sources.values().cloned().collect()
+    /// Removes a source and waits until its owner shard stopped it; returns what it was.
+    pub async fn remove(&self, uid: &str) -> Option<SourceEntry> {
+        let removed = self.lock().sources.remove(uid)?;
+        let (reply, answer) = oneshot();
+        let command = SourceCommand::Remove {
+            uid: uid.to_owned(),
+            reply: Some(reply),
+        };
+        if self.tell_owner(uid, command) {
+            self.wait(answer).await;
+        }
+        Some(removed.with_status(PullStatus::default()))
+    }
+
+    /// Whether a source has this UID.
+    pub fn contains(&self, uid: &str) -> bool {
+        self.lock().sources.contains_key(uid)
+    }
+
+    /// Where the source `uid` was declared.
+    pub fn origin(&self, uid: &str) -> Option<SourceOrigin> {
+        self.lock().sources.get(uid).map(|e| e.origin)
     }
 
     /// Number of sources.
@@ -441,66 +611,111 @@ impl SourceDirectory {
         self.len() == 0
     }
 
-    /// The sources `owns` says belong to the caller (its shard), as (spec, generation).
-    pub fn owned_by(&self, owns: impl Fn(&str) -> bool) -> Vec<(Arc<SourceSpec>, u64)> {
+    /// Every source with the default status, sorted by UID, without asking the shards.
+    pub fn catalog(&self) -> Vec<SourceEntry> {
+        self.with_states(&[])
+    }
+
+    /// The catalog's sources, each with the state in `states` of its current generation (a
+    /// state of a replaced spec is ignored).
+    fn with_states(&self, states: &[SourceState]) -> Vec<SourceEntry> {
+        let reported: BTreeMap<&str, &SourceState> =
+            states.iter().map(|s| (s.uid.as_str(), s)).collect();
         self.lock()
             .sources
             .values()
-            .filter(|e| owns(&e.spec.uid))
-            .map(|e| (e.spec.clone(), e.generation))
+            .map(|entry| {
+                let status = reported
+                    .get(entry.spec.uid.as_str())
+                    .filter(|s| s.generation == entry.generation)
+                    .map(|s| s.status.clone())
+                    .unwrap_or_default();
+                entry.with_status(status)
+            })
             .collect()
     }
 
-    /// Records the state of `uid`'s connection (by its owner shard), if the source still exists.
-    pub fn report(&self, uid: &str, generation: u64, update: impl FnOnce(&mut PullStatus)) {
-        if let Some(entry) = self.lock().sources.get_mut(uid) {
-            if entry.generation == generation {
-                update(&mut entry.status);
-            }
+    /// One source, with the state its owner shard answers.
+    pub async fn get(&self, uid: &str) -> Option<SourceEntry> {
+        if !self.contains(uid) {
+            return None;
         }
+        let (reply, answer) = oneshot();
+        let command = SourceCommand::Status {
+            uid: Some(uid.to_owned()),
+            reply,
+        };
+        let states = match self.tell_owner(uid, command) {
+            true => self.wait(answer).await.unwrap_or_default(),
+            false => Vec::new(),
+        };
+        self.with_states(&states)
+            .into_iter()
+            .find(|e| e.spec.uid == uid)
     }
 
-    /// Prometheus lines: sources per state and connection attempts.
-    pub fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        let inner = self.lock();
-        let mut counts = [0u64; 4];
-        let (mut attempts, mut sessions) = (0u64, 0u64);
-        for entry in inner.sources.values() {
-            let index = match entry.status.state {
-                PullState::Idle => 0,
-                PullState::Connecting => 1,
-                PullState::Playing => 2,
-                PullState::Backoff { .. } => 3,
-            };
-            counts[index] += 1;
-            attempts += entry.status.attempts;
-            sessions += entry.status.sessions;
+    /// Every source, sorted by UID, with the state every shard answers (a shard that does not
+    /// answer leaves its sources at the default state).
+    pub async fn list(&self) -> Vec<SourceEntry> {
+        if self.is_empty() {
+            return Vec::new();
         }
-        let _ = writeln!(
-            out,
-            "# HELP rop_pull_sources Pull sources by connection state."
-        );
-        let _ = writeln!(out, "# TYPE rop_pull_sources gauge");
-        for (state, count) in ["idle", "connecting", "playing", "backoff"]
-            .iter()
-            .zip(counts)
-        {
-            let _ = writeln!(out, "rop_pull_sources{{state=\"{state}\"}} {count}");
+        let mut answers = Vec::with_capacity(self.shards.len());
+        for (shard, queue) in self.shards.iter().enumerate() {
+            let (reply, answer) = oneshot();
+            match queue.try_send(SourceCommand::Status { uid: None, reply }) {
+                Ok(()) => answers.push(answer),
+                Err(e) => tracing::warn!(shard, "pull source states not asked: {e}"),
+            }
         }
-        let _ = writeln!(
-            out,
-            "# HELP rop_pull_attempts_total Connection attempts to pull sources."
-        );
-        let _ = writeln!(out, "# TYPE rop_pull_attempts_total counter");
-        let _ = writeln!(out, "rop_pull_attempts_total {attempts}");
-        let _ = writeln!(
-            out,
-            "# HELP rop_pull_sessions_total Pull connections that reached PLAY."
-        );
-        let _ = writeln!(out, "# TYPE rop_pull_sessions_total counter");
-        let _ = writeln!(out, "rop_pull_sessions_total {sessions}");
+        let mut states = Vec::new();
+        for answer in answers {
+            states.extend(self.wait(answer).await.unwrap_or_default());
+        }
+        self.with_states(&states)
     }
+}
+
+/// Prometheus lines of `sources` (from [`SourceDirectory::list`]): sources per state and
+/// connection attempts.
+pub fn render_metrics(sources: &[SourceEntry], out: &mut String) {
+    use std::fmt::Write as _;
+    let mut counts = [0u64; 4];
+    let (mut attempts, mut sessions) = (0u64, 0u64);
+    for entry in sources {
+        let index = match entry.status.state {
+            PullState::Idle => 0,
+            PullState::Connecting => 1,
+            PullState::Playing => 2,
+            PullState::Backoff { .. } => 3,
+        };
+        counts[index] += 1;
+        attempts += entry.status.attempts;
+        sessions += entry.status.sessions;
+    }
+    let _ = writeln!(
+        out,
+        "# HELP rop_pull_sources Pull sources by connection state."
+    );
+    let _ = writeln!(out, "# TYPE rop_pull_sources gauge");
+    for (state, count) in ["idle", "connecting", "playing", "backoff"]
+        .iter()
+        .zip(counts)
+    {
+        let _ = writeln!(out, "rop_pull_sources{{state=\"{state}\"}} {count}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP rop_pull_attempts_total Connection attempts to pull sources."
+    );
+    let _ = writeln!(out, "# TYPE rop_pull_attempts_total counter");
+    let _ = writeln!(out, "rop_pull_attempts_total {attempts}");
+    let _ = writeln!(
+        out,
+        "# HELP rop_pull_sessions_total Pull connections that reached PLAY."
+    );
+    let _ = writeln!(out, "# TYPE rop_pull_sessions_total counter");
+    let _ = writeln!(out, "rop_pull_sessions_total {sessions}");
 }
 
 #[cfg(test)]
@@ -576,17 +791,60 @@ mod tests {
     }
 
     #[test]
-    fn directory_reports_only_the_current_generation() {
-        let dir = SourceDirectory::new();
+    fn directory_tells_the_owner_shard_and_shows_only_the_current_generation() {
+        let (queues, receivers): (Vec<_>, Vec<_>) =
+            (0..2).map(|_| rt::xchan::channel(COMMAND_QUEUE)).unzip();
+        let dir = SourceDirectory::new(queues);
+        let owner = crate::session::shard_of_uid("A", 2);
         assert!(dir.insert(spec("A", "rtsp://h/a"), SourceOrigin::Api));
-        let (_, generation) = dir.owned_by(|_| true)[0].clone();
-        dir.report("A", generation, |s| s.state = PullState::Playing);
-        assert_eq!(dir.get("A").unwrap().status.state, PullState::Playing);
-        dir.insert(spec("A", "rtsp://h/b"), SourceOrigin::Api);
-        dir.report("A", generation, |s| s.attempts = 9);
-        let entry = dir.get("A").unwrap();
-        assert_eq!(entry.status.attempts, 0, "a stale shard report is ignored");
-        assert!(dir.remove("A").is_some());
-        assert!(dir.is_empty());
+        let upserted = |commands: Vec<SourceCommand>| match commands.as_slice() {
+            [SourceCommand::Upsert {
+                spec, generation, ..
+            }] => (spec.url.clone(), *generation),
+            other => panic!("expected one upsert, got {other:?}"),
+        };
+        let (url, first) = upserted(receivers[owner].drain());
+        assert_eq!(url, "rtsp://h/a");
+        assert!(
+            receivers[1 - owner].drain().is_empty(),
+            "only the owner is told"
+        );
+        let playing = |generation| SourceState {
+            uid: "A".into(),
+            generation,
+            status: PullStatus {
+                state: PullState::Playing,
+                ..PullStatus::default()
+            },
+        };
+        assert_eq!(
+            dir.with_states(&[playing(first)])[0].status.state,
+            PullState::Playing
+        );
+        // A replaced spec is a new generation: the shard restarts it, and what it said about
+        // the old one is not shown for the new one.
+        assert!(dir.insert(spec("A", "rtsp://h/b"), SourceOrigin::Api));
+        let (url, second) = upserted(receivers[owner].drain());
+        assert_eq!(url, "rtsp://h/b");
+        assert!(second > first);
+        assert_eq!(
+            dir.with_states(&[playing(first)])[0].status,
+            PullStatus::default()
+        );
+        assert_eq!(dir.origin("A"), Some(SourceOrigin::Api));
+        assert_eq!(dir.catalog().len(), 1);
+    }
+
+    #[test]
+    fn directory_refuses_more_than_max_sources() {
+        let dir = SourceDirectory::new(Vec::new());
+        for i in 0..MAX_SOURCES {
+            assert!(dir.insert(spec(&format!("S{i}"), "rtsp://h/x"), SourceOrigin::Config));
+        }
+        assert!(!dir.insert(spec("ONEMORE", "rtsp://h/x"), SourceOrigin::Api));
+        assert!(!dir.contains("ONEMORE"));
+        // Replacing one that exists is not an addition.
+        assert!(dir.insert(spec("S0", "rtsp://h/y"), SourceOrigin::Config));
+        assert_eq!(dir.len(), MAX_SOURCES);
     }
 }

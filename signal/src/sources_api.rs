@@ -1,8 +1,13 @@
 //! `/v1.0/sources`: pull sources through the client API (our extension; the platform has none).
-//! A source is committed to the store before the answer, then put in the [`SourceDirectory`],
-//! from which its owner shard picks it up within a second (or at once on a viewer's DESCRIBE).
+//! A source is committed to the store before the answer, then put in the control plane's
+//! [`SourceDirectory`], which sends it to its owner shard and waits until the shard supervises
+//! it: when the 201 leaves, an on-demand source is playable and an always-on one is connecting
+//! (the answer's `status` is the shard's). States are the owner shards' answers, asked per
+//! request, so these routes are async.
 //! Sources of the config file are listed but cannot be replaced or deleted here: the file is their
 //! truth and would bring them back at the next start.
+//!
+//! [`SourceDirectory`]: crate::sources::SourceDirectory
 
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -11,37 +16,37 @@ use crate::api::ControlPlane;
 use crate::device_api::method_not_allowed;
 use crate::http_server::Request;
 use crate::proto::http::{json_error, json_response, Response};
-use crate::sources::{SourceEntry, SourceOrigin, SourceSpec};
+use crate::sources::{SourceEntry, SourceOrigin, SourceSpec, MAX_SOURCES};
 
 impl ControlPlane {
     /// Routes `/v1.0/sources` and `/v1.0/sources/{uid}`; `None` for other paths.
-    pub(crate) fn source_routes(&self, req: &Request) -> Option<Response> {
+    pub(crate) async fn source_routes(&self, req: &Request) -> Option<Response> {
         let segments: Vec<&str> = req.path().trim_start_matches('/').split('/').collect();
         let method = req.method();
         Some(match segments.as_slice() {
             ["v1.0", "sources"] => match *method {
-                Method::GET | Method::HEAD => self.list_sources(),
-                Method::POST => self.post_source(req),
+                Method::GET | Method::HEAD => self.list_sources().await,
+                Method::POST => self.post_source(req).await,
                 _ => method_not_allowed("GET, HEAD, POST"),
             },
             ["v1.0", "sources", uid] => match *method {
-                Method::GET | Method::HEAD => match self.sources.get(uid) {
+                Method::GET | Method::HEAD => match self.sources.get(uid).await {
                     Some(entry) => json_response(StatusCode::OK, &source_json(&entry)),
                     None => source_not_found(uid),
                 },
-                Method::DELETE => self.delete_source(uid),
+                Method::DELETE => self.delete_source(uid).await,
                 _ => method_not_allowed("GET, HEAD, DELETE"),
             },
             _ => return None,
         })
     }
 
-    fn list_sources(&self) -> Response {
-        let items: Vec<Value> = self.sources.list().iter().map(source_json).collect();
+    async fn list_sources(&self) -> Response {
+        let items: Vec<Value> = self.sources.list().await.iter().map(source_json).collect();
         json_response(StatusCode::OK, &json!({ "items": items }))
     }
 
-    fn post_source(&self, req: &Request) -> Response {
+    async fn post_source(&self, req: &Request) -> Response {
         let spec: SourceSpec = match serde_json::from_slice(&req.body) {
             Ok(spec) => spec,
             Err(e) => {
@@ -55,11 +60,8 @@ impl ControlPlane {
         if let Err(e) = spec.validate() {
             return json_error(StatusCode::BAD_REQUEST, "invalid_parameter", &e.to_string());
         }
-        if self
-            .sources
-            .get(&spec.uid)
-            .is_some_and(|e| e.origin == SourceOrigin::Config)
-        {
+        let origin = self.sources.origin(&spec.uid);
+        if origin == Some(SourceOrigin::Config) {
             return config_source(&spec.uid);
         }
         if self.store.device(&spec.uid).ok().flatten().is_some() {
@@ -69,6 +71,9 @@ impl ControlPlane {
                 "A provisioned device has this UID.",
             );
         }
+        if origin.is_none() && self.sources.len() >= MAX_SOURCES {
+            return too_many_sources();
+        }
         if let Err(e) = self.store.put_source(&spec) {
             return json_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -77,25 +82,22 @@ impl ControlPlane {
             );
         }
         let uid = spec.uid.clone();
-        if !self.sources.insert(spec, SourceOrigin::Api) {
-            let _ = self.store.delete_source(&uid);
-            return json_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_sources",
-                "The server holds as many sources as it accepts.",
-            );
-        }
-        match self.sources.get(&uid) {
+        // Full only if another request added one since the check above: the directory has the
+        // last word on its bound.
+        match self.sources.put(spec, SourceOrigin::Api).await {
             Some(entry) => json_response(StatusCode::CREATED, &source_json(&entry)),
-            None => source_not_found(&uid),
+            None => {
+                let _ = self.store.delete_source(&uid);
+                too_many_sources()
+            }
         }
     }
 
-    fn delete_source(&self, uid: &str) -> Response {
-        match self.sources.get(uid) {
+    async fn delete_source(&self, uid: &str) -> Response {
+        match self.sources.origin(uid) {
             None => return source_not_found(uid),
-            Some(entry) if entry.origin == SourceOrigin::Config => return config_source(uid),
-            Some(_) => {}
+            Some(SourceOrigin::Config) => return config_source(uid),
+            Some(SourceOrigin::Api) => {}
         }
         if let Err(e) = self.store.delete_source(uid) {
             return json_error(
@@ -104,7 +106,7 @@ impl ControlPlane {
                 &format!("The source could not be deleted: {e}"),
             );
         }
-        self.sources.remove(uid);
+        self.sources.remove(uid).await;
         json_response(StatusCode::OK, &json!({ "uid": uid, "deleted": true }))
     }
 }
@@ -123,6 +125,14 @@ fn source_not_found(uid: &str) -> Response {
         StatusCode::NOT_FOUND,
         "source_not_found",
         &format!("No pull source has the UID {uid:?}."),
+    )
+}
+
+fn too_many_sources() -> Response {
+    json_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_sources",
+        "The server holds as many sources as it accepts.",
     )
 }
 

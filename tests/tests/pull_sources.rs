@@ -869,10 +869,12 @@ fn sources_through_the_api_are_stored_and_pulled() {
             "{}",
             String::from_utf8_lossy(&created.body)
         );
-        assert_eq!(
-            created.json()["url"],
-            format!("rtsp://u:***@{upstream}/cam")
-        );
+        let created = created.json();
+        assert_eq!(created["url"], format!("rtsp://u:***@{upstream}/cam"));
+        // The 201 carries the owner shard's answer: the always-on source's first attempt is
+        // under way already, not picked up at some later sweep.
+        assert_eq!(created["status"]["state"], "connecting", "{created}");
+        assert_eq!(created["status"]["attempts"], 1, "{created}");
         let bad = curl(&[
             "-X",
             "POST",
@@ -957,6 +959,8 @@ fn pulls_its_own_rtsps_port() {
         "{}",
         String::from_utf8_lossy(&created.body)
     );
+    // On demand: idle on its shard when the 201 leaves, and playable at once.
+    assert_eq!(created.json()["status"]["state"], "idle");
     let probed = ffprobe_codecs(&play_url(&server, "RELAYED1", "rtsp"));
     let _ = ffmpeg.kill();
     let _ = ffmpeg.wait();

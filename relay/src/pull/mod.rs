@@ -10,12 +10,17 @@
 //!   the RTSP connection or per-track UDP socket pairs).
 //! - [`udp`]: what a UDP track accepts (the source's address only, RTP/RTCP sizes) and the
 //!   sequence gaps it counts as lost, without I/O.
-//! - [`PullShard`] (here): each shard supervises the sources it owns
-//!   (`signal::session::shard_of_uid`, like a device): one task per source that connects when
-//!   wanted, reconnects with exponential backoff and jitter, and reports its state to the
-//!   [`SourceDirectory`] (API, metrics).
+//! - [`PullShard`] (here): each shard owns and supervises the sources hashed to it
+//!   (`signal::session::shard_of_uid`, like a device). The control plane tells it what to run
+//!   with typed [`SourceCommand`]s on the shard's own `rt::xchan` queue ([`PullWiring::new`]),
+//!   the way it reaches device sessions; nothing is polled and no map is shared. One task per
+//!   source connects when wanted, reconnects with exponential backoff and jitter, and keeps the
+//!   source's state, which the shard answers when the control plane asks (API, metrics).
 //!
 //! ```text
+//!  control plane:  Upsert{spec, generation} ─▶ new source: supervise (answers its first state:
+//!                  idle, or connecting with the first attempt under way); another generation:
+//!                  TEARDOWN, then the new spec · Remove{uid} ─▶ TEARDOWN · Status ─▶ states
 //!  on demand:  DESCRIBE of the source's stream ─▶ OnDemand::start ─▶ wanted ─▶ connect ─▶ Playing
 //!              (the DESCRIBE waits for that attempt: 503 "Source Unavailable" if it fails)
 //!              sweep (1 s): no viewer for the linger time ─▶ stop ─▶ TEARDOWN ─▶ Idle
@@ -38,7 +43,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use signal::sources::{PullState, SourceDirectory, SourceSpec};
+use rt::xchan::{OneshotSender, Receiver};
+use signal::sources::{
+    PullState, PullStatus, SourceCommand, SourceDirectory, SourceSpec, SourceState,
+};
 use tracing::{info, warn};
 
 use crate::hub::LocalNotify;
@@ -97,13 +105,49 @@ impl PullSettings {
     }
 }
 
-/// What every shard needs to supervise its sources.
-#[derive(Debug, Clone)]
+/// What every shard needs to supervise its sources: the timings, and the control plane's
+/// command queue of each shard (each shard takes its own at start).
+#[derive(Clone)]
 pub struct PullWiring {
-    /// The process's sources.
-    pub directory: SourceDirectory,
+    /// One command receiver per shard, taken by that shard at start.
+    pub commands: Arc<std::sync::Mutex<Vec<Option<Receiver<SourceCommand>>>>>,
     /// Timings.
     pub settings: PullSettings,
+}
+
+impl std::fmt::Debug for PullWiring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PullWiring")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PullWiring {
+    /// One command queue per shard: returns the wiring for the shards and the control plane's
+    /// [`SourceDirectory`] over those queues. Commands sent before the shards start (the
+    /// config file's and the store's sources) wait in the queues.
+    pub fn new(settings: PullSettings, shards: usize) -> (PullWiring, SourceDirectory) {
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..shards)
+            .map(|_| rt::xchan::channel(signal::sources::COMMAND_QUEUE))
+            .map(|(tx, rx)| (tx, Some(rx)))
+            .unzip();
+        (
+            PullWiring {
+                commands: Arc::new(std::sync::Mutex::new(receivers)),
+                settings,
+            },
+            SourceDirectory::new(senders),
+        )
+    }
+
+    fn take_commands(&self, shard: usize) -> Option<Receiver<SourceCommand>> {
+        self.commands
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get_mut(shard)
+            .and_then(Option::take)
+    }
 }
 
 /// The stream a source publishes.
@@ -143,6 +187,10 @@ struct Pull {
     playing: Cell<bool>,
     /// DESCRIBEs waiting for the next attempt's outcome (PLAY reached, or failed).
     starts: RefCell<Vec<Rc<StartWaiter>>>,
+    /// Where the connection is (answered to the control plane's `Status`).
+    status: RefCell<PullStatus>,
+    /// The control plane's `Upsert`, answered with the first state the task records.
+    upserted: RefCell<Option<OneshotSender<PullStatus>>>,
 }
 
 /// One DESCRIBE's wait for an attempt's outcome.
@@ -153,6 +201,21 @@ struct StartWaiter {
 }
 
 impl Pull {
+    /// Ends the source's task (removed, replaced or shutting down): TEARDOWN if connected.
+    fn end(&self) {
+        self.removed.set(true);
+        self.stop.notify();
+        self.wake.notify();
+    }
+
+    /// Records a change of state (this generation's own: a replaced spec is another `Pull`).
+    fn report(&self, update: impl FnOnce(&mut PullStatus)) {
+        update(&mut self.status.borrow_mut());
+        if let Some(reply) = self.upserted.borrow_mut().take() {
+            reply.send(self.status.borrow().clone());
+        }
+    }
+
     /// Tells every waiting DESCRIBE whether the attempt reached PLAY.
     fn settle_starts(&self, played: bool) {
         for waiter in self.starts.borrow_mut().drain(..) {
@@ -165,7 +228,6 @@ impl Pull {
 /// The sources one shard owns, and their tasks.
 pub struct PullShard {
     shard: Rc<Shard>,
-    directory: SourceDirectory,
     settings: PullSettings,
     pulls: RefCell<HashMap<String, Rc<Pull>>>,
 }
@@ -179,42 +241,45 @@ impl std::fmt::Debug for PullShard {
     }
 }
 
-/// Reports the attempt's progress to the directory.
+/// Records the attempt's progress in the source's state.
 struct Reporter<'a> {
-    directory: &'a SourceDirectory,
     pull: &'a Pull,
 }
 
 impl conn::PullObserver for Reporter<'_> {
     fn playing(&self) {
         self.pull.playing.set(true);
-        self.directory
-            .report(&self.pull.spec.uid, self.pull.generation, |s| {
-                s.state = PullState::Playing;
-                s.sessions += 1;
-            });
+        self.pull.report(|s| {
+            s.state = PullState::Playing;
+            s.sessions += 1;
+        });
         self.pull.settle_starts(true);
     }
 }
 
 impl PullShard {
-    /// Starts supervising this shard's sources: registers as an on-demand starter and
-    /// reconciles with the directory every second until shutdown.
+    /// Starts supervising this shard's sources: registers as an on-demand starter, serves the
+    /// control plane's commands and sweeps the on-demand sources every second until shutdown.
     pub fn start(wiring: &PullWiring, shard: Rc<Shard>) -> Rc<PullShard> {
         let this = Rc::new(PullShard {
             shard: shard.clone(),
-            directory: wiring.directory.clone(),
             settings: wiring.settings,
             pulls: RefCell::new(HashMap::new()),
         });
         let on_demand: Rc<dyn OnDemand> = this.clone();
         shard.set_on_demand(&on_demand);
-        this.reconcile(Instant::now());
+        if let Some(commands) = wiring.take_commands(shard.id) {
+            rt::spawn_detached(serve_commands(
+                Rc::downgrade(&this),
+                commands,
+                shard.clone(),
+            ));
+        }
         let sweeper = {
             let weak = Rc::downgrade(&this);
             rt::Sweeper::every(Duration::from_secs(1), move |now| {
                 if let Some(this) = weak.upgrade() {
-                    this.reconcile(now);
+                    this.sweep(now);
                 }
             })
         };
@@ -225,67 +290,95 @@ impl PullShard {
             sweeper.stop();
             if let Some(this) = weak.upgrade() {
                 for pull in this.pulls.borrow_mut().drain().map(|(_, p)| p) {
-                    pull.removed.set(true);
-                    pull.stop.notify();
-                    pull.wake.notify();
+                    pull.end();
                 }
             }
         });
         this
     }
 
-    fn owns(&self, uid: &str) -> bool {
-        signal::session::shard_of_uid(uid, self.shard.count) == self.shard.id
+    /// Carries out one command of the control plane.
+    fn command(&self, command: SourceCommand) {
+        match command {
+            SourceCommand::Upsert {
+                spec,
+                generation,
+                reply,
+            } => self.upsert(spec, generation, reply),
+            SourceCommand::Remove { uid, reply } => {
+                if let Some(pull) = self.pulls.borrow_mut().remove(&uid) {
+                    info!(shard = self.shard.id, source = %uid, "pull source removed");
+                    pull.end();
+                }
+                if let Some(reply) = reply {
+                    reply.send(());
+                }
+            }
+            SourceCommand::Status { uid, reply } => {
+                let pulls = self.pulls.borrow();
+                let state = |pull: &Rc<Pull>| SourceState {
+                    uid: pull.spec.uid.clone(),
+                    generation: pull.generation,
+                    status: pull.status.borrow().clone(),
+                };
+                reply.send(match uid {
+                    Some(uid) => pulls.get(&uid).map(state).into_iter().collect(),
+                    None => pulls.values().map(state).collect(),
+                });
+            }
+            // A command this shard does not know: dropping its reply cancels the asker.
+            _ => {}
+        }
     }
 
-    /// Follows the directory (new, changed and removed sources) and stops on-demand sources
-    /// nobody watched for the linger time.
-    fn reconcile(&self, now: Instant) {
+    /// Supervises `spec` from now on; a source running another generation is stopped first.
+    fn upsert(
+        &self,
+        spec: Arc<SourceSpec>,
+        generation: u64,
+        reply: Option<OneshotSender<PullStatus>>,
+    ) {
         if self.shard.shutdown.is_triggered() {
             return;
         }
-        let owned = self.directory.owned_by(|uid| self.owns(uid));
         let mut pulls = self.pulls.borrow_mut();
-        pulls.retain(|uid, pull| {
-            let current = owned
-                .iter()
-                .any(|(spec, generation)| &spec.uid == uid && *generation == pull.generation);
-            if !current {
-                info!(shard = self.shard.id, source = %uid, "pull source removed or changed");
-                pull.removed.set(true);
-                pull.stop.notify();
-                pull.wake.notify();
+        if let Some(running) = pulls.get(&spec.uid) {
+            if running.generation == generation {
+                if let Some(reply) = reply {
+                    reply.send(running.status.borrow().clone());
+                }
+                return;
             }
-            current
-        });
-        for (spec, generation) in owned {
-            if pulls.contains_key(&spec.uid) {
-                continue;
-            }
-            let Some(key) = source_stream(&spec.uid) else {
-                continue;
-            };
-            let pull = Rc::new(Pull {
-                wanted: Cell::new(!spec.on_demand),
-                spec,
-                generation,
-                key,
-                unwatched_since: Cell::new(None),
-                wake: LocalNotify::new(),
-                stop: LocalNotify::new(),
-                removed: Cell::new(false),
-                playing: Cell::new(false),
-                starts: RefCell::new(Vec::new()),
-            });
-            pulls.insert(pull.spec.uid.clone(), pull.clone());
-            rt::spawn_detached(supervise(
-                self.shard.clone(),
-                self.directory.clone(),
-                self.settings,
-                pull,
-            ));
+            info!(shard = self.shard.id, source = %spec.uid, "pull source changed: reconnecting");
+            running.end();
         }
-        for pull in pulls.values() {
+        let Some(key) = source_stream(&spec.uid) else {
+            return;
+        };
+        let pull = Rc::new(Pull {
+            wanted: Cell::new(!spec.on_demand),
+            spec,
+            generation,
+            key,
+            unwatched_since: Cell::new(None),
+            wake: LocalNotify::new(),
+            stop: LocalNotify::new(),
+            removed: Cell::new(false),
+            playing: Cell::new(false),
+            starts: RefCell::new(Vec::new()),
+            status: RefCell::new(PullStatus::default()),
+            upserted: RefCell::new(reply),
+        });
+        pulls.insert(pull.spec.uid.clone(), pull.clone());
+        rt::spawn_detached(supervise(self.shard.clone(), self.settings, pull));
+    }
+
+    /// Stops on-demand sources nobody watched for the linger time.
+    fn sweep(&self, now: Instant) {
+        if self.shard.shutdown.is_triggered() {
+            return;
+        }
+        for pull in self.pulls.borrow().values() {
             if !pull.spec.on_demand || !pull.wanted.get() {
                 continue;
             }
@@ -306,15 +399,29 @@ impl PullShard {
     }
 }
 
+/// Serves the control plane's commands until the shard shuts down or the control plane goes
+/// away.
+async fn serve_commands(
+    this: std::rc::Weak<PullShard>,
+    commands: Receiver<SourceCommand>,
+    shard: Rc<Shard>,
+) {
+    while let Some(Some(command)) = shard.shutdown.until(commands.recv()).await {
+        let Some(this) = this.upgrade() else {
+            return;
+        };
+        this.command(command);
+        // A burst (the config file's sources at start, a list across shards) in one wake-up.
+        for command in commands.drain() {
+            this.command(command);
+        }
+    }
+}
+
 impl OnDemand for PullShard {
     fn start(self: Rc<Self>, stream: &StreamKey) -> Option<PreviewStarted> {
         if stream.channel() != 0 || stream.stream() != StreamKind::Main {
             return None;
-        }
-        if !self.pulls.borrow().contains_key(stream.uid()) {
-            // Added a moment ago (API): pick it up now rather than at the next sweep.
-            self.directory.get(stream.uid())?;
-            self.reconcile(Instant::now());
         }
         let pull = self.pulls.borrow().get(stream.uid()).cloned()?;
         pull.unwatched_since.set(None);
@@ -343,14 +450,8 @@ impl OnDemand for PullShard {
 }
 
 /// The life of one source on its shard: wait until wanted, pull, back off after failures.
-async fn supervise(
-    shard: Rc<Shard>,
-    directory: SourceDirectory,
-    settings: PullSettings,
-    pull: Rc<Pull>,
-) {
+async fn supervise(shard: Rc<Shard>, settings: PullSettings, pull: Rc<Pull>) {
     let uid = pull.spec.uid.clone();
-    let generation = pull.generation;
     let mut backoff: Option<Duration> = None;
     loop {
         if pull.removed.get() || shard.shutdown.is_triggered() {
@@ -358,20 +459,17 @@ async fn supervise(
             return;
         }
         if !pull.wanted.get() {
-            directory.report(&uid, generation, |s| s.state = PullState::Idle);
+            pull.report(|s| s.state = PullState::Idle);
             pull.wake.notified().await;
             continue;
         }
-        directory.report(&uid, generation, |s| {
+        pull.report(|s| {
             s.state = PullState::Connecting;
             s.attempts += 1;
         });
         pull.stop.take_notification();
         pull.playing.set(false);
-        let reporter = Reporter {
-            directory: &directory,
-            pull: &pull,
-        };
+        let reporter = Reporter { pull: &pull };
         let result = conn::pull_once(
             &shard, &pull.spec, &pull.key, &settings, &pull.stop, &reporter,
         )
@@ -391,7 +489,7 @@ async fn supervise(
         backoff = Some(delay);
         let delay = jittered(delay);
         warn!(shard = shard.id, source = %uid, url = %pull.spec.redacted_url(), retry_in = ?delay, "pull source failed: {error}");
-        directory.report(&uid, generation, |s| {
+        pull.report(|s| {
             s.state = PullState::Backoff {
                 last_error: error.clone(),
                 retry_in_ms: delay.as_millis() as u64,
