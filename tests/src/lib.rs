@@ -294,6 +294,10 @@ pub fn prom_value(samples: &[PromSample], name: &str, labels: &[(&str, &str)]) -
         .sum()
 }
 
+pub mod alloc_count;
+pub mod ingest;
+pub mod viewer;
+
 /// Ways to damage what a device's [`loadgen::device::StreamDevice::media`] wrote on an
 /// encryptTCP link (frames of a 12-byte header, the body, a 32-byte HMAC-SHA256 trailer), as an
 /// attacker on the path would: shared by the sans-IO and the socket tests.

@@ -7,228 +7,22 @@
 //! reference the receive buffers: copies are measured by pointer.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use loadgen::device::clip::{AudioClip, ClipPlayer, VideoClip};
-use loadgen::device::{Chunking, EncryptPolicy, StreamDevice};
+use loadgen::device::clip::ClipPlayer;
+use loadgen::device::{EncryptPolicy, StreamDevice};
 use relay::hub::{RtpPacket, StreamDescription, TrackKind};
-use relay::ingest::{
-    DeviceStreamIngest, IngestConfig, IngestError, IngestEvent, IngestStats, KeyLookup,
-    SecretLookup,
-};
+use relay::ingest::{DeviceStreamIngest, IngestError, IngestEvent};
 use relay::proto::media::{Codec, MediaFrame};
 use relay::proto::rtp::RtpHeader;
 use relay::proto::sdp::SessionDescription;
-use signal::proto::access_key::{secret_for, split_access_key, AccessKeyPair};
 use signal::proto::body::{Handshake, StreamMode};
-use signal::proto::encrypt_tcp::{HELLO_OK, HELLO_STALE_KEY};
-
-const UID: &str = "95270000ABCDEFGH";
-const KEY_INDEX: &str = "currentKeyIndex1";
-const OLD_KEY_INDEX: &str = "oldKeyIndex00001";
-const DEVICE_KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
-const STREAM_ID: u32 = 4242;
-const FPS: u32 = 25;
-const START_PTS: u64 = 5_000_000;
-const VIDEO_OFFSET: u32 = 1000;
-
-fn fixture(path: &str) -> Bytes {
-    let path = format!("{}/../loadgen/testdata/{path}", env!("CARGO_MANIFEST_DIR"));
-    Bytes::from(std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}")))
-}
-
-fn video_clip(codec: Codec) -> Arc<VideoClip> {
-    let file = match codec {
-        Codec::H265 => "ropdev_h265_3s.265",
-        _ => "ropdev_h264_3s.264",
-    };
-    Arc::new(VideoClip::from_annex_b(codec, fixture(file)).unwrap())
-}
-
-fn audio_clip() -> Arc<AudioClip> {
-    Arc::new(AudioClip::from_adts(fixture("ropdev_aac_16k_3s.aac")).unwrap())
-}
-
-fn keys(key_index: &str, uid: &str) -> AccessKeyPair {
-    AccessKeyPair::derive(key_index, DEVICE_KEY, uid)
-}
-
-/// The deployment's key store: one current and one stale key index.
-fn lookup() -> SecretLookup {
-    Box::new(|access_key: &str| {
-        let Some((index, hash)) = split_access_key(access_key) else {
-            return KeyLookup::Unknown;
-        };
-        match index {
-            KEY_INDEX => KeyLookup::Current(secret_for(DEVICE_KEY, hash)),
-            OLD_KEY_INDEX => KeyLookup::Stale(secret_for(DEVICE_KEY, hash)),
-            _ => KeyLookup::Unknown,
-        }
-    })
-}
-
-fn config(mode: StreamMode) -> IngestConfig {
-    let mut config = IngestConfig::new(mode, [0x5a; 32]);
-    config.stream_id = Some(STREAM_ID);
-    config.video.timestamp_offset = VIDEO_OFFSET;
-    config
-}
-
-/// Deterministic xorshift for cut points.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
-}
-
-/// The server side of one connection: the ingest, what it produced, and the address ranges of
-/// the receive buffers the "socket" wrote into.
-struct Server {
-    ingest: DeviceStreamIngest,
-    rng: Rng,
-    max_cut: usize,
-    descriptions: Vec<StreamDescription>,
-    packets: Vec<RtpPacket>,
-    handshakes: Vec<Handshake>,
-    regions: Vec<(usize, usize)>,
-}
-
-impl Server {
-    fn new(config: IngestConfig, seed: u64, max_cut: usize) -> Self {
-        Server {
-            ingest: DeviceStreamIngest::new(config, lookup()).unwrap(),
-            rng: Rng(seed | 1),
-            max_cut,
-            descriptions: Vec::new(),
-            packets: Vec::new(),
-            handshakes: Vec::new(),
-            regions: Vec::new(),
-        }
-    }
-
-    /// Reads `bytes` as a socket would deliver them (random cuts), processes everything, and
-    /// returns what the server sends back.
-    fn read(&mut self, mut bytes: &[u8]) -> Vec<u8> {
-        let mut reply = Vec::new();
-        while !bytes.is_empty() {
-            let cut = 1 + self.rng.below(self.max_cut);
-            let buffer = self.ingest.receive_buffer();
-            let n = cut.min(buffer.len()).min(bytes.len());
-            buffer[..n].copy_from_slice(&bytes[..n]);
-            let region = (buffer.as_ptr() as usize, n);
-            // Memory of a freed receive buffer may come back: forget what it held.
-            self.regions
-                .retain(|&(start, len)| start + len <= region.0 || start >= region.0 + region.1);
-            self.regions.push(region);
-            self.ingest.commit(n);
-            bytes = &bytes[n..];
-            self.drain(&mut reply);
-        }
-        reply
-    }
-
-    fn drain(&mut self, reply: &mut Vec<u8>) {
-        while let Some(event) = self.ingest.poll() {
-            match event {
-                IngestEvent::Description(d) => self.descriptions.push(d),
-                IngestEvent::Packet(p) => self.packets.push(p),
-                IngestEvent::Handshake(h) => self.handshakes.push(h),
-                _ => {}
-            }
-        }
-        while let Some(out) = self.ingest.take_output() {
-            reply.extend_from_slice(&out);
-        }
-    }
-
-    fn stats(&self) -> IngestStats {
-        self.ingest.stats()
-    }
-
-    /// (payload bytes of the packets not in memory the socket wrote into, all payload bytes).
-    fn copied_payload_bytes(&self) -> (u64, u64) {
-        let mut regions = self.regions.clone();
-        regions.sort_unstable();
-        // The end of the read region holding `ptr`, if any.
-        let region_end = |ptr: usize| {
-            let i = regions.partition_point(|&(start, _)| start <= ptr);
-            let (start, len) = *regions.get(i.checked_sub(1)?)?;
-            (ptr < start + len).then_some(start + len)
-        };
-        let (mut total, mut copied) = (0u64, 0u64);
-        for packet in &self.packets {
-            for slice in [packet.payload(), packet.payload_tail()] {
-                total += slice.len() as u64;
-                // A slice may run over several reads: walk it read by read.
-                let mut ptr = slice.as_ptr() as usize;
-                let end = ptr + slice.len();
-                while ptr < end {
-                    match region_end(ptr) {
-                        Some(region_end) => ptr = region_end.min(end),
-                        None => {
-                            copied += 1;
-                            ptr += 1;
-                        }
-                    }
-                }
-            }
-        }
-        (copied, total)
-    }
-}
-
-/// A camera and the server, connected; the hello and handshake done.
-fn connect(
-    mode: StreamMode,
-    policy: EncryptPolicy,
-    config: IngestConfig,
-    seed: u64,
-    max_cut: usize,
-) -> (StreamDevice, Server) {
-    let mut server = Server::new(config, seed, max_cut);
-    let mut device = match mode {
-        StreamMode::Tls => StreamDevice::tls(STREAM_ID),
-        _ => {
-            let (mut device, hello) =
-                StreamDevice::encrypt_tcp(&keys(KEY_INDEX, UID), [7; 32], STREAM_ID, policy);
-            let reply = server.read(&hello);
-            assert_eq!(reply.len(), 100);
-            assert!(device.receive(&reply).unwrap().is_empty());
-            assert_eq!(device.hello_code(), Some(HELLO_OK));
-            device
-        }
-    };
-    device = device.with_chunking(Chunking {
-        max_packet_body: 3000,
-        max_frame_body: 1100,
-    });
-    let handshake = device
-        .handshake(&Handshake {
-            uid: UID.into(),
-            model: Some("E1 Outdoor".into()),
-            ..Handshake::default()
-        })
-        .unwrap();
-    let reply = server.read(&handshake);
-    let replies = device.receive(&reply).unwrap();
-    assert_eq!(replies.len(), 1, "one handshake reply");
-    assert_eq!(replies[0].header.command, 458);
-    assert_eq!(replies[0].header.response_code, 200);
-    assert_eq!(server.handshakes.len(), 1);
-    assert_eq!(server.ingest.uid(), Some(UID));
-    (device, server)
-}
-
-fn frames(codec: Codec) -> Vec<MediaFrame> {
-    ClipPlayer::new(video_clip(codec), Some(audio_clip()), FPS, START_PTS).collect()
-}
+use signal::proto::encrypt_tcp::HELLO_STALE_KEY;
+use tests::ingest::{
+    audio_clip, config, connect, frames, keys, video_clip, Server, FPS, KEY_INDEX, OLD_KEY_INDEX,
+    START_PTS, STREAM_ID, UID, VIDEO_OFFSET,
+};
 
 /// Depacketized video: per RTP timestamp, the NAL units in order.
 fn depacketize_video(codec: Codec, packets: &[RtpPacket]) -> Vec<(u32, Vec<Vec<u8>>)> {
@@ -813,12 +607,7 @@ fn copies_stay_at_buffer_turnovers_on_a_long_stream() {
     let stats = server.stats();
     assert_eq!(stats.video_frames, 20 * 75 * 2 - stats.audio_frames);
     assert!(stats.bytes_received > 10 * 64 * 1024);
-    let jumps = server
-        .regions
-        .windows(2)
-        .filter(|w| w[0].0 + w[0].1 != w[1].0)
-        .count();
-    println!("{jumps} receive buffer turnovers");
+    println!("{} receive buffer turnovers", server.turnovers);
     let (copied, total) = server.copied_payload_bytes();
     println!(
         "long stream, 64 KiB receive buffers: {total} payload bytes, {copied} copied ({:.4} per payload byte)",

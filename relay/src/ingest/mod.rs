@@ -26,6 +26,10 @@
 //! header split across chunks is assembled in a fixed array, and a payload range over three or
 //! more core packets (devices do not send packets that small) is gathered.
 //!
+//! Nor is anything allocated per frame once a stream is warm: packet lists and slice lists are
+//! reused, so what allocates is a new receive buffer when one is full (tested in
+//! `tests/tests/ingest_zero_alloc.rs`).
+//!
 //! Processing is lazy: `poll` does only the work needed for the next event, so after the
 //! handshake event the caller can bind the stream id (or hand the connection to another shard)
 //! before any media is processed.
@@ -1011,6 +1015,7 @@ impl DeviceStreamIngest {
         }
         self.stats.media_packets += 1;
         self.media_parts.extend(packet.body.parts().iter().cloned());
+        self.reader.recycle(packet.body);
     }
 
     fn demux(&mut self, mut part: Bytes) {
@@ -1048,6 +1053,7 @@ impl DeviceStreamIngest {
                 self.events
                     .extend(output.packets.drain(..).map(IngestEvent::Packet));
                 self.frame_output = output;
+                self.demuxer.recycle(frame);
             }
             Ok(None) => {}
             Err(error) => {

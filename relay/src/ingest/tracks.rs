@@ -232,7 +232,8 @@ impl Tracks {
             stats.video_frames_before_keyframe += 1;
             return;
         }
-        let mut packets = Vec::with_capacity(self.scratch.len());
+        // Straight into the caller's reused list: no list of its own per frame.
+        let start = out.packets.len();
         let mut first = summary.keyframe;
         for packet in self.scratch.drain(..) {
             let meta = PacketMeta {
@@ -241,7 +242,7 @@ impl Tracks {
                 keyframe_start: std::mem::take(&mut first),
                 end_of_access_unit: packet.marker(),
             };
-            push(meta, packet, stats, &mut packets);
+            push(meta, packet, stats, &mut out.packets);
         }
         if !self.is_described() {
             // The first description waits for the first audio frame, which follows the first
@@ -252,19 +253,22 @@ impl Tracks {
                     .is_some()
             });
             if !complete {
+                out.packets.truncate(start);
                 stats.video_frames_before_keyframe += 1;
                 return;
             }
             if self.aac_config.is_none() && self.held.is_none() {
-                self.held = Some(packets);
+                self.held = Some(out.packets.split_off(start));
                 return;
             }
             out.description = self.describe();
-            out.packets.extend(self.held.take().into_iter().flatten());
+            // The held keyframe's packets go before this frame's.
+            if let Some(held) = self.held.take() {
+                out.packets.splice(start..start, held);
+            }
         } else if summary.parameter_sets_changed {
             out.description = self.describe();
         }
-        out.packets.append(&mut packets);
     }
 
     fn audio_frame(&mut self, frame: &MediaFrame, stats: &mut IngestStats, out: &mut FrameOutput) {

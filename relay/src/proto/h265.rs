@@ -100,9 +100,9 @@ impl H265Packetizer {
         let chunks = Chunks::new(access_unit);
         let max = self.writer.config.max_payload_len;
         let mut summary = AccessUnitSummary::default();
-        let ranges: Vec<_> = chunks.nal_ranges().filter(|r| r.len() >= 2).collect();
-        for (index, range) in ranges.iter().enumerate() {
-            let last_nal = index + 1 == ranges.len();
+        let mut nals = chunks.nal_ranges().filter(|r| r.len() >= 2).peekable();
+        while let Some(range) = nals.next() {
+            let last_nal = nals.peek().is_none();
             summary.nal_units += 1;
             let h0 = chunks.byte_at(range.start).unwrap_or(0);
             let h1 = chunks.byte_at(range.start + 1).unwrap_or(0);

@@ -274,6 +274,8 @@ pub struct MediaDemuxer {
     payload: ByteChunks,
     offset: u64,
     frame_offset: u64,
+    /// A slice list handed back with [`MediaDemuxer::recycle`], for the next payload.
+    spare_parts: SmallVec<[Bytes; 2]>,
 }
 
 impl MediaDemuxer {
@@ -290,6 +292,18 @@ impl MediaDemuxer {
             payload: ByteChunks::new(),
             offset: 0,
             frame_offset: 0,
+            spare_parts: SmallVec::new(),
+        }
+    }
+
+    /// Hands back a frame this demuxer returned, once the caller is done with it: the
+    /// allocation of its slice list (a payload over more than two slices has one) serves the
+    /// next frames instead of a new one per frame.
+    pub fn recycle(&mut self, frame: MediaFrame) {
+        let mut parts = frame.payload;
+        if parts.spilled() && parts.capacity() > self.spare_parts.capacity() {
+            parts.clear();
+            self.spare_parts = parts;
         }
     }
 
@@ -424,7 +438,7 @@ impl MediaDemuxer {
         let h = self.header;
         let magic = [h[0], h[1], h[2], h[3]];
         let offset = self.frame_offset;
-        self.payload = ByteChunks::new();
+        self.payload = ByteChunks::reusing(std::mem::take(&mut self.spare_parts));
         if &magic[2..] == b"wb" && magic[..2] == *b"05" {
             let length = u16::from_le_bytes([h[4], h[5]]);
             if length > self.limits.max_audio_payload {

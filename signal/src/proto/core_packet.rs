@@ -335,6 +335,18 @@ impl ByteChunks {
         Self::default()
     }
 
+    /// An empty list that reuses the slice list of a finished one (emptied here), so that a
+    /// byte string over more slices than fit inline costs one allocation per reader, not one
+    /// per packet or frame.
+    pub fn reusing(mut parts: SmallVec<[Bytes; 2]>) -> Self {
+        parts.clear();
+        ByteChunks {
+            parts,
+            small_tail: None,
+            len: 0,
+        }
+    }
+
     /// Appends a slice (empty slices are ignored).
     pub fn push(&mut self, part: Bytes) {
         if part.is_empty() {
@@ -594,6 +606,8 @@ pub struct CorePacketReader {
     offset: u64,
     /// Stream offset of the current packet's header.
     packet_offset: u64,
+    /// A slice list handed back with [`CorePacketReader::recycle`], for the next body.
+    spare_parts: SmallVec<[Bytes; 2]>,
 }
 
 impl CorePacketReader {
@@ -605,6 +619,19 @@ impl CorePacketReader {
             state: ReadState::Header { filled: 0 },
             offset: 0,
             packet_offset: 0,
+            spare_parts: SmallVec::new(),
+        }
+    }
+
+    /// Hands back the body of a packet this reader returned, once the caller is done with it:
+    /// the allocation of its slice list (a body over more than two slices has one) serves the
+    /// next packets instead of a new one per packet.
+    pub fn recycle(&mut self, body: PacketBody) {
+        if let PacketBody::Chunks(mut parts) = body {
+            if parts.spilled() && parts.capacity() > self.spare_parts.capacity() {
+                parts.clear();
+                self.spare_parts = parts;
+            }
         }
     }
 
@@ -674,7 +701,7 @@ impl CorePacketReader {
                         self.state = ReadState::Body {
                             header,
                             extension,
-                            body: ByteChunks::new(),
+                            body: ByteChunks::reusing(std::mem::take(&mut self.spare_parts)),
                             remaining,
                         };
                         if remaining == 0 {
@@ -742,7 +769,7 @@ impl CorePacketReader {
             self.state = ReadState::Body {
                 header,
                 extension: Bytes::new(),
-                body: ByteChunks::new(),
+                body: ByteChunks::reusing(std::mem::take(&mut self.spare_parts)),
                 remaining: body_length,
             };
         }

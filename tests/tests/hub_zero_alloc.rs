@@ -2,9 +2,6 @@
 //! nothing, however many there are and however their writes are cut. A counting global allocator
 //! (this test binary only) counts every allocation made on the test's thread.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::io::IoSlice;
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -13,51 +10,11 @@ use relay::hub::{
     TrackKind, ViewerId,
 };
 use relay::stream_key::{StreamKey, StreamKind};
-
-struct CountingAllocator;
-
-thread_local! {
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn count_allocation() {
-    // `try_with`: the thread-local may already be gone while a thread shuts down.
-    let _ = ALLOCATIONS.try_with(|count| count.set(count.get() + 1));
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator; counting touches only a
-// const-initialised thread-local `Cell`, which neither allocates nor re-enters the allocator.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count_allocation();
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count_allocation();
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count_allocation();
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+use tests::alloc_count::{allocations, assert_counting, CountingAllocator};
+use tests::viewer::write_once;
 
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
-
-fn allocations() -> u64 {
-    ALLOCATIONS.with(Cell::get)
-}
 
 fn packets(count: usize, gop: usize, buffer: &Bytes) -> Vec<Rc<RtpPacket>> {
     (0..count)
@@ -81,20 +38,6 @@ fn packets(count: usize, gop: usize, buffer: &Bytes) -> Vec<Rc<RtpPacket>> {
             )
         })
         .collect()
-}
-
-/// Writes one batch as a `sendmsg` of at most `max_write` bytes would, without copying.
-fn write_once(hub: &mut StreamHub, id: ViewerId, max_write: usize) -> usize {
-    let batch = hub.next_batch(id, 32, 256 * 1024).unwrap();
-    if batch.is_empty() {
-        return 0;
-    }
-    let mut iov = [IoSlice::new(&[]); 3 * 33];
-    let count = batch.fill_io_slices(&mut iov);
-    let total: usize = iov[..count].iter().map(|slice| slice.len()).sum();
-    let written = total.min(max_write);
-    batch.consume(written);
-    written
 }
 
 #[test]
@@ -126,9 +69,7 @@ fn relaying_allocates_nothing_per_packet_per_viewer() {
         }
     }
 
-    let probe = allocations();
-    drop(std::hint::black_box(Box::new(1u64)));
-    assert_eq!(allocations(), probe + 1, "the counter counts");
+    assert_counting();
 
     let before = allocations();
     let mut written = 0;
