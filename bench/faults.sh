@@ -17,6 +17,16 @@
 #                             for FAIL seconds, recovering after each until the queue drained:
 #                             queue depth, oldest undelivered age and relay RSS per phase, and
 #                             every alarm answered 200 delivered.
+#   bench/faults.sh soak      DEVICES cameras (default 9,800: the descriptor limit) online for
+#                             SOAK seconds with alarms and stream churn (rounds of `loadgen
+#                             viewers`, STREAMS streams for CHURN seconds each, a new range of
+#                             cameras every round): relay RSS and open descriptors over time
+#                             (OUT/devices.svg), growth after the WARMUP seconds, streams and
+#                             viewers left once the churn stopped, every alarm answered 200
+#                             delivered.
+#
+# REUSE=1 keeps OUT's data directory and identity cache from an earlier run of the same
+# scenario (provisioning 9,900 cameras takes ~11 minutes); everything else starts afresh.
 #
 # Prints a Markdown summary; everything (logs, reports, samples) stays in OUT
 # (default /tmp/faults-SCENARIO). Exit code 1 when an acknowledged alarm was not delivered.
@@ -28,7 +38,8 @@ out="${OUT:-/tmp/faults-$scenario}"
 case "$scenario" in
   kill9) devices="${DEVICES:-300}"; alarm_rate="${ALARM_RATE:-2}" ;;
   webhook) devices="${DEVICES:-200}"; alarm_rate="${ALARM_RATE:-3}" ;;
-  *) echo "usage: $0 kill9|webhook" >&2; exit 2 ;;
+  soak) devices="${DEVICES:-9800}"; alarm_rate="${ALARM_RATE:-0.1}" ;;
+  *) echo "usage: $0 kill9|webhook|soak" >&2; exit 2 ;;
 esac
 streams="${STREAMS:-20}"
 restart_after="${RESTART_AFTER:-2}"
@@ -36,10 +47,19 @@ down="${DOWN:-120}"
 slow="${SLOW:-60}"
 slow_delay="${SLOW_DELAY:-2}"
 fail="${FAIL:-60}"
+soak="${SOAK:-1800}"
+churn="${CHURN:-50}"
+warmup="${WARMUP:-300}"
+online_timeout="${ONLINE_TIMEOUT:-900}"
 api="127.0.0.1:$((base + 9))"
 hook_port=$((base + 20))
 
-rm -rf "$out"; mkdir -p "$out/data" "$out/ids"
+if [ "${REUSE:-0}" = 1 ] && [ -d "$out/ids" ]; then
+  find "$out" -mindepth 1 -maxdepth 1 ! -name data ! -name ids -exec rm -rf {} +
+else
+  rm -rf "$out"
+fi
+mkdir -p "$out/data" "$out/ids"
 cat >"$out/relay.toml" <<TOML
 alarm_webhook = "http://127.0.0.1:$hook_port/alarm"
 [listen]
@@ -89,10 +109,11 @@ online() {
 metric() {
   curl -s "http://$api/metrics" | awk -v m="$1" '$1 == m {print $2; found=1} END {if (!found) print 0}'
 }
-# Waits until every device is online; with a file argument, appends "unix-time online" lines.
+# Waits until every device is online (at most ONLINE_TIMEOUT seconds); with a file argument,
+# appends "unix-time online" lines.
 wait_online() {
-  local n
-  for _ in $(seq 1200); do
+  local n deadline=$(( $(date +%s) + online_timeout ))
+  while [ "$(date +%s)" -lt "$deadline" ]; do
     n=$(online)
     [ -n "${1:-}" ] && echo "$(now) $n" >>"$1"
     [ "$n" -ge "$devices" ] && return 0
@@ -108,7 +129,8 @@ wait_drained() {
   return 1
 }
 
-# Once a second: relay RSS, devices online, alarm queue gauges and counters.
+# Once a second: relay RSS and open descriptors, devices online, streams and viewers, alarm
+# queue gauges and counters.
 sampler() {
   exec python3 - "$out" "$api" <<'PY'
 import json, os, sys, time, urllib.request
@@ -118,7 +140,7 @@ def get(path):
         return urllib.request.urlopen(f"http://{api}{path}", timeout=1).read().decode()
     except Exception:
         return None
-names = ["rop_alarms_queue_depth", "rop_alarms_oldest_undelivered_age_seconds",
+names = ["rop_streams", "rop_viewers", "rop_alarms_queue_depth", "rop_alarms_oldest_undelivered_age_seconds",
          "rop_alarms_received_total", "rop_alarms_delivered_total", "rop_alarms_retried_total",
          "rop_alarms_dropped_total"]
 start = time.time()
@@ -130,6 +152,7 @@ with open(f"{out}/samples.jsonl", "a") as f:
             for line in open(f"/proc/{pid}/status"):
                 if line.startswith("VmRSS:"):
                     s["rss_mb"] = int(line.split()[1]) / 1024
+            s["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
         except Exception:
             s["rss_mb"] = None
         try:
@@ -155,9 +178,16 @@ start_hook
 start_relay
 sampler & sampler_pid=$!
 t0=$(now)
-run_for=$([ "$scenario" = kill9 ] && echo 100s || echo 60m)
+case "$scenario" in
+  kill9) run_for=100s ;;
+  webhook) run_for=60m ;;
+  soak) run_for="$((soak + 120))s" ;;
+esac
+# The soak charts the relay's RSS and descriptors from the devices' loadgen (--server-pid).
+chart=(); [ "$scenario" = soak ] && chart=(--server-pid "$relay_pid" --svg "$out/devices.svg")
 target/release/loadgen devices --api "$api" --devices "$devices" --identities "$out/ids" \
-  --ramp 200/s --duration "$run_for" --alarm-rate "$alarm_rate" --alarm-log "$out/alarms.tsv" \
+  --ramp 200/s --duration "$run_for" --online-timeout "${online_timeout}s" \
+  --alarm-rate "$alarm_rate" --alarm-log "$out/alarms.tsv" "${chart[@]}" \
   --synthetic 1M --quiet --report "$out/devices.json" >"$out/devices.log" 2>&1 &
 devices_pid=$!
 wait_online || { echo "only $(online) of $devices devices came online" >&2; exit 1; }
@@ -217,13 +247,62 @@ rows = [
     ("all devices online again after the restart", f"{t_back - t_restart:.2f} s (kill to all online: {t_back - t_kill:.2f} s)"),
     ("50 % / 90 % of the devices online after the restart", f"{share_online(0.5, dev['devices'])} / {share_online(0.9, dev['devices'])} s"),
     ("acknowledged alarms waiting in the queue at the kill", backlog),
-    ("device reconnects / provisioned again", f'{dev["reconnects"]} / {dev["provisioned"] - dev["devices"]}'),
+    ("device reconnects / provisioned again", f'{dev["reconnects"]} / {dev["provisioned"] + dev["from_cache"] - dev["devices"]}'),
     ("device errors", ", ".join(f"{n} {k}" for k, n in dev["error_kinds"].items())),
     ("streams before the kill: viewers with keyframe / disconnected", f'{before["viewers_with_keyframe"]} / {before["disconnects"]}'),
     ("streams after the restart: viewers with keyframe / lost packets", f'{after["viewers_with_keyframe"]}/{after["viewers_requested"]} / {after["lost_packets"]}'),
     ("relay RSS before the kill / after the run", f"{rss_before} / {rss_after} MB"),
     ("store", store),
 ]
+for k, v in rows:
+    print(f"| {k} | {v} |")
+PY
+elif [ "$scenario" = soak ]; then
+  t_online=$(now)
+  mkdir -p "$out/churn"
+  round=0
+  while python3 -c "import sys; sys.exit(0 if $(now) - $t_online < $soak else 1)"; do
+    first=$(( (round * streams) % (devices - streams) ))
+    target/release/loadgen viewers --api "$api" --streams "$streams" --first-index "$first" \
+      --duration "${churn}s" --ramp 50/s --quiet --report "$out/churn/$round.json" \
+      >"$out/churn/$round.log" 2>&1 || true
+    log "churn round $round (cameras $first..$((first + streams - 1))): $(python3 -c "
+import json; s = json.load(open('$out/churn/$round.json'))['summary']
+print(f\"{s['viewers_with_keyframe']}/{s['viewers_requested']} with keyframe, {s['lost_packets']} lost, {s['disconnects']} disconnects\")" 2>/dev/null || echo 'no report'), RSS $(awk '/VmRSS/ {print $2/1024}' "/proc/$relay_pid/status") MB, $(ls "/proc/$relay_pid/fd" | wc -l) fds"
+    round=$((round + 1))
+  done
+  t_churn_end=$(now)
+  # Streams end stream_linger_secs (10 s) after their last viewer.
+  sleep 15
+  left_streams=$(metric rop_streams); left_viewers=$(metric rop_viewers)
+  kill -TERM "$devices_pid" 2>/dev/null || true; wait "$devices_pid" 2>/dev/null || true
+  devices_pid=""
+  wait_drained 120 || log "queue not drained: $(metric rop_alarms_queue_depth) waiting"
+  python3 - "$out" "$t_online" "$t_churn_end" "$warmup" "$left_streams" "$left_viewers" <<'PY'
+import glob, json, sys
+out, t_online, t_end, warmup = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+left_streams, left_viewers = sys.argv[5], sys.argv[6]
+samples = [json.loads(l) for l in open(f"{out}/samples.jsonl")]
+soak = [s for s in samples if t_online <= s["unix"] <= t_end and s.get("rss_mb")]
+after = [s for s in soak if s["unix"] >= t_online + warmup]
+rounds = [json.load(open(p))["summary"] for p in glob.glob(f"{out}/churn/*.json")]
+dev = json.load(open(f"{out}/devices.json"))["outcome"]
+base = after[0]
+growth = (after[-1]["rss_mb"] - base["rss_mb"]) / base["rss_mb"] * 100
+peak = (max(s["rss_mb"] for s in after) - base["rss_mb"]) / base["rss_mb"] * 100
+rows = [
+    ("devices online / asked", f'{dev["came_online"]} / {dev["devices"]}'),
+    ("soak (every device online, churn running)", f"{t_end - t_online:.0f} s, warm-up {warmup:.0f} s"),
+    ("churn rounds / viewers with keyframe / asked", f'{len(rounds)} / {sum(r["viewers_with_keyframe"] for r in rounds)} / {sum(r["viewers_requested"] for r in rounds)}'),
+    ("lost packets / viewer disconnects over all rounds", f'{sum(r["lost_packets"] for r in rounds)} / {sum(r["disconnects"] for r in rounds)}'),
+    ("relay RSS after warm-up / at the end / most", f'{base["rss_mb"]:.1f} / {after[-1]["rss_mb"]:.1f} / {max(s["rss_mb"] for s in after):.1f} MB'),
+    ("RSS growth after warm-up (end / peak)", f"{growth:+.2f} % / {peak:+.2f} %"),
+    ("relay open descriptors after warm-up / at the end / most", f'{base["fds"]} / {after[-1]["fds"]} / {max(s["fds"] for s in after)}'),
+    ("streams / viewers left 15 s after the churn stopped", f"{left_streams} / {left_viewers}"),
+    ("device reconnects, errors", f'{dev["reconnects"]}, ' + (", ".join(f"{n} {k}" for k, n in dev["error_kinds"].items()) or "none")),
+]
+print("| measure | value |
+|---|---|")
 for k, v in rows:
     print(f"| {k} | {v} |")
 PY

@@ -135,7 +135,15 @@ pub struct Store {
     /// `None` once [`Store::close`] ran: the file lock is released even if something still
     /// holds the `Store`.
     db: std::sync::RwLock<Option<Database>>,
+    /// When [`Store::put_code`] last swept out expired codes (unix seconds).
+    codes_swept_at: std::sync::atomic::AtomicU64,
 }
+
+/// How often [`Store::put_code`] sweeps out expired codes. A sweep reads every code, so doing
+/// it on each new code made a provisioning burst quadratic: with 9,900 cameras enrolling, the
+/// codes of those not yet done piled up and each new one read them all, until the client API
+/// stopped answering. An expired code is refused when it is used whether or not it was swept.
+pub const CODE_SWEEP_INTERVAL_SECS: u64 = 60;
 
 /// Read access to the open database; see [`Store::database`].
 pub(crate) struct DbGuard<'a>(std::sync::RwLockReadGuard<'a, Option<Database>>);
@@ -168,6 +176,7 @@ impl Store {
         txn.commit()?;
         Ok(Self {
             db: std::sync::RwLock::new(Some(db)),
+            codes_swept_at: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -196,26 +205,36 @@ impl Store {
         *db = None;
     }
 
-    /// Records a new one-time code (by its hash); drops expired codes on the way.
+    /// Records a new one-time code (by its hash); drops expired codes on the way, at most once
+    /// every [`CODE_SWEEP_INTERVAL_SECS`].
     pub fn put_code(
         &self,
         code_hash: &str,
         record: &CodeRecord,
         now: u64,
     ) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        let swept_at = self.codes_swept_at.load(Ordering::Relaxed);
+        let sweep = now >= swept_at.saturating_add(CODE_SWEEP_INTERVAL_SECS)
+            && self
+                .codes_swept_at
+                .compare_exchange(swept_at, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
         let txn = self.database()?.begin_write()?;
         {
             let mut codes = txn.open_table(CODES)?;
-            let mut expired = Vec::new();
-            for entry in codes.iter()? {
-                let (key, value) = entry?;
-                let code: CodeRecord = decode("codes", key.value(), value.value())?;
-                if code.expires_at < now {
-                    expired.push(key.value().to_owned());
+            if sweep {
+                let mut expired = Vec::new();
+                for entry in codes.iter()? {
+                    let (key, value) = entry?;
+                    let code: CodeRecord = decode("codes", key.value(), value.value())?;
+                    if code.expires_at < now {
+                        expired.push(key.value().to_owned());
+                    }
                 }
-            }
-            for key in expired {
-                codes.remove(key.as_str())?;
+                for key in expired {
+                    codes.remove(key.as_str())?;
+                }
             }
             codes.insert(code_hash, encode(record).as_slice())?;
             let mut devices = txn.open_table(DEVICES)?;
@@ -527,6 +546,45 @@ mod tests {
             not_after: 1000,
             revoked: false,
         }
+    }
+
+    fn code_count(store: &Store) -> u64 {
+        use redb::ReadableTableMetadata as _;
+        let txn = store.database().unwrap().begin_read().unwrap();
+        txn.open_table(CODES).unwrap().len().unwrap()
+    }
+
+    #[test]
+    fn expired_codes_are_swept_once_a_minute_not_on_every_new_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let code = |expires_at| CodeRecord {
+            uid: "952700000A5S348E".into(),
+            expires_at,
+        };
+        // The first code sweeps (nothing to sweep yet); the next ones within the minute do not.
+        store.put_code("a", &code(110), 100).unwrap();
+        store.put_code("b", &code(120), 101).unwrap();
+        store.put_code("c", &code(500), 130).unwrap();
+        assert_eq!(
+            code_count(&store),
+            3,
+            "a and b expired but are not swept yet"
+        );
+        let late = store
+            .issue_credentials::<(), ()>(Some("b"), "952700000A5S348E", 130, || {
+                Ok(((), cert("01")))
+            })
+            .unwrap();
+        assert!(
+            matches!(late, IssueOutcome::CodeRefused(CodeRefusal::Expired)),
+            "an expired code is refused whether or not it was swept"
+        );
+        // A minute after the last sweep the next new code sweeps out a (b expired at 120).
+        store
+            .put_code("d", &code(500), 100 + CODE_SWEEP_INTERVAL_SECS)
+            .unwrap();
+        assert_eq!(code_count(&store), 2, "c and d are left");
     }
 
     #[test]
