@@ -10,6 +10,7 @@
 //!   connection to another shard.
 //! - [`udp`]: UDP sockets (RTP and RTCP of pull sources over UDP), bound without SO_REUSEPORT.
 //! - [`tls`]: rustls sessions over our streams that can move between shards.
+//! - [`read_buf`]: receive buffers read into without zeroing or unsafe code per read.
 //! - [`sweeper`]: one periodic sweep per shard over last-seen timestamps.
 //! - [`timer`]: sleep and deadlines.
 //! - [`blocking`]: blocking work (fsync) on the executor's blocking thread pool.
@@ -18,6 +19,7 @@
 pub mod blocking;
 pub mod mesh;
 pub mod net;
+pub mod read_buf;
 pub mod shard;
 pub mod sweeper;
 pub mod timer;
@@ -27,6 +29,7 @@ pub mod xchan;
 
 pub use mesh::{owner_shard, Mesh, MeshPort};
 pub use net::{Handoff, TcpListener, TcpStream};
+pub use read_buf::ReadBuf;
 pub use shard::{
     block_on_shard, run_shards, shard_count, shard_id, spawn_detached, spawn_local,
     yield_if_needed, ShardContext, ShardError, ShardPool, Shutdown, Task,

@@ -33,6 +33,7 @@ use rustls::{
 };
 
 use crate::net::{Handoff, TcpStream};
+use crate::read_buf::ReadBuf;
 
 /// Bytes received from the socket per `recv` on the read path.
 const SCRATCH_SIZE: usize = 32 * 1024;
@@ -742,35 +743,24 @@ where
     C: DerefMut + Deref<Target = ConnectionCommon<D>> + Unpin,
     D: SideData + 'static,
 {
-    /// Reads into the spare capacity of `buf` and appends what was read, without zeroing the
-    /// spare capacity first (a publisher's socket is read in 64 KiB chunks; zeroing each before
-    /// the read cost more memory bandwidth than the payload). The caller reserves the room.
-    /// Returns the bytes appended; 0 at end of stream (or when `buf` has no spare capacity).
-    pub fn poll_read_spare(
+    /// Reads up to `max` bytes into the room of `buf` and appends what was read; the room is
+    /// initialised memory zeroed at most once per allocation ([`ReadBuf`]), so a publisher's
+    /// socket read in 64 KiB chunks is not preceded by a 64 KiB memset each time. The caller
+    /// reserves the room ([`ReadBuf::reserve`]). Returns the bytes appended; 0 at end of stream
+    /// (or when `buf` has no room).
+    pub fn poll_read_buf(
         &mut self,
         cx: &mut Context<'_>,
-        buf: &mut bytes::BytesMut,
+        buf: &mut ReadBuf,
+        max: usize,
     ) -> Poll<io::Result<usize>> {
-        let spare = buf.spare_capacity_mut();
-        let room = spare.len();
-        // SAFETY: the slice covers the spare capacity of `buf`, which is allocated but maybe
-        // uninitialised. Every reader below only writes into the slice and never reads it: the
-        // plain stream copies replayed bytes into it or hands it to recv(2) (glommio's
-        // `yolo_recv`, or its io_uring recv), and the TLS stream copies decrypted plaintext into
-        // it with rustls' `Reader::read`. Bytes past the count they return stay untouched.
-        let dst = unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<u8>(), room) };
+        let window = buf.window(max);
         let read = match self {
-            MaybeTls::Plain(tcp) => Pin::new(tcp).poll_read(cx, dst),
-            MaybeTls::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, dst),
+            MaybeTls::Plain(tcp) => Pin::new(tcp).poll_read(cx, window),
+            MaybeTls::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, window),
         };
         if let Poll::Ready(Ok(n)) = read {
-            assert!(
-                n <= room,
-                "a reader claimed {n} bytes of a {room}-byte buffer"
-            );
-            // SAFETY: the first `n` spare bytes were just written by the read (checked above
-            // to lie within the capacity).
-            unsafe { buf.set_len(buf.len() + n) };
+            buf.commit(n);
         }
         read
     }

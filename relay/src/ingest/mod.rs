@@ -56,6 +56,7 @@ mod tests;
 use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
+use rt::ReadBuf;
 use signal::proto::access_key::{split_access_key, uid_hash};
 use signal::proto::body::{BodyError, BodyMessage, Handshake, StreamMode};
 use signal::proto::core_packet::{
@@ -478,9 +479,7 @@ pub struct DeviceStreamIngest {
     secrets: Option<SecretLookup>,
     link: Link,
     /// Received bytes not yet split off (a partial frame, or TLS plaintext not yet read).
-    rx: BytesMut,
-    /// Length of `rx` before [`DeviceStreamIngest::receive_buffer`] extended it.
-    exposed: Option<usize>,
+    rx: ReadBuf,
     read_size: usize,
     /// Plaintext not yet read by the core reader (a frame body or a TLS chunk).
     chunk: Bytes,
@@ -538,8 +537,7 @@ impl DeviceStreamIngest {
             reader: CorePacketReader::new(ReaderConfig::stream(config.max_packet_length)),
             demuxer: MediaDemuxer::new(config.media_limits),
             stream_id: config.stream_id,
-            rx: BytesMut::new(),
-            exposed: None,
+            rx: ReadBuf::new(),
             read_size: MIN_READ,
             chunk: Bytes::new(),
             core_resync: None,
@@ -561,36 +559,27 @@ impl DeviceStreamIngest {
         })
     }
 
-    /// A writable slice to read received bytes into (zeroed, at least 1 byte); call
+    /// A writable slice to read received bytes into (initialised, at least 1 byte); call
     /// [`DeviceStreamIngest::commit`] with the count read. Reading here is what keeps the path
-    /// zero-copy: frames are decrypted and sliced in this very buffer.
+    /// zero-copy: frames are decrypted and sliced in this very buffer. The slice is room after
+    /// the pending bytes that was zeroed once when first handed out ([`rt::ReadBuf`]), not
+    /// before every read.
     pub fn receive_buffer(&mut self) -> &mut [u8] {
-        if let Some(filled) = self.exposed.take() {
-            self.rx.truncate(filled);
-        }
-        let filled = self.rx.len();
-        if self.rx.capacity() - filled < self.read_size {
-            let before = self.rx.as_ptr();
-            self.rx
-                .reserve(self.config.receive_buffer_size.max(self.read_size));
-            if self.rx.as_ptr() != before {
-                // A new allocation: the partial frame moved into it.
-                self.stats.bytes_copied += filled as u64;
-            }
-        }
-        let spare = (self.rx.capacity() - filled).min(self.read_size);
-        self.rx.resize(filled + spare, 0);
-        self.exposed = Some(filled);
-        &mut self.rx[filled..]
+        let moved = self.rx.reserve(
+            self.read_size,
+            self.config.receive_buffer_size.max(self.read_size),
+        );
+        // A new allocation: the partial frame moved into it.
+        self.stats.bytes_copied += moved as u64;
+        self.rx.window(self.read_size)
     }
 
     /// `count` bytes were read into the last [`DeviceStreamIngest::receive_buffer`].
     pub fn commit(&mut self, count: usize) {
-        let Some(filled) = self.exposed.take() else {
+        let count = self.rx.commit(count);
+        if count == 0 {
             return;
-        };
-        let count = count.min(self.rx.len() - filled);
-        self.rx.truncate(filled + count);
+        }
         self.stats.bytes_received += count as u64;
         // Next read: room for twice what this one delivered, within bounds.
         self.read_size = (count * 2).clamp(MIN_READ, MAX_READ);
@@ -598,34 +587,23 @@ impl DeviceStreamIngest {
 
     /// Received bytes from elsewhere (read-ahead carried by a handoff, tests): copied.
     pub fn receive(&mut self, bytes: &[u8]) {
-        if let Some(filled) = self.exposed.take() {
-            self.rx.truncate(filled);
-        }
-        self.rx.extend_from_slice(bytes);
+        let moved = self
+            .rx
+            .extend_from_slice(bytes, self.config.receive_buffer_size);
         self.stats.bytes_received += bytes.len() as u64;
-        self.stats.bytes_copied += bytes.len() as u64;
+        self.stats.bytes_copied += (bytes.len() + moved) as u64;
     }
 
     /// Received bytes in a buffer of the caller's: no copy when `bytes` directly follows the
     /// previous one in the same allocation (or nothing is pending), else appended.
     pub fn receive_owned(&mut self, bytes: BytesMut) {
-        if let Some(filled) = self.exposed.take() {
-            self.rx.truncate(filled);
-        }
         self.stats.bytes_received += bytes.len() as u64;
-        if self.rx.is_empty() {
-            self.rx = bytes;
-        } else {
-            self.rx.unsplit(bytes);
-        }
+        self.rx.append(bytes);
     }
 
     /// The next event, doing just the work needed to find it; `None` once everything received
     /// is processed (or the connection failed: see [`DeviceStreamIngest::failure`]).
     pub fn poll(&mut self) -> Option<IngestEvent> {
-        if let Some(filled) = self.exposed.take() {
-            self.rx.truncate(filled);
-        }
         loop {
             if let Some(event) = self.events.pop_front() {
                 return Some(event);
@@ -751,7 +729,8 @@ impl DeviceStreamIngest {
 
     /// Bytes held in buffers (pending partial frame and its allocation).
     pub fn buffered_bytes(&self) -> usize {
-        self.rx.capacity()
+        self.rx.filled().len()
+            + self.rx.room()
             + self.chunk.len()
             + self.media_parts.iter().map(Bytes::len).sum::<usize>()
     }
@@ -778,34 +757,34 @@ impl DeviceStreamIngest {
                 // Whole core packets when the reader is between packets, so that a body is one
                 // slice (TLS records are small; a body over several would be gathered).
                 if self.core_resync.is_none() && self.reader.is_idle() {
-                    let Some(length) = self.rx.get(8..12) else {
+                    let Some(length) = self.rx.filled().get(8..12) else {
                         return false;
                     };
                     let length = u32::from_le_bytes([length[0], length[1], length[2], length[3]]);
                     let total = HEADER_LEN + length as usize;
                     if length <= self.config.max_packet_length {
-                        if self.rx.len() < total {
+                        if self.rx.filled().len() < total {
                             return false;
                         }
-                        self.chunk = self.rx.split_to(total).freeze();
+                        self.chunk = self.rx.filled_mut().split_to(total).freeze();
                         return true;
                     }
                 }
-                if self.rx.is_empty() {
+                if self.rx.filled().is_empty() {
                     return false;
                 }
-                self.chunk = self.rx.split().freeze();
+                self.chunk = self.rx.filled_mut().split().freeze();
                 true
             }
             Link::AwaitHello => {
-                if self.rx.len() < HELLO_LEN {
+                if self.rx.filled().len() < HELLO_LEN {
                     return false;
                 }
-                let raw = self.rx.split_to(HELLO_LEN);
+                let raw = self.rx.filled_mut().split_to(HELLO_LEN);
                 self.on_hello(&raw);
                 true
             }
-            Link::Framed(framed) => match framed.decoder.decode(&mut self.rx) {
+            Link::Framed(framed) => match framed.decoder.decode(self.rx.filled_mut()) {
                 Ok(Some(frame)) => {
                     self.stats.frames += 1;
                     self.stats.encrypted_frames += u64::from(frame.encrypted);

@@ -25,10 +25,11 @@ use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_lite::future::{or, poll_fn};
 use futures_lite::AsyncWriteExt;
 use rt::tls::MaybeTls;
+use rt::ReadBuf;
 use rustls::pki_types::ServerName;
 use rustls::ClientConnection;
 use signal::metrics::IngestMode;
@@ -154,7 +155,7 @@ pub async fn pull_once(
     let mut client =
         ClientSession::new(&spec.url, &spec.headers, cnonce)?.with_transport(spec.transport);
     let mut udp_pairs: Vec<(rt::UdpSocket, rt::UdpSocket)> = Vec::new();
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut buf = ReadBuf::new();
     let mut demuxer = Demuxer::new(DemuxLimits::default());
 
     // Handshake mode: one request, one response, each within the response timeout.
@@ -509,14 +510,14 @@ async fn send(stream: &mut Stream, request: &RtspRequest) -> Result<(), PullErro
 /// The next response or `$` frame, reading more within `wait`.
 async fn next_item(
     stream: &mut Stream,
-    buf: &mut BytesMut,
+    buf: &mut ReadBuf,
     demuxer: &mut Demuxer,
     wait: Duration,
     what: &'static str,
     bytes_in: &mut u64,
 ) -> Result<Demuxed<bytes::Bytes>, PullError> {
     loop {
-        match demuxer.feed_bytes(buf) {
+        match demuxer.feed_bytes(buf.filled_mut()) {
             Ok(Some(item)) => return Ok(item),
             Ok(None) => {}
             Err(source) => {
@@ -526,11 +527,13 @@ async fn next_item(
                 })
             }
         }
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
-        }
-        // Straight into the spare capacity, as the RTSP server reads a publisher.
-        let read = rt::timer::timeout(wait, poll_fn(|cx| stream.poll_read_spare(cx, buf))).await;
+        buf.reserve(READ_CHUNK / 4, READ_CHUNK);
+        // Straight into the room after the pending bytes, as the RTSP server reads a publisher.
+        let read = rt::timer::timeout(
+            wait,
+            poll_fn(|cx| stream.poll_read_buf(cx, buf, usize::MAX)),
+        )
+        .await;
         match read {
             Err(_) => return Err(PullError::Timeout { what, after: wait }),
             Ok(Ok(0)) => {

@@ -33,10 +33,10 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::{Buf, BytesMut};
+use bytes::Buf;
 use futures_lite::future::{or, poll_fn};
 use futures_lite::io::AsyncWrite;
-use rt::{Handoff, MaybeTls};
+use rt::{Handoff, MaybeTls, ReadBuf};
 use tracing::{debug, info};
 
 use super::session::{Answer, Effect, FrameAction, Need, Reply, Session, State, Step};
@@ -325,15 +325,16 @@ async fn read_loop(
     session: &mut Session,
     initial: Vec<u8>,
 ) -> ReaderEnd {
-    let mut buf = BytesMut::with_capacity(SMALL_READ_CHUNK.max(initial.len()));
-    buf.extend_from_slice(&initial);
+    let mut rx = ReadBuf::new();
+    rx.extend_from_slice(&initial, SMALL_READ_CHUNK);
     drop(initial);
     let mut demuxer = Demuxer::new(DemuxLimits::default());
     let mut invalid_packets: u64 = 0;
     loop {
         // Everything complete in the buffer first.
         loop {
-            let parsed = match demuxer.feed(&buf) {
+            let buf = rx.filled_mut();
+            let parsed = match demuxer.feed(buf) {
                 Ok(parsed) => parsed,
                 Err(e) => return protocol_error(conn, session, &demuxer, &e),
             };
@@ -391,28 +392,25 @@ async fn read_loop(
         }
         // Then more bytes.
         let now = Instant::now();
-        conn.watch
-            .request_started
-            .set(if buf.is_empty() || session.state() == State::Recording {
+        conn.watch.request_started.set(
+            if rx.filled().is_empty() || session.state() == State::Recording {
                 None
             } else {
                 Some(conn.watch.request_started.get().unwrap_or(now))
-            });
+            },
+        );
         if conn.out.borrow().control.len() > conn.shard.settings.rtsp.max_queued_responses {
             debug!(conn = conn.id, peer = %conn.peer, "client does not read its responses");
             return ReaderEnd::Gone;
         }
-        let filled = buf.len();
         let chunk = if session.state() == State::Recording {
             READ_CHUNK
         } else {
             SMALL_READ_CHUNK
         };
-        if buf.capacity() - filled < chunk / 4 {
-            buf.reserve(chunk);
-        }
-        // Straight into the spare capacity: no zeroing of the chunk before each read.
-        let read = poll_fn(|cx| stream.borrow_mut().poll_read_spare(cx, &mut buf)).await;
+        rx.reserve(chunk / 4, chunk);
+        // Straight into the room after the pending bytes, zeroed once per allocation.
+        let read = poll_fn(|cx| stream.borrow_mut().poll_read_buf(cx, &mut rx, usize::MAX)).await;
         match read {
             Ok(0) => {
                 debug!(conn = conn.id, peer = %conn.peer, "peer closed the connection");
