@@ -545,6 +545,7 @@ async fn run_control_plane(
         heartbeat_interval_secs: config.provisioning.heartbeat_interval_secs,
     };
     let provisioning = Provisioning::new(pki.clone(), store.clone(), &secrets, settings);
+    let crl_publisher = provisioning.crl_publisher();
     let watched_store = store.clone();
     let api_token =
         (config.api.auth == signal::config::ApiAuth::Token).then(|| secrets.api_token.clone());
@@ -641,7 +642,12 @@ async fn run_control_plane(
         )));
     }
     let _ = ready.send(Ok(addrs));
-    let watcher = rt::spawn_local(watch_pki(pki, watched_store, shutdown.clone()));
+    let watcher = rt::spawn_local(watch_pki(
+        pki,
+        watched_store,
+        crl_publisher,
+        shutdown.clone(),
+    ));
     shutdown.wait().await;
     for task in tasks {
         task.await;
@@ -770,12 +776,21 @@ impl Drop for OpenConnection {
     }
 }
 
-/// Reloads the CRL and the server certificate when another process changed them, renews the
-/// server certificate when it is due, and warns about certificates close to expiry.
-async fn watch_pki(pki: Arc<pki::Pki>, store: Arc<signal::store::Store>, shutdown: Shutdown) {
+/// Publishes revocations left pending by enrolments, reloads the CRL and the server certificate
+/// when another process changed them, renews the server certificate when it is due, and warns
+/// about certificates close to expiry.
+async fn watch_pki(
+    pki: Arc<pki::Pki>,
+    store: Arc<signal::store::Store>,
+    crl: Arc<signal::provisioning::CrlPublisher>,
+    shutdown: Shutdown,
+) {
     let mut since_expiry_check = Duration::ZERO;
     while !shutdown.is_triggered() {
         rt::timer::sleep(PKI_WATCH_INTERVAL).await;
+        if let Err(e) = crl.publish_pending() {
+            warn!("CRL with the latest revocations not published (retried in a second): {e}");
+        }
         match pki.reload_crl_if_changed() {
             Ok(true) => info!("CRL reloaded"),
             Ok(false) => {}

@@ -187,6 +187,7 @@ pub struct DeviceEndpoints {
 pub struct Provisioning {
     pki: Arc<pki::Pki>,
     store: Arc<Store>,
+    crl: Arc<CrlPublisher>,
     device_keys: crate::secrets::DeviceKeyRing,
     code_sign_key: [u8; 32],
     endpoints: DeviceEndpoints,
@@ -225,6 +226,7 @@ impl Provisioning {
         settings: ProvisioningSettings,
     ) -> Self {
         Self {
+            crl: Arc::new(CrlPublisher::new(pki.clone(), store.clone())),
             pki,
             store,
             device_keys: secrets.device_keys.clone(),
@@ -342,7 +344,10 @@ impl Provisioning {
             IssueOutcome::Failed(e) => return Err(ProvisioningError::Internal(e.to_string())),
         };
         if !revoked.is_empty() {
-            self.publish_crl()?;
+            // The replaced certificate is the same device's; its revocation is committed, and
+            // the CRL follows within CRL_COALESCE_INTERVAL (a burst of re-enrolments signs one
+            // CRL, not one each).
+            self.crl.publish_soon()?;
         }
         Ok(Credentials {
             cert: issued.cert_chain_pem,
@@ -393,7 +398,13 @@ impl Provisioning {
 
     /// Rewrites `pki/crl.pem` from the store and reloads it into every mutual-TLS listener.
     pub fn publish_crl(&self) -> Result<(), ProvisioningError> {
-        publish_crl(&self.pki, &self.store)
+        self.crl.publish_now()
+    }
+
+    /// The publisher of the CRL, whose [`CrlPublisher::publish_pending`] the server calls every
+    /// second.
+    pub fn crl_publisher(&self) -> Arc<CrlPublisher> {
+        self.crl.clone()
     }
 
     /// base64(JSON) "." base64(HMAC-SHA256(signKey, base64(JSON))), the platform's form.
@@ -452,6 +463,73 @@ pub fn publish_crl(pki: &pki::Pki, store: &Store) -> Result<(), ProvisioningErro
     pki.reload_crl()
         .map_err(|e| ProvisioningError::Internal(e.to_string()))?;
     Ok(())
+}
+
+/// Longest a certificate replaced at enrolment stays off the published CRL.
+pub const CRL_COALESCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Publishes the CRL. An operator's revocation is published at once; certificates replaced when
+/// a device enrols again are published at most once per [`CRL_COALESCE_INTERVAL`]: signing and
+/// reloading a CRL of every revoked serial for each re-enrolment made a burst of them (cameras
+/// retrying after timeouts) spend two thirds of the control plane in `publish_crl` (perf, 9,900
+/// loadgen cameras), which made more cameras time out and retry.
+#[derive(Debug)]
+pub struct CrlPublisher {
+    pki: Arc<pki::Pki>,
+    store: Arc<Store>,
+    /// Revocations committed but not yet on the published CRL.
+    pending: std::sync::atomic::AtomicBool,
+    last_published: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl CrlPublisher {
+    fn new(pki: Arc<pki::Pki>, store: Arc<Store>) -> Self {
+        Self {
+            pki,
+            store,
+            pending: std::sync::atomic::AtomicBool::new(false),
+            last_published: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Publishes now, with everything the store has revoked.
+    pub fn publish_now(&self) -> Result<(), ProvisioningError> {
+        use std::sync::atomic::Ordering;
+        self.pending.store(false, Ordering::Relaxed);
+        let published = publish_crl(&self.pki, &self.store);
+        if published.is_err() {
+            self.pending.store(true, Ordering::Relaxed);
+        }
+        *self
+            .last_published
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+        published
+    }
+
+    /// Publishes now if the last publication is older than [`CRL_COALESCE_INTERVAL`], else
+    /// leaves it to [`CrlPublisher::publish_pending`].
+    pub fn publish_soon(&self) -> Result<(), ProvisioningError> {
+        let last = *self
+            .last_published
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|at| at.elapsed() < CRL_COALESCE_INTERVAL) {
+            self.pending
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            return Ok(());
+        }
+        self.publish_now()
+    }
+
+    /// Publishes the revocations left pending by [`CrlPublisher::publish_soon`], if any;
+    /// returns whether it published.
+    pub fn publish_pending(&self) -> Result<bool, ProvisioningError> {
+        if !self.pending.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(false);
+        }
+        self.publish_now().map(|()| true)
+    }
 }
 
 /// Certificates (of the hierarchy or of devices) closer than this to expiry are warned about,
@@ -558,6 +636,23 @@ mod tests {
         };
         p.credentials(&renew, 1003).unwrap();
         assert_eq!(p.store.revoked_serials().unwrap().len(), 1);
+        // A second renewal within the coalescing interval is committed at once and published
+        // by the next pending publication.
+        let crl_path = dir.path().join("pki/crl.pem");
+        let published = std::fs::read(&crl_path).unwrap();
+        p.credentials(&renew, 1004).unwrap();
+        assert_eq!(p.store.revoked_serials().unwrap().len(), 2);
+        assert_eq!(
+            std::fs::read(&crl_path).unwrap(),
+            published,
+            "not signed again yet"
+        );
+        assert!(p.crl_publisher().publish_pending().unwrap());
+        assert_ne!(std::fs::read(&crl_path).unwrap(), published);
+        assert!(
+            !p.crl_publisher().publish_pending().unwrap(),
+            "nothing left"
+        );
         // A long-term code is bound to its UID and to our key.
         let other = CredentialsRequest {
             uid: "AAAAAAAAAAAAAAAA".into(),
