@@ -24,7 +24,7 @@
 #
 # Usage: bench/peers.sh [OUT_DIR]
 # Environment: SIZES="1x1 10x1 1x50 10x10" SERVERS="relay xiu gst-rtsp-server node-rtsp-rtmp-server"
-#              RAMP=20/s XIU_RAMP=0.9/s STEADY=15 BITRATE=2M BASE=53000
+#              RAMP=20/s XIU_RAMP=0.9/s STEADY=15 BITRATE=2M BASE=24000
 #              TOOLS=<repo>/target/peers-tools (where xiu and the npm server are installed)
 #              CARGO_TARGET_DIR (default <repo>/target) NO_BUILD=1 (use the built binaries)
 set -euo pipefail
@@ -37,7 +37,9 @@ RAMP=${RAMP:-20/s}
 XIU_RAMP=${XIU_RAMP:-0.9/s}
 STEADY=${STEADY:-15}
 BITRATE=${BITRATE:-2M}
-BASE=${BASE:-53000}
+# Below the kernel's ephemeral range (32768-60999 by default), which a busy machine's client
+# connections occupy.
+BASE=${BASE:-24000}
 TOOLS=${TOOLS:-$ROOT/target/peers-tools}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET_DIR/release
