@@ -4,7 +4,10 @@
 //! Why it looks the way it does:
 //! - **One queue for all viewers.** Packets go into one ring ([`ring`]), each once, as
 //!   `Rc<RtpPacket>`; a viewer is a cursor into it. Pushing a packet costs the same with 1 or 1000
-//!   viewers; writing costs O(1) per packet per viewer and allocates nothing ([`Batch`]).
+//!   viewers; writing costs O(1) per packet per viewer and allocates nothing ([`Batch`]). Pushing
+//!   allocates nothing either once the stream is warm: the `Rc` of a packet the ring drops, when
+//!   no viewer still holds it, is kept (at most as many as the ring has slots) and the next
+//!   pushed packet is written into it in place (`PacketPool`).
 //! - **The ring keeps exactly what someone may still be owed**: the current group of pictures
 //!   (GOP, from the newest keyframe; at most [`HubConfig::gop_max_packets`] /
 //!   [`HubConfig::gop_max_bytes`], beyond that the GOP is not cached) and, back from the newest
@@ -50,7 +53,8 @@ use std::time::{Duration, Instant};
 
 pub use notify::{LocalNotify, Notified};
 pub use packet::{
-    PacketError, PacketMeta, RtpPacket, MAX_PACKET_LEN, MAX_TRACKS, RTP_PREFIX_CAPACITY,
+    PacketError, PacketMeta, PushedPacket, RtpPacket, MAX_PACKET_LEN, MAX_TRACKS,
+    RTP_PREFIX_CAPACITY,
 };
 pub use viewer::{
     Batch, ChannelMap, TrackChannels, ViewerEnd, ViewerId, ViewerStats, INTERLEAVED_HEADER_LEN,
@@ -58,6 +62,7 @@ pub use viewer::{
 };
 
 use crate::stream_key::StreamKey;
+use packet::PacketPool;
 use ring::Ring;
 use viewer::{Phase, ViewerQueue};
 
@@ -315,6 +320,9 @@ pub struct StreamHub {
     key: StreamKey,
     config: HubConfig,
     ring: Ring,
+    /// Allocations of packets the ring released, to share pushed packets in; at most as many as
+    /// the ring has slots.
+    pool: PacketPool,
     /// Sequence number of the cached GOP's keyframe.
     gop_start: Option<u64>,
     /// Sequence number of the newest keyframe pushed (cached or not).
@@ -363,6 +371,7 @@ impl StreamHub {
             key,
             config,
             ring: Ring::with_capacity(INITIAL_RING_CAPACITY),
+            pool: PacketPool::default(),
             gop_start: None,
             last_keyframe: None,
             viewers: Vec::new(),
@@ -511,14 +520,16 @@ impl StreamHub {
     }
 
     /// Queues a packet for every viewer. O(1) whatever the number of viewers, except that viewers
-    /// parked for data (or, on a keyframe, for a keyframe) are woken.
+    /// parked for data (or, on a keyframe, for a keyframe) are woken. An owned [`RtpPacket`] is
+    /// shared in the allocation of one the ring released if there is one, so a warm stream's
+    /// pushes allocate nothing; an `Rc<RtpPacket>` is queued as it is.
     pub fn push(
         &mut self,
         publisher: PublisherId,
-        packet: impl Into<Rc<RtpPacket>>,
+        packet: impl Into<PushedPacket>,
     ) -> Result<(), HubError> {
         self.check_publisher(publisher)?;
-        let packet = packet.into();
+        let packet = self.pool.share(packet.into());
         let is_keyframe = packet.is_keyframe_start();
         self.stats.packets_in += 1;
         self.stats.bytes_in += packet.len() as u64;
@@ -575,7 +586,9 @@ impl StreamHub {
             if in_window && seq >= self.owed_floor {
                 break;
             }
-            self.ring.pop_front();
+            if let Some(packet) = self.ring.pop_front() {
+                self.pool.release(packet, self.ring.capacity());
+            }
         }
     }
 

@@ -3,6 +3,11 @@
 //! was received in and is never copied; only a small prefix (the RTP header, plus any
 //! payload-format bytes a packetizer adds such as an H.264 FU-A indicator and header) is stored
 //! inline, so that a viewer can write it beside its own interleaved header.
+//!
+//! Sharing a packet needs an `Rc` allocation; [`PacketPool`] keeps the allocations of packets
+//! the hub has released and reuses them, so that a warm stream pushes packets without allocating.
+
+use std::rc::Rc;
 
 use bytes::Bytes;
 
@@ -166,6 +171,74 @@ impl RtpPacket {
         out.extend_from_slice(self.prefix());
         out.extend_from_slice(&self.payload);
         out.extend_from_slice(&self.payload_tail);
+    }
+}
+
+/// A packet a publisher pushes to the hub: owned (the hub shares it, in a reused allocation when
+/// it has one) or already shared (kept as it is).
+#[derive(Debug)]
+pub enum PushedPacket {
+    /// A packet the hub puts in an `Rc` of its own.
+    Owned(RtpPacket),
+    /// A packet the caller already shares.
+    Shared(Rc<RtpPacket>),
+}
+
+impl From<RtpPacket> for PushedPacket {
+    fn from(packet: RtpPacket) -> Self {
+        PushedPacket::Owned(packet)
+    }
+}
+
+impl From<Rc<RtpPacket>> for PushedPacket {
+    fn from(packet: Rc<RtpPacket>) -> Self {
+        PushedPacket::Shared(packet)
+    }
+}
+
+/// The `Rc` allocations of packets the hub has released (nobody else held them any more), kept
+/// to share the next packets in: a packet is written over a spare in place instead of being
+/// given a new allocation. A spare holds no payload (its slices are released when it is put
+/// back), so a spare costs the size of one `Rc<RtpPacket>` and pins no receive buffer.
+#[derive(Default)]
+pub(crate) struct PacketPool {
+    spares: Vec<Rc<RtpPacket>>,
+}
+
+impl PacketPool {
+    /// `packet`, shared: in a spare allocation if there is one, in a new one otherwise.
+    pub(crate) fn share(&mut self, packet: PushedPacket) -> Rc<RtpPacket> {
+        let packet = match packet {
+            PushedPacket::Shared(shared) => return shared,
+            PushedPacket::Owned(packet) => packet,
+        };
+        if let Some(mut spare) = self.spares.pop() {
+            // Always unique: only spares nobody else holds are kept.
+            if let Some(slot) = Rc::get_mut(&mut spare) {
+                *slot = packet;
+                return spare;
+            }
+        }
+        Rc::new(packet)
+    }
+
+    /// Takes back a packet the hub no longer holds: kept as a spare if nobody else holds it and
+    /// fewer than `max_spares` are kept, dropped otherwise.
+    pub(crate) fn release(&mut self, mut packet: Rc<RtpPacket>, max_spares: usize) {
+        if self.spares.len() >= max_spares {
+            return;
+        }
+        if let Some(slot) = Rc::get_mut(&mut packet) {
+            slot.payload = Bytes::new();
+            slot.payload_tail = Bytes::new();
+            self.spares.push(packet);
+        }
+    }
+
+    /// Spares kept.
+    #[cfg(test)]
+    pub(crate) fn spares(&self) -> usize {
+        self.spares.len()
     }
 }
 

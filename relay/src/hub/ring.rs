@@ -75,10 +75,11 @@ impl Ring {
         self.slots.front()
     }
 
-    pub(crate) fn pop_front(&mut self) {
-        if self.slots.pop_front().is_some() {
-            self.first_seq += 1;
-        }
+    /// Drops the oldest slot, handing back its packet.
+    pub(crate) fn pop_front(&mut self) -> Option<Rc<RtpPacket>> {
+        let slot = self.slots.pop_front()?;
+        self.first_seq += 1;
+        Some(slot.packet)
     }
 
     pub(crate) fn get(&self, seq: u64) -> Option<&Slot> {

@@ -986,3 +986,61 @@ fn viewers_that_keep_up_leave_only_the_gop_in_memory() {
     }
     assert_eq!(hub.retained_packets(), hub.gop_cache().packets);
 }
+
+#[test]
+fn pushed_packets_reuse_the_allocations_of_released_ones() {
+    let (mut hub, publisher) = live_hub(HubConfig::default());
+    let mut source = Source::new(900);
+    let reference = hub.add_viewer(both_tracks(), LocalNotify::new()).unwrap();
+    let holder = hub.add_viewer(both_tracks(), LocalNotify::new()).unwrap();
+    let (mut reference_out, mut holder_out) = (Vec::new(), Vec::new());
+    let mut sent = Vec::new();
+    let mut push = |hub: &mut StreamHub, packet: RtpPacket| {
+        sent.push(Rc::new(packet.clone()));
+        hub.push(publisher, packet).unwrap();
+        drain(hub, reference, usize::MAX, &mut reference_out).unwrap();
+    };
+    let mut gop = source.gop(40);
+    let last = gop.pop().unwrap();
+    for packet in gop {
+        push(&mut hub, packet);
+    }
+    drain(&mut hub, holder, usize::MAX, &mut holder_out).unwrap();
+    // The holder stops 500 bytes short of the GOP's last packet: it keeps that packet when the
+    // ring drops it, so that packet must not be reused.
+    push(&mut hub, last);
+    let batch = hub.next_batch(holder, 16, 1 << 20).unwrap();
+    let short = batch.wire_len() - 500;
+    let written = write_batch(&batch, short, &mut holder_out);
+    batch.consume(written);
+    assert_eq!(hub.pool.spares(), 0, "nothing released yet");
+
+    let mut gop = source.gop(40).into_iter();
+    push(&mut hub, gop.next().unwrap());
+    let spares = hub.pool.spares();
+    assert!(
+        (1..40).contains(&spares),
+        "the previous GOP, but for the held packet, is kept for reuse: {spares} spares"
+    );
+    assert!(spares <= hub.ring_capacity());
+    for (n, packet) in gop.enumerate() {
+        push(&mut hub, packet);
+        assert_eq!(
+            hub.pool.spares(),
+            spares.saturating_sub(n + 1),
+            "each pushed packet takes a spare"
+        );
+    }
+    // A shared packet is queued as it is.
+    let before = hub.pool.spares();
+    let shared = Rc::new(source.packet(Kind::Audio));
+    sent.push(Rc::clone(&shared));
+    hub.push(publisher, shared).unwrap();
+    drain(&mut hub, reference, usize::MAX, &mut reference_out).unwrap();
+    assert_eq!(hub.pool.spares(), before);
+
+    drain(&mut hub, holder, usize::MAX, &mut holder_out).unwrap();
+    let expected = expected_wire(&sent, &both_tracks());
+    assert_eq!(reference_out, expected);
+    assert_eq!(holder_out, expected, "the held packet was not overwritten");
+}
