@@ -974,6 +974,25 @@ fn tls_stream_h264_aac_is_relayed_frame_for_frame_and_stops_after_the_linger() {
             other => panic!("expected preview stop, got {other:?}"),
         }
     }
+    // A viewer right after the stop gets a new preview, not the stopped stream's hub waiting
+    // the grace time (5 s) for a publisher that is not coming back.
+    assert_eq!(
+        ffprobe(&play_url(&server, "95270000STRMTLS1")),
+        "h264,320,240"
+    );
+    loop {
+        match events
+            .recv_timeout(IO_TIMEOUT)
+            .expect("a new preview start")
+        {
+            DeviceEvent::StreamHandshakeOk | DeviceEvent::StreamSent { .. } => {}
+            DeviceEvent::PreviewStart(start) => {
+                assert_ne!(start.stream_id, stream_id);
+                break;
+            }
+            other => panic!("expected a new preview start, got {other:?}"),
+        }
+    }
     stop.store(true, Ordering::Relaxed);
     drop(server);
 }

@@ -575,6 +575,11 @@ impl StreamShard {
                         return true;
                     }
                     info!(shard = self.id, stream = %preview.key, stream_id, "no viewer for the linger time: preview stop");
+                    // Ended now, not when the device's connection closes: that would leave the
+                    // hub waiting the grace time for a publisher that is not coming back, and
+                    // a viewer arriving meanwhile would get its description, no preview start
+                    // and, at the grace time's end, a closed connection.
+                    hub.borrow_mut().end_stream();
                     preview.close.notify();
                     ended.push((stream_id, preview.key.clone(), true));
                     false
