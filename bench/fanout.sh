@@ -20,6 +20,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+source "$ROOT/bench/lib.sh"
 OUT=${1:-$ROOT/target/bench-fanout/$(date +%Y%m%d-%H%M%S)}
 VIEWERS=${VIEWERS:-"1 10 100 1000"}
 DURATION=${DURATION:-}
@@ -65,13 +66,6 @@ ulimit -n "$(ulimit -Hn)"
 log "open-file limit $(ulimit -n)"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
 
 PIDS=()
 cleanup() {
@@ -103,18 +97,7 @@ RTSP_PORT=$(free_port)
 cat >"$OUT/relay.toml" <<EOF
 hostname = "127.0.0.1"
 ${SHARDS:+shards = $SHARDS}
-[listen]
-ca = "127.0.0.1:0"
-credentials = "127.0.0.1:0"
-registration = "127.0.0.1:0"
-keepalive = "127.0.0.1:0"
-rtsps = "127.0.0.1:0"
-signaling = "127.0.0.1:0"
-stream_tls = "127.0.0.1:0"
-stream_tcp = "127.0.0.1:0"
-rtsp = "127.0.0.1:$RTSP_PORT"
-api = "127.0.0.1:0"
-api_tls = "127.0.0.1:0"
+$(relay_listen 0 "$RTSP_PORT")
 EOF
 RUST_LOG=${RUST_LOG:-warn} "$BIN/relay" serve --data "$DATA" --config "$OUT/relay.toml" >"$OUT/relay.log" 2>&1 &
 RELAY=$!

@@ -13,6 +13,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+source "$ROOT/bench/lib.sh"
 OUT=${1:-$ROOT/target/bench-http/$(date +%Y%m%d-%H%M%S)}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-32}
@@ -36,18 +37,7 @@ trap cleanup EXIT
 port() { echo $((BASE + $1)); }
 cat > "$OUT/relay.toml" <<TOML
 hostname = "127.0.0.1"
-[listen]
-ca = "127.0.0.1:$(port 0)"
-credentials = "127.0.0.1:$(port 1)"
-registration = "127.0.0.1:$(port 2)"
-keepalive = "127.0.0.1:$(port 3)"
-rtsps = "127.0.0.1:$(port 4)"
-signaling = "127.0.0.1:$(port 5)"
-stream_tls = "127.0.0.1:$(port 6)"
-stream_tcp = "127.0.0.1:$(port 7)"
-rtsp = "127.0.0.1:$(port 8)"
-api = "127.0.0.1:$(port 9)"
-api_tls = "127.0.0.1:$(port 10)"
+$(relay_listen "$BASE")
 TOML
 API=127.0.0.1:$(port 9)
 "$BIN/relay" serve --data "$OUT/data" --config "$OUT/relay.toml" --shards 1 >"$OUT/relay.log" 2>&1 &

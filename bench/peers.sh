@@ -30,6 +30,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+source "$ROOT/bench/lib.sh"
 OUT=${1:-$ROOT/target/bench-peers/$(date +%Y%m%d-%H%M%S)}
 SIZES=${SIZES:-"1x1 10x1 1x50 10x10"}
 SERVERS=${SERVERS:-"relay xiu gst-rtsp-server node-rtsp-rtmp-server"}
@@ -90,14 +91,6 @@ if [ -z "${NO_BUILD:-}" ]; then
 fi
 ulimit -n "$(ulimit -Hn)"
 
-wait_port() {
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
-
 SERVER_PID=""
 stop_server() {
     if [ -n "$SERVER_PID" ]; then
@@ -132,18 +125,7 @@ start_relay() {
     local streams=$1 port=$((BASE + 8))
     cat >"$OUT/relay.toml" <<EOF
 hostname = "127.0.0.1"
-[listen]
-ca = "127.0.0.1:$BASE"
-credentials = "127.0.0.1:$((BASE + 1))"
-registration = "127.0.0.1:$((BASE + 2))"
-keepalive = "127.0.0.1:$((BASE + 3))"
-rtsps = "127.0.0.1:$((BASE + 4))"
-signaling = "127.0.0.1:$((BASE + 5))"
-stream_tls = "127.0.0.1:$((BASE + 6))"
-stream_tcp = "127.0.0.1:$((BASE + 7))"
-rtsp = "127.0.0.1:$port"
-api = "127.0.0.1:$((BASE + 9))"
-api_tls = "127.0.0.1:$((BASE + 10))"
+$(relay_listen "$BASE")
 EOF
     rm -rf "$DATA/relay"
     RUST_LOG=${RUST_LOG:-warn} "$BIN/relay" serve --data "$DATA/relay" --config "$OUT/relay.toml" \

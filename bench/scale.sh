@@ -21,6 +21,7 @@
 #   DEVICES=9900 bench/scale.sh headline
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 scenario="${1:-headline}"
 base="${BASE:-52000}"
 case "$scenario" in
@@ -39,20 +40,7 @@ case "$scenario" in
 esac
 api="127.0.0.1:$((base + 9))"
 mkdir -p "$out/data" "$out/ids"
-cat >"$out/relay.toml" <<TOML
-[listen]
-ca = "127.0.0.1:$((base + 0))"
-credentials = "127.0.0.1:$((base + 1))"
-registration = "127.0.0.1:$((base + 2))"
-keepalive = "127.0.0.1:$((base + 3))"
-rtsps = "127.0.0.1:$((base + 4))"
-signaling = "127.0.0.1:$((base + 5))"
-stream_tls = "127.0.0.1:$((base + 6))"
-stream_tcp = "127.0.0.1:$((base + 7))"
-rtsp = "127.0.0.1:$((base + 8))"
-api = "127.0.0.1:$((base + 9))"
-api_tls = "127.0.0.1:$((base + 10))"
-TOML
+relay_listen "$base" >"$out/relay.toml"
 cargo build -q --release -p relay -p loadgen
 
 relay_pid=""; devices_pid=""

@@ -15,6 +15,7 @@
 #   STREAMS=100 BITRATE=2M DURATION=30s bench/stream-modes.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 base="${BASE:-49000}"
 streams="${STREAMS:-100}"
 bitrate="${BITRATE:-2M}"
@@ -22,20 +23,7 @@ duration="${DURATION:-30s}"
 modes="${MODES:-tcp selective encrypt-all tls}"
 out="${OUT:-/tmp/stream-modes}"
 rm -rf "$out"; mkdir -p "$out/data" "$out/ids"
-cat >"$out/relay.toml" <<TOML
-[listen]
-ca = "127.0.0.1:$((base + 0))"
-credentials = "127.0.0.1:$((base + 1))"
-registration = "127.0.0.1:$((base + 2))"
-keepalive = "127.0.0.1:$((base + 3))"
-rtsps = "127.0.0.1:$((base + 4))"
-signaling = "127.0.0.1:$((base + 5))"
-stream_tls = "127.0.0.1:$((base + 6))"
-stream_tcp = "127.0.0.1:$((base + 7))"
-rtsp = "127.0.0.1:$((base + 8))"
-api = "127.0.0.1:$((base + 9))"
-api_tls = "127.0.0.1:$((base + 10))"
-TOML
+relay_listen "$base" >"$out/relay.toml"
 cargo build -q --release -p relay -p loadgen
 api="127.0.0.1:$((base + 9))"
 relay_pid=""; devices_pid=""
